@@ -1,0 +1,81 @@
+"""The ``featureaudit`` command line: ``run`` audits a registered model, ``demo`` builds a demo registry and audits it.
+
+Bad input ends with one line on stderr naming the file or column, exit status 2, and no report written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from tasks.errors import FeatureAuditError
+
+EXIT_BAD_INPUT = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except FeatureAuditError as exc:
+        print(f"featureaudit: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def run(args: argparse.Namespace) -> int:
+    from flows.audit import METHODS
+    from tasks.sources import check_version, resolve_version
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise FeatureAuditError(f"--methods: unknown method '{(unknown or [''])[0]}'; choose from {','.join(METHODS)}")
+    version = resolve_version(args.registry, args.model, args.version)
+    check_version(version)  # fail fast, before Prefect starts
+    return _audit(args.registry, version.name, version.version, args.out, methods, args.seed)
+
+
+def demo(args: argparse.Namespace) -> int:
+    from flows.audit import METHODS
+    from tasks.demo import MODEL_NAME, build_demo_registry
+
+    registry = Path(args.out) / "demo-registry"
+    build_demo_registry(registry)
+    print(f"demo registry: {registry / MODEL_NAME / 'v1'}")
+    return _audit(str(registry), MODEL_NAME, None, args.out, list(METHODS), args.seed)
+
+
+def _audit(registry: str, model: str, version: str | None, out: str, methods: list[str], seed: int) -> int:
+    from flows.audit import audit_model
+
+    folder = Path(audit_model(registry=registry, model=model, version=version, out=out, methods=methods, seed=seed))
+    for name in ("report.pdf", "report.html", "results.json"):
+        print(folder / name)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="featureaudit", description="Audit the feature importance of Keras models.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p_run = commands.add_parser("run", help="audit the newest (or a given) version of a registered model")
+    p_run.add_argument("--registry", required=True, help="registry folder: <registry>/<model>/<version>/")
+    p_run.add_argument("--model", required=True, help="model name (a folder in the registry)")
+    p_run.add_argument("--version", help="version folder (default: the newest under natural sort)")
+    p_run.add_argument("--out", default="reports", help="output folder (default: reports)")
+    p_run.add_argument("--methods", default="weights,permutation,ablation,shap", help="comma-separated methods")
+    p_run.add_argument("--seed", type=int, default=0, help="seed for every random choice (default: 0)")
+    p_run.set_defaults(handler=run)
+
+    p_demo = commands.add_parser("demo", help="build a demo registry with known drivers and audit it")
+    p_demo.add_argument("--out", default="reports", help="output folder (default: reports)")
+    p_demo.add_argument("--seed", type=int, default=0)
+    p_demo.set_defaults(handler=demo)
+    return parser
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""Retrain-ablation (drop-column) importance: retrain without a feature and measure the loss.
+
+For each feature and each seed, a fresh copy of the architecture (same loss and optimizer as
+compiled, the manifest's training recipe) is trained with that feature held at a constant (its
+training mean, or its mode for a categorical) in both splits. The baseline is retrained with the
+same seeds, so importance per seed is a paired difference: ablated metric minus baseline metric.
+Seeds reach every initialiser, dropout layer and the row order, never the global random state.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prefect import get_run_logger, task
+
+from tasks.metrics import Metric, get_metric
+from tasks.modeling import as_predictions, compiled_loss_name, input_layout, model_feed
+from tasks.result import ImportanceResult
+from tasks.sources import ModelVersion, Split, load_model, load_split
+
+NOTES = (
+    "Retrains the model from scratch with the feature held constant; importance is the paired loss increase per seed.",
+    "Trustworthy but costly, and noisy across seeds: read the interval, not only the mean.",
+    "A feature whose information another feature also carries (a correlated partner) can look unimportant here.",
+)
+DEFAULT_TRAINING = {"epochs": 10, "batch_size": 64}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to retrain: from the manifest's ``training`` block."""
+
+    epochs: int = 10
+    batch_size: int = 64
+
+    @classmethod
+    def from_manifest(cls, training: dict[str, Any]) -> Recipe:
+        merged = {**DEFAULT_TRAINING, **{k: v for k, v in training.items() if k in DEFAULT_TRAINING}}
+        return cls(epochs=int(merged["epochs"]), batch_size=int(merged["batch_size"]))
+
+
+def ablation_constants(train: Split, categorical: tuple[str, ...]) -> np.ndarray:
+    """The value each feature is held at: its training mean, or its mode for a categorical."""
+    constants = train.X.mean(axis=0).astype(np.float32)
+    for j, name in enumerate(train.features):
+        if name in categorical:
+            values, counts = np.unique(train.X[:, j], return_counts=True)
+            constants[j] = values[np.argmax(counts)]
+    return constants
+
+
+def ablated(X: np.ndarray, columns: list[int] | None, constants: np.ndarray) -> np.ndarray:
+    """A copy of ``X`` with ``columns`` held at their constants (``X`` itself when nothing is ablated)."""
+    if not columns:
+        return X
+    out = X.copy()
+    out[:, columns] = constants[columns]
+    return out
+
+
+def epoch_order(n_rows: int, epochs: int, seed: int) -> np.ndarray:
+    """The row order of all epochs, drawn from ``seed``: identical for the fused and the one-by-one trainer."""
+    rng = np.random.default_rng(seed)
+    return np.concatenate([rng.permutation(n_rows) for _ in range(epochs)])
+
+
+def retrain_score(
+    model,
+    train: Split,
+    test: Split,
+    *,
+    metric: Metric,
+    recipe: Recipe,
+    seed: int,
+    ablate: list[int] | None = None,
+    constants: np.ndarray | None = None,
+) -> float:
+    """One retrain, one ``fit``: a seeded fresh copy with columns ``ablate`` held constant; its test metric.
+
+    The reference the fused trainer must reproduce; it pays Keras' per-fit overhead every time.
+    """
+    fresh = seeded_clone(model, seed)
+    fresh.compile(optimizer=_fresh_optimizer(model), loss=model.loss)
+    layout = input_layout(model, test.features)
+    order = epoch_order(train.n_rows, recipe.epochs, seed)
+    X_train = ablated(train.X, ablate, constants)
+    fresh.fit(model_feed(layout, X_train[order]), train.y[order],
+              batch_size=recipe.batch_size, epochs=1, shuffle=False, verbose=0)
+    raw = fresh.predict_on_batch(model_feed(layout, ablated(test.X, ablate, constants)))
+    return metric(test.y, as_predictions(raw, model))
+
+
+def fused_retrain_scores(
+    model,
+    train: Split,
+    test: Split,
+    *,
+    metric: Metric,
+    recipe: Recipe,
+    seed: int,
+    units: list[list[int]],
+    constants: np.ndarray,
+) -> np.ndarray:
+    """Test metric of every unit's retrain for one seed, trained together as branches of one model.
+
+    Branch ``b`` is a fresh copy of the architecture (initialised from ``seed``, as in
+    :func:`retrain_score`) fed the data with ``units[b]`` held constant. The branches' losses are
+    summed, so each branch's gradients are its own and one ``fit`` trains them all.
+    """
+    import keras
+
+    layout = input_layout(model, test.features)
+    inputs, outputs = {}, []
+    for b in range(len(units)):
+        branch = seeded_clone(model, seed)
+        branch.name = f"branch_{b}"  # unique names, as a functional model requires
+        branch_inputs = {f"u{b}_{t.name}": keras.Input(t.shape[1:], dtype=t.dtype, name=f"u{b}_{t.name}")
+                         for t in model.inputs}
+        inputs.update(branch_inputs)
+        tensors = list(branch_inputs.values())
+        feed = tensors[0] if len(tensors) == 1 else {t.name.split(":")[0]: v for t, v in zip(model.inputs, tensors)}
+        outputs.append(branch(feed))
+    fused = keras.Model(inputs=inputs, outputs=outputs)
+    fused.compile(optimizer=_fresh_optimizer(model), loss=[model.loss] * len(units))
+
+    order = epoch_order(train.n_rows, recipe.epochs, seed)
+    train_feed, test_feed = {}, {}
+    for b, columns in enumerate(units):
+        train_feed.update(model_feed(layout, ablated(train.X, columns, constants)[order], prefix=f"u{b}_"))
+        test_feed.update(model_feed(layout, ablated(test.X, columns, constants), prefix=f"u{b}_"))
+    fused.fit(train_feed, [train.y[order]] * len(units), batch_size=recipe.batch_size, epochs=1, shuffle=False, verbose=0)
+    raw = fused.predict_on_batch(test_feed)
+    return np.array([metric(test.y, as_predictions(out, model)) for out in raw])
+
+
+def ablation_importance(
+    model,
+    train: Split,
+    test: Split,
+    *,
+    metric: Metric,
+    recipe: Recipe,
+    n_seeds: int = 3,
+    random_state: int | None = None,
+    units: dict[str, list[int]] | None = None,
+    constants: np.ndarray,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Paired drop-column importances of shape ``(n_units, n_seeds)``, and per-seed timings.
+
+    Per seed, the baseline and every ablated variant share one initialisation and one row
+    order, so their difference isolates the feature.
+    """
+    units = units or {str(j): [j] for j in range(train.X.shape[1])}
+    seeds = ablation_seeds(n_seeds, random_state)
+    importances = np.empty((len(units), n_seeds))
+    timings = []
+    for k, seed in enumerate(seeds):
+        started = time.perf_counter()
+        scores = fused_retrain_scores(
+            model, train, test, metric=metric, recipe=recipe, seed=seed,
+            units=[[], *units.values()], constants=constants,
+        )
+        importances[:, k] = metric.degradation(scores[0], scores[1:])
+        seconds = round(time.perf_counter() - started, 3)
+        timings.append({"seed": seed, "baseline": float(scores[0]), "seconds": seconds})
+        if progress is not None:
+            progress(f"seed {k + 1}/{n_seeds}: baseline and {len(units)} ablations retrained in {seconds} s", k + 1, n_seeds)
+    return importances, {"seeds": timings}
+
+
+def ablation_seeds(n_seeds: int, random_state: int | None) -> list[int]:
+    """Per-seed integers drawn up front from one SeedSequence."""
+    return [int(s.generate_state(1)[0]) for s in np.random.SeedSequence(random_state).spawn(n_seeds)]
+
+
+def seeded_clone(model, seed: int):
+    """A fresh, uncompiled copy of ``model`` whose initialisers and dropout draw from ``seed``."""
+    import keras
+
+    counter = itertools.count()
+
+    def clone_layer(layer):
+        config = _seed_config(layer.get_config(), seed, counter)
+        return layer.__class__.from_config(config)
+
+    return keras.models.clone_model(model, clone_function=clone_layer)
+
+
+def _fresh_optimizer(model):
+    """A new optimizer with the compiled one's settings (learning rate, betas, …)."""
+    return model.optimizer.__class__.from_config(model.optimizer.get_config())
+
+
+def _seed_config(config: Any, seed: int, counter) -> Any:
+    if isinstance(config, dict):
+        out = {k: _seed_config(v, seed, counter) for k, v in config.items()}
+        if "seed" in out and out["seed"] is None:
+            out["seed"] = (seed + 7919 * next(counter)) % (2**31 - 1)
+        return out
+    if isinstance(config, list):
+        return [_seed_config(v, seed, counter) for v in config]
+    return config
+
+
+@task(name="ablation")
+def ablation_task(version: ModelVersion, *, n_seeds: int = 3, seed: int = 0) -> ImportanceResult:
+    """Drop-column importance by retraining, paired against a same-seed baseline."""
+    features = list(version.features)
+    if version.train_path is None:
+        return ImportanceResult.not_ok(
+            "ablation", "behavioural", features, status="skipped",
+            reason=f"no train split in {version.folder.name}: retraining needs train.parquet",
+        )
+    logger = get_run_logger()
+    model = load_model(Path(version.model_path))
+    train = load_split(Path(version.train_path), version)
+    test = load_split(Path(version.test_path), version)
+    metric = get_metric(version.manifest.metric, version.task, compiled_loss_name(model))
+    recipe = Recipe.from_manifest(version.manifest.training)
+
+    def progress(message: str, done: int, total: int) -> None:
+        logger.info("ablation: %s (%d/%d)", message, done, total)
+
+    importances, details = ablation_importance(
+        model, train, test, metric=metric, recipe=recipe, n_seeds=n_seeds, random_state=seed,
+        units={f: [j] for j, f in enumerate(features)},
+        constants=ablation_constants(train, version.categorical), progress=progress,
+    )
+    details.update({"epochs": recipe.epochs, "batch_size": recipe.batch_size, "n_seeds": n_seeds})
+    return ImportanceResult.from_samples(
+        "ablation", "behavioural", features, importances, metric=metric.name, notes=NOTES, details=details
+    )

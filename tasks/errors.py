@@ -1,0 +1,38 @@
+"""The exceptions featureaudit raises on bad input.
+
+Every message names the culprit (a file, a column, an input) and says what to do.
+The command line turns any of these into one line on stderr and exit status 2.
+
+    FeatureAuditError
+    ├── RegistryError      no such registry, model or version; unsafe names
+    ├── ManifestError      manifest.json unreadable or incomplete
+    ├── ModelLoadError     model file missing, corrupt or refused by Keras safe mode
+    ├── DataError          a split missing columns, with bad dtypes, NaN/inf or no rows
+    └── DeliveryError      the report could not be written or sent
+"""
+
+from __future__ import annotations
+
+
+class FeatureAuditError(Exception):
+    """Base class: an input or environment problem the user can fix."""
+
+
+class RegistryError(FeatureAuditError):
+    """The registry, model or version folder is missing or unusable."""
+
+
+class ManifestError(FeatureAuditError):
+    """manifest.json is not valid JSON or lacks a required field."""
+
+
+class ModelLoadError(FeatureAuditError):
+    """The model file cannot be loaded safely, or does not match the features."""
+
+
+class DataError(FeatureAuditError):
+    """A data split does not match the manifest or holds values we cannot use."""
+
+
+class DeliveryError(FeatureAuditError):
+    """The report could not be written or delivered."""

@@ -1,0 +1,205 @@
+"""The report: a pure context builder, one autoescaping Jinja2 environment, HTML and PDF from the same context.
+
+``build_context`` decides everything the document says; the templates only loop and format.
+The PDF renderer fetches nothing but inline ``data:`` URIs, so nothing in a feature name or a
+data file can make rendering read a local file or reach the network.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from prefect import task
+
+from tasks import charts
+from tasks.compare import Comparison
+from tasks.result import ImportanceResult
+from tasks.sources import ModelVersion
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+LIBRARIES = ("featureaudit", "tensorflow-cpu", "keras", "numpy", "pandas", "shap", "prefect", "weasyprint", "jinja2")
+METHOD_TITLES = {
+    "weights": "First-layer weights |W|",
+    "weights_scaled": "Scale-aware weights |W|·std",
+    "permutation": "Permutation importance",
+    "ablation": "Retrain-ablation (drop-column)",
+    "shap": "SHAP (mean |φ|)",
+}
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """Who, when and how: the identity of one audit run."""
+
+    run_id: str
+    started: datetime
+    seed: int
+    flow_run_id: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def build_context(
+    version: ModelVersion, results: list[ImportanceResult], comparison: Comparison, run: RunInfo
+) -> dict[str, Any]:
+    """Everything the report shows, decided here; the templates only loop and format."""
+    usable = [r for r in results if r.ok]
+    weight = next((r for r in usable if r.method == "weights"), None)
+    behaviours = [r for r in usable if r.kind == "behavioural"]
+    return {
+        "model": {
+            "name": version.name,
+            "version": version.version,
+            "task": version.task,
+            "features": list(version.features),
+            "sha256": version.sha256,
+        },
+        "run": {
+            "id": run.run_id,
+            "date": run.started.strftime("%Y-%m-%d %H:%M UTC"),
+            "seed": run.seed,
+            "flow_run_id": run.flow_run_id,
+            "timings": run.timings,
+            "libraries": library_versions(),
+        },
+        "verdict": comparison.verdict,
+        "verdict_rule": comparison.rule,
+        "warnings": [f.message for f in comparison.findings],
+        "summary": _summary(version, comparison, results),
+        "methods": [_method(r) for r in results],
+        "rankings": _rankings(version.features, usable),
+        "agreements": comparison.agreements,
+        "rank_chart": charts.data_uri(charts.rank_lines(weight, behaviours)) if weight and behaviours else None,
+    }
+
+
+def environment() -> Environment:
+    """The one Jinja2 environment: autoescaping on, formatters as filters."""
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, undefined=StrictUndefined)
+    env.filters["num"] = format_number
+    env.filters["title"] = lambda method: METHOD_TITLES.get(method, method)
+    return env
+
+
+def render_html(context: dict[str, Any]) -> str:
+    return environment().get_template("report.html.j2").render(**context)
+
+
+def render_pdf(html: str) -> bytes:
+    """The PDF of ``html``; only inline ``data:`` resources are ever fetched."""
+    from weasyprint import HTML
+    from weasyprint.urls import URLFetcher
+
+    fetcher = URLFetcher(allowed_protocols=("data",))
+    return HTML(string=html, base_url=None, url_fetcher=fetcher).write_pdf()
+
+
+def results_document(
+    version: ModelVersion, results: list[ImportanceResult], comparison: Comparison, run: RunInfo
+) -> dict[str, Any]:
+    """The machine-readable twin of the report."""
+    agreement = comparison.to_dict()
+    return {
+        "model": {"name": version.name, "version": version.version, "task": version.task, "sha256": version.sha256},
+        "run": {"id": run.run_id, "started": run.started.isoformat(), "seed": run.seed,
+                "flow_run_id": run.flow_run_id, "timings": run.timings},
+        "methods": {r.method: r.to_dict() for r in results},
+        "verdict": agreement["verdict"],
+        "verdict_rule": agreement["rule"],
+        "agreement": agreement["agreements"],
+        "warnings": agreement["warnings"],
+    }
+
+
+@task(name="render")
+def render_task(
+    version: ModelVersion, results: list[ImportanceResult], comparison: Comparison, run: RunInfo
+) -> dict[str, bytes]:
+    """Render report.html, report.pdf and results.json into memory."""
+    html = render_html(build_context(version, results, comparison, run))
+    document = results_document(version, results, comparison, run)
+    return {
+        "report.html": html.encode("utf-8"),
+        "report.pdf": render_pdf(html),
+        "results.json": json.dumps(_finite(document), indent=2, allow_nan=False).encode("utf-8"),
+    }
+
+
+def format_number(value: float | None, digits: int = 3) -> str:
+    """Compact numbers for tables: 3 significant digits, '—' for missing."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "—"
+    return f"{value:.{digits}g}"
+
+
+def library_versions() -> dict[str, str]:
+    out = {}
+    for name in LIBRARIES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _method(result: ImportanceResult) -> dict[str, Any]:
+    chart = charts.data_uri(charts.importance_bars(result)) if result.ok else None
+    return {
+        "name": result.method,
+        "kind": result.kind,
+        "status": result.status,
+        "error": result.error,
+        "metric": result.metric,
+        "notes": list(result.notes),
+        "n_samples": result.n_samples,
+        "chart": chart,
+        "groups": result.details.get("groups", []),
+    }
+
+
+def _rankings(features: tuple[str, ...], results: list[ImportanceResult]) -> dict[str, Any]:
+    rows = []
+    for j, name in enumerate(features):
+        cells = [
+            {"importance": float(r.importances_mean[j]), "low": float(r.low[j]), "high": float(r.high[j]),
+             "rank": int(r.rank[j]), "interval": r.n_samples > 1}
+            for r in results
+        ]
+        rows.append({"feature": name, "cells": cells})
+    key = next((i for i, r in enumerate(results) if r.method == "permutation"), 0)
+    rows.sort(key=lambda row: row["cells"][key]["rank"] if row["cells"] else 0)
+    return {"methods": [r.method for r in results], "rows": rows}
+
+
+def _summary(version: ModelVersion, comparison: Comparison, results: list[ImportanceResult]) -> str:
+    done = [r.method for r in results if r.ok]
+    not_done = [f"{r.method} ({r.status})" for r in results if not r.ok]
+    text = (
+        f"This report ranks the {len(version.features)} input features of {version.name} {version.version} "
+        f"by {len(done)} methods. The verdict on the first-layer weight ranking is '{comparison.verdict}'"
+    )
+    if comparison.findings:
+        features = sorted({f.feature for f in comparison.findings})
+        text += f": the weights mis-rank {', '.join(features)} relative to how the model behaves."
+    else:
+        text += ": no disagreement exceeded the behavioural methods' own variation."
+    if not_done:
+        text += f" Not available in this run: {', '.join(not_done)}."
+    return text
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinities become null: results.json stays strict JSON."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -1,0 +1,326 @@
+"""The model registry: find a model version, read its manifest and splits, load the model safely.
+
+A registry is a folder ``<registry>/<model-name>/<version>/`` holding ``model.keras``
+(or ``model.h5``), ``test.parquet`` (or ``.csv``), optionally ``train.parquet`` and a
+``manifest.json``. Everything here validates at the boundary and raises the errors
+of :mod:`tasks.errors`; past it, the rest of the code trusts the types.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from prefect import task
+
+from tasks.errors import DataError, ManifestError, ModelLoadError, RegistryError
+
+TaskType = Literal["regression", "binary", "multiclass"]
+TASK_TYPES: tuple[str, ...] = ("regression", "binary", "multiclass")
+MODEL_FILES = ("model.keras", "model.h5")
+_MANIFEST_KEYS = {"target", "task", "features", "categorical", "groups", "training", "metric"}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What ``manifest.json`` says about a model version."""
+
+    target: str
+    task: TaskType
+    features: tuple[str, ...] | None = None
+    categorical: tuple[str, ...] = ()
+    groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    metric: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """A resolved model version: where its files are and what they hold. Small and picklable."""
+
+    registry: Path
+    name: str
+    version: str
+    model_path: Path
+    test_path: Path
+    train_path: Path | None
+    manifest: Manifest
+    features: tuple[str, ...]
+    sha256: dict[str, str]
+
+    @property
+    def folder(self) -> Path:
+        return self.registry / self.name / self.version
+
+    @property
+    def categorical(self) -> tuple[str, ...]:
+        return self.manifest.categorical
+
+    @property
+    def task(self) -> TaskType:
+        return self.manifest.task
+
+
+@dataclass(frozen=True, eq=False)
+class Split:
+    """One data split as arrays: ``X`` float32 in feature order, ``y`` the target."""
+
+    X: np.ndarray
+    y: np.ndarray
+    features: tuple[str, ...]
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.X.shape[0])
+
+
+def natural_key(name: str) -> tuple[tuple[int, Any], ...]:
+    """Sort key under which ``v10`` follows ``v9`` and ISO dates sort in date order."""
+    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", name) if part)
+
+
+def resolve_version(registry: str | Path, name: str, version: str | None = None) -> ModelVersion:
+    """Find the newest (or the named) version of ``name`` and read its manifest."""
+    registry = Path(registry)
+    _check_name("model name", name)
+    if version is not None:
+        _check_name("version", version)
+    if not registry.is_dir():
+        raise RegistryError(f"registry {registry} does not exist or is not a folder")
+    model_dir = registry / name
+    if not model_dir.is_dir():
+        known = sorted(p.name for p in registry.iterdir() if p.is_dir())
+        raise RegistryError(f"registry {registry} has no model '{name}'; models present: {', '.join(known) or 'none'}")
+    versions = sorted((p.name for p in model_dir.iterdir() if p.is_dir() and not p.name.startswith(".")), key=natural_key)
+    if not versions:
+        raise RegistryError(f"model folder {model_dir} has no version folders")
+    if version is None:
+        version = versions[-1]
+    elif version not in versions:
+        raise RegistryError(f"model '{name}' has no version '{version}'; versions present: {', '.join(versions)}")
+    folder = model_dir / version
+
+    model_path = next((folder / f for f in MODEL_FILES if (folder / f).is_file()), None)
+    if model_path is None:
+        raise RegistryError(f"{folder} holds no model file (expected one of: {', '.join(MODEL_FILES)})")
+    test_path = _find_split(folder, "test")
+    if test_path is None:
+        raise RegistryError(f"{folder} holds no test split (expected test.parquet or test.csv)")
+    train_path = _find_split(folder, "train")
+    manifest = read_manifest(folder / "manifest.json")
+    columns = _split_columns(test_path)
+    features = _resolve_features(manifest, columns, test_path)
+    hashes = {p.name: sha256_file(p) for p in (model_path, test_path, train_path) if p is not None}
+    return ModelVersion(
+        registry=registry,
+        name=name,
+        version=version,
+        model_path=model_path,
+        test_path=test_path,
+        train_path=train_path,
+        manifest=manifest,
+        features=features,
+        sha256=hashes,
+    )
+
+
+def read_manifest(path: Path) -> Manifest:
+    """Parse and validate ``manifest.json``."""
+    if not path.is_file():
+        raise ManifestError(f"{path} is missing: each version needs a manifest with 'target' and 'task'")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ManifestError(f"{path} must hold a JSON object, not {type(raw).__name__}")
+    unknown = sorted(set(raw) - _MANIFEST_KEYS)
+    if unknown:
+        raise ManifestError(f"{path} has unknown keys {unknown}; allowed: {sorted(_MANIFEST_KEYS)}")
+    target = raw.get("target")
+    if not isinstance(target, str) or not target:
+        raise ManifestError(f"{path} lacks 'target' (the name of the target column)")
+    task_type = raw.get("task")
+    if task_type not in TASK_TYPES:
+        raise ManifestError(f"{path} has task {task_type!r}; expected one of {', '.join(TASK_TYPES)}")
+    features = raw.get("features")
+    if features is not None and not _is_str_list(features):
+        raise ManifestError(f"{path}: 'features' must be a list of column names")
+    categorical = raw.get("categorical", [])
+    if not _is_str_list(categorical):
+        raise ManifestError(f"{path}: 'categorical' must be a list of column names")
+    groups = raw.get("groups", {})
+    if not isinstance(groups, dict) or not all(_is_str_list(v) and v for v in groups.values()):
+        raise ManifestError(f"{path}: 'groups' must map a group name to a non-empty list of column names")
+    training = raw.get("training", {})
+    if not isinstance(training, dict):
+        raise ManifestError(f"{path}: 'training' must be an object such as {{\"epochs\": 20, \"batch_size\": 64}}")
+    metric = raw.get("metric")
+    if metric is not None and not isinstance(metric, str):
+        raise ManifestError(f"{path}: 'metric' must be a metric name such as \"mse\"")
+    return Manifest(
+        target=target,
+        task=task_type,
+        features=tuple(features) if features is not None else None,
+        categorical=tuple(categorical),
+        groups={str(k): tuple(v) for k, v in groups.items()},
+        training=dict(training),
+        metric=metric,
+    )
+
+
+def load_split(path: Path, version: ModelVersion) -> Split:
+    """Read a split and check it against the manifest: columns, dtypes, finite values, rows."""
+    frame = _read_frame(path)
+    manifest = version.manifest
+    if manifest.target not in frame.columns:
+        raise DataError(
+            f"{path.name} has no target column '{manifest.target}' (named by manifest.json); "
+            f"columns present: {_preview(frame.columns)}"
+        )
+    missing = [c for c in version.features if c not in frame.columns]
+    if missing:
+        raise DataError(
+            f"{path.name} has no column '{missing[0]}' (the manifest lists it as a feature); "
+            f"columns present: {_preview(frame.columns)}"
+        )
+    if len(frame) == 0:
+        raise DataError(f"{path.name} has zero rows; export the split again")
+    for column in (*version.features, manifest.target):
+        series = frame[column]
+        if not (pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series)):
+            raise DataError(
+                f"{path.name} column '{column}' has dtype {series.dtype}; featureaudit needs numbers "
+                "(integer-code categorical columns and list them under 'categorical')"
+            )
+        values = series.to_numpy(dtype=float, na_value=np.nan)
+        bad = int((~np.isfinite(values)).sum())
+        if bad:
+            raise DataError(f"{path.name} column '{column}' has {bad} NaN or infinite values; impute or drop them")
+    for column in manifest.categorical:
+        values = frame[column].to_numpy(dtype=float)
+        if (values < 0).any() or (values != np.round(values)).any():
+            raise DataError(f"{path.name} column '{column}' is listed as categorical but holds non-integer or negative codes")
+    X = frame[list(version.features)].to_numpy(dtype=np.float32)
+    y = frame[manifest.target].to_numpy()
+    y = y.astype(np.float32) if manifest.task == "regression" else y.astype(np.int64)
+    if manifest.task == "binary" and not np.isin(y, (0, 1)).all():
+        raise DataError(f"{path.name} target '{manifest.target}' must hold 0/1 labels for a binary task")
+    if manifest.task == "multiclass" and (y < 0).any():
+        raise DataError(f"{path.name} target '{manifest.target}' must hold class codes 0..K-1 for a multiclass task")
+    return Split(X=X, y=y, features=version.features)
+
+
+def load_model(path: Path):
+    """Load a Keras model in safe mode; never run code stored in the file."""
+    import keras
+
+    if not path.is_file():
+        raise ModelLoadError(f"model file {path} does not exist")
+    try:
+        return keras.saving.load_model(path, safe_mode=True, compile=True)
+    except Exception as exc:  # Keras raises many types for corrupt files
+        text = str(exc).replace("\n", " ")
+        if "safe_mode" in text or "Lambda" in text:
+            raise ModelLoadError(
+                f"{path.name} was refused by Keras safe mode: it contains a Python Lambda layer or custom "
+                "code that would run on load; rebuild the model from built-in layers"
+            ) from None
+        raise ModelLoadError(f"{path.name} could not be loaded as a Keras model ({type(exc).__name__}: {text[:200]})") from None
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@task(name="resolve-version", retries=2, retry_delay_seconds=2)
+def resolve_version_task(registry: str, name: str, version: str | None = None) -> ModelVersion:
+    """Resolve the model version to audit and hash its files."""
+    return resolve_version(registry, name, version)
+
+
+def _check_name(what: str, value: str) -> None:
+    if not value or value in {".", ".."} or "/" in value or "\\" in value or ".." in value or "\x00" in value:
+        raise RegistryError(f"{what} {value!r} is not a plain folder name (no path separators or '..')")
+
+
+def _find_split(folder: Path, stem: str) -> Path | None:
+    return next((folder / f"{stem}{ext}" for ext in (".parquet", ".csv") if (folder / f"{stem}{ext}").is_file()), None)
+
+
+def _read_frame(path: Path) -> pd.DataFrame:
+    try:
+        if path.suffix == ".parquet":
+            return pd.read_parquet(path)
+        return pd.read_csv(path)
+    except Exception as exc:
+        raise DataError(f"{path.name} could not be read ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
+def _split_columns(path: Path) -> list[str]:
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return list(pq.read_schema(path).names)
+        except Exception as exc:
+            raise DataError(f"{path.name} is not a readable parquet file ({str(exc)[:200]})") from None
+    return list(_read_frame(path).columns)
+
+
+def _resolve_features(manifest: Manifest, columns: list[str], path: Path) -> tuple[str, ...]:
+    if manifest.target not in columns:
+        raise DataError(
+            f"{path.name} has no target column '{manifest.target}' (named by manifest.json); "
+            f"columns present: {_preview(columns)}"
+        )
+    features = manifest.features or tuple(c for c in columns if c != manifest.target)
+    if manifest.target in features:
+        raise ManifestError(f"manifest.json lists the target '{manifest.target}' among the features")
+    for column in (*manifest.categorical, *(c for cols in manifest.groups.values() for c in cols)):
+        if column not in features:
+            raise ManifestError(f"manifest.json names '{column}' under categorical or groups, but it is not a feature")
+    if not features:
+        raise DataError(f"{path.name} has no feature columns besides the target '{manifest.target}'")
+    return tuple(features)
+
+
+def _is_str_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _preview(columns: Any, limit: int = 12) -> str:
+    names = [str(c) for c in columns]
+    more = f", … ({len(names) - limit} more)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def check_version(version: ModelVersion) -> dict[str, int]:
+    """Load everything once at the boundary: model (safe mode), splits, and the model's inputs against the features."""
+    from tasks.modeling import input_layout
+
+    model = load_model(version.model_path)
+    try:
+        input_layout(model, version.features)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"{version.model_path.name}: {exc}") from None
+    rows = {"test": load_split(version.test_path, version).n_rows}
+    if version.train_path is not None:
+        rows["train"] = load_split(version.train_path, version).n_rows
+    return rows
+
+
+@task(name="check-version")
+def check_version_task(version: ModelVersion) -> dict[str, int]:
+    """Validate the model and its splits before any method runs."""
+    return check_version(version)
