@@ -1,0 +1,70 @@
+import io
+import json
+import re
+from pathlib import Path
+
+import pypdf
+import pytest
+
+from flows.audit import audit_model
+
+
+@pytest.fixture(scope="module")
+def demo_run(demo_registry, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reports")
+    folder = Path(audit_model(registry=str(demo_registry), model="credit-demo", out=str(out), n_seeds=2))
+    return folder, json.loads((folder / "results.json").read_text())
+
+
+def test_report_folder_layout(demo_run, demo_registry):
+    folder, results = demo_run
+    assert folder.parent.name == "v1" and folder.parent.parent.name == "credit-demo"
+    assert sorted(p.name for p in folder.iterdir()) == ["report.html", "report.pdf", "results.json"]
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no staging folder left
+    assert results["model"]["sha256"]["model.keras"] == __import__("tasks.sources", fromlist=["x"]).sha256_file(
+        demo_registry / "credit-demo" / "v1" / "model.keras"
+    )
+
+
+def test_every_method_ran_and_has_records(demo_run):
+    _, results = demo_run
+    assert set(results["methods"]) == {"weights", "weights_scaled", "permutation", "ablation", "shap"}
+    for method in results["methods"].values():
+        assert method["status"] == "ok", method
+        assert {r["feature"] for r in method["features"]} >= {"income", "noise"}
+        assert all({"feature", "importance", "std", "rank", "low", "high"} <= set(r) for r in method["features"])
+
+
+def test_known_drivers_and_noise(demo_run):
+    _, results = demo_run
+    ranks = {m: {r["feature"]: r["rank"] for r in v["features"]} for m, v in results["methods"].items()}
+    for method in ("permutation", "ablation", "shap"):
+        assert ranks[method]["noise"] >= 7, method
+        assert ranks[method]["income"] <= 4, method
+    assert ranks["weights"]["income"] >= 7  # the ×100 scale shrinks its weights
+
+
+def test_scaled_feature_is_flagged_as_underranked_by_weights(demo_run):
+    _, results = demo_run
+    flagged = [w for w in results["warnings"] if w["feature"] == "income" and w["weight_method"] == "weights"]
+    assert {w["behavioural_method"] for w in flagged} >= {"permutation", "shap"}
+    assert all("under-rank" in w["message"] for w in flagged)
+    assert results["verdict"] in ("partly agree", "disagree")
+
+
+def test_pdf_shows_rankings_charts_and_warnings(demo_run):
+    folder, results = demo_run
+    reader = pypdf.PdfReader(io.BytesIO((folder / "report.pdf").read_bytes()))
+    text = re.sub(r"\s+", " ", " ".join(p.extract_text() for p in reader.pages))
+    assert "Rankings across methods" in text
+    assert "'income' ranks" in text and "under-rank it" in text
+    images = sum(len(p.images) for p in reader.pages)
+    assert images >= len(results["methods"]) + 1  # a chart per method, and the rank-comparison chart
+
+
+def test_methods_can_be_chosen(linear_registry, tmp_path):
+    folder = Path(audit_model(registry=str(linear_registry), model="linear", out=str(tmp_path),
+                              methods=["weights", "permutation", "ablation"], n_seeds=1))
+    results = json.loads((folder / "results.json").read_text())
+    assert results["methods"]["ablation"]["status"] == "ok"
+    assert "shap" not in results["methods"]

@@ -1,0 +1,67 @@
+import base64
+import io
+import re
+from datetime import datetime, timezone
+
+import numpy as np
+import pypdf
+import pytest
+
+from tasks.compare import compare
+from tasks.render import RunInfo, build_context, environment, render_html, render_pdf
+from tasks.result import ImportanceResult
+from tasks.sources import resolve_version
+
+EVIL = "<script>alert(1)</script><img src=x onerror=alert(2)>"
+
+
+@pytest.fixture(scope="module")
+def context(linear_registry):
+    version = resolve_version(linear_registry, "linear")
+    features = (*version.features[:3], EVIL)
+    object.__setattr__(version, "features", features)
+    weights = ImportanceResult.from_samples("weights", "weight-based", features, np.array([3.0, 2.0, 1.0, 0.01]))
+    rng = np.random.default_rng(0)
+    perm = ImportanceResult.from_samples(
+        "permutation", "behavioural", features, np.array([[1.0], [2.0], [0.5], [9.0]]) + 0.01 * rng.standard_normal((4, 5))
+    )
+    failed = ImportanceResult.not_ok("shap", "behavioural", features, status="failed", reason="RuntimeError: explainer broke")
+    results = [weights, perm, failed]
+    run = RunInfo(run_id="20260101T000000Z-abc123", started=datetime(2026, 1, 1, tzinfo=timezone.utc), seed=0)
+    return build_context(version, results, compare(results), run)
+
+
+def test_templates_have_the_named_blocks():
+    source = environment().loader.get_source(environment(), "report.html.j2")[0]
+    for block in ("summary", "warnings", "rankings", "agreement", "methods", "appendix"):
+        assert f"{{% block {block} %}}" in source
+
+
+def test_feature_names_with_markup_render_as_text(context):
+    html = render_html(context)
+    assert "<script>alert(1)" not in html and "onerror=alert" not in html.replace("onerror=alert(2)&gt;", "")
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def test_pdf_text_shows_verdict_warning_and_failed_method(context):
+    pdf = pypdf.PdfReader(io.BytesIO(render_pdf(render_html(context))))
+    text = " ".join(page.extract_text() for page in pdf.pages)
+    text = re.sub(r"\s+", " ", text)
+    assert "Verdict on the weight-based ranking" in text
+    assert "the first-layer weights under-rank it" in text
+    assert "This method failed: RuntimeError: explainer broke" in text
+    assert f"page 1 of {len(pdf.pages)}" in text
+
+
+def test_pdf_renderer_fetches_no_local_file(tmp_path):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(1, 1))
+    fig.add_subplot().plot([0, 1])
+    fig.savefig(tmp_path / "secret.png")
+    inline = "data:image/png;base64," + base64.b64encode((tmp_path / "secret.png").read_bytes()).decode()
+    with_file = render_pdf(f'<html><body><p>x</p><img src="file://{tmp_path}/secret.png"></body></html>')
+    with_data = render_pdf(f'<html><body><p>x</p><img src="{inline}"></body></html>')
+    images = lambda data: sum(len(p.images) for p in pypdf.PdfReader(io.BytesIO(data)).pages)  # noqa: E731
+    assert images(with_data) == 1
+    assert images(with_file) == 0

@@ -1,0 +1,143 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from tasks.errors import DataError, ManifestError, ModelLoadError, RegistryError
+from tasks.sources import check_version, load_split, natural_key, resolve_version
+from tests import helpers
+
+
+def _copy(registry, tmp_path, name="linear"):
+    root = tmp_path / "reg"
+    shutil.copytree(registry, root)
+    return root, root / name / "v1"
+
+
+def test_natural_sort_orders_numbers_and_dates():
+    assert sorted(["v10", "v9", "v2"], key=natural_key) == ["v2", "v9", "v10"]
+    assert sorted(["2026-11-02", "2026-01-15", "2025-12-31"], key=natural_key)[-1] == "2026-11-02"
+
+
+def test_latest_version_is_the_natural_maximum(linear_registry, tmp_path):
+    root, v1 = _copy(linear_registry, tmp_path)
+    for name in ("v9", "v10"):
+        shutil.copytree(v1, v1.parent / name)
+    assert resolve_version(root, "linear").version == "v10"
+    assert resolve_version(root, "linear", "v9").version == "v9"
+
+
+def test_resolved_version_hashes_files_and_orders_features(linear_registry):
+    version = resolve_version(linear_registry, "linear")
+    assert version.features == helpers.LINEAR_FEATURES
+    assert set(version.sha256) == {"model.keras", "test.parquet", "train.parquet"}
+    assert all(len(h) == 64 for h in version.sha256.values())
+
+
+@pytest.mark.parametrize(
+    ("model", "version", "message"),
+    [
+        ("nope", None, "has no model 'nope'"),
+        ("linear", "v7", "has no version 'v7'"),
+        ("../linear", None, "not a plain folder name"),
+        ("linear", "../v1", "not a plain folder name"),
+    ],
+)
+def test_missing_or_unsafe_names_are_refused(linear_registry, model, version, message):
+    with pytest.raises(RegistryError, match=message):
+        resolve_version(linear_registry, model, version)
+
+
+def test_missing_registry_and_empty_version(tmp_path):
+    with pytest.raises(RegistryError, match="does not exist"):
+        resolve_version(tmp_path / "absent", "m")
+    (tmp_path / "m" / "v1").mkdir(parents=True)
+    with pytest.raises(RegistryError, match="holds no model file"):
+        resolve_version(tmp_path, "m")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "is not valid JSON"),
+        (json.dumps({"task": "regression"}), "lacks 'target'"),
+        (json.dumps({"target": "y", "task": "ranking"}), "has task 'ranking'"),
+        (json.dumps({"target": "y", "task": "regression", "categorical": ["zzz"]}), "names 'zzz'"),
+    ],
+)
+def test_bad_manifests(linear_registry, tmp_path, content, message):
+    root, v1 = _copy(linear_registry, tmp_path)
+    (v1 / "manifest.json").write_text(content)
+    with pytest.raises(ManifestError, match=message):
+        resolve_version(root, "linear")
+
+
+def test_split_missing_target_names_the_column(linear_registry, tmp_path):
+    root, v1 = _copy(linear_registry, tmp_path)
+    frame = helpers.linear_frame(50, seed=0).drop(columns=["y"])
+    frame.to_parquet(v1 / "test.parquet")
+    with pytest.raises(DataError, match="no target column 'y'"):
+        resolve_version(root, "linear")
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda f: f.drop(columns=["b"]), "has no column 'b' \\(the manifest lists it as a feature\\)"),
+        (lambda f: f.assign(a=np.nan), "column 'a' has 50 NaN or infinite values"),
+        (lambda f: f.assign(c=np.inf), "column 'c' has 50 NaN or infinite"),
+        (lambda f: f.assign(b="text"), "column 'b' has dtype"),
+        (lambda f: f.iloc[:0], "has zero rows"),
+    ],
+)
+def test_bad_splits_name_file_and_column(linear_registry, tmp_path, mutate, message):
+    root, v1 = _copy(linear_registry, tmp_path)
+    (v1 / "manifest.json").write_text(json.dumps({"target": "y", "task": "regression", "features": list(helpers.LINEAR_FEATURES)}))
+    mutate(helpers.linear_frame(50, seed=0)).to_parquet(v1 / "test.parquet")
+    version = resolve_version(root, "linear")
+    with pytest.raises(DataError, match=f"test.parquet {message}"):
+        load_split(version.test_path, version)
+
+
+def test_csv_split_is_accepted(linear_registry, tmp_path):
+    root, v1 = _copy(linear_registry, tmp_path)
+    (v1 / "test.parquet").unlink()
+    helpers.linear_frame(30, seed=0).to_csv(v1 / "test.csv", index=False)
+    version = resolve_version(root, "linear")
+    assert load_split(version.test_path, version).X.shape == (30, 4)
+
+
+def test_corrupt_model_file(linear_registry, tmp_path):
+    root, v1 = _copy(linear_registry, tmp_path)
+    data = (v1 / "model.keras").read_bytes()
+    (v1 / "model.keras").write_bytes(data[: len(data) // 3])
+    with pytest.raises(ModelLoadError, match="model.keras could not be loaded"):
+        check_version(resolve_version(root, "linear"))
+
+
+def test_lambda_layer_is_refused_by_safe_mode(linear_registry, tmp_path):
+    import keras
+
+    root, v1 = _copy(linear_registry, tmp_path)
+    inputs = keras.Input((4,))
+    outputs = keras.layers.Dense(1)(keras.layers.Lambda(lambda x: x * 2.0, output_shape=(4,))(inputs))
+    keras.Model(inputs, outputs).save(v1 / "model.keras")
+    with pytest.raises(ModelLoadError, match="refused by Keras safe mode"):
+        check_version(resolve_version(root, "linear"))
+
+
+def test_model_inputs_must_match_features(linear_registry, tmp_path):
+    root, v1 = _copy(linear_registry, tmp_path)
+    helpers.linear_model(np.ones(3)).save(v1 / "model.keras")
+    with pytest.raises(ModelLoadError, match="one input of shape \\(None, 3\\).*4 features"):
+        check_version(resolve_version(root, "linear"))
+
+
+def test_named_inputs_must_match_columns(embedding_registry, tmp_path):
+    root, v1 = _copy(embedding_registry, tmp_path, "embed")
+    frame = helpers.embedding_frame(40, seed=0).rename(columns={"noise": "other"})
+    frame.to_parquet(v1 / "test.parquet")
+    frame.to_parquet(v1 / "train.parquet")
+    with pytest.raises(ModelLoadError, match="input named 'noise'"):
+        check_version(resolve_version(root, "embed"))
