@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from prefect import flow, runtime
+from prefect import allow_failure, flow, runtime
 from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from tasks.ablation import ablation_task
+from tasks.ablation import Budget, ablation_task
 from tasks.compare import compare_task
 from tasks.output import new_run_id, write_report_task
 from tasks.permutation import permutation_task
@@ -35,18 +35,24 @@ def audit_model(
     seed: int = 0,
     n_repeats: int = 5,
     n_seeds: int = 3,
+    ablation_budget: str | None = None,
 ) -> str:
     """Audit one model version and return the folder its report was written to."""
     started = datetime.now(timezone.utc)
     resolved = resolve_version_task(registry, model, version)
     check_version_task(resolved)
-    submit = {
-        "weights": lambda: weights_task.submit(resolved),
-        "permutation": lambda: permutation_task.submit(resolved, n_repeats=n_repeats, seed=seed),
-        "ablation": lambda: ablation_task.submit(resolved, n_seeds=n_seeds, seed=seed),
-        "shap": lambda: shap_task.submit(resolved, seed=seed),
-    }
-    futures = {name: submit[name]() for name in METHODS if name in methods}
+    budget = Budget.parse(ablation_budget)
+    futures = {}
+    if "weights" in methods:
+        futures["weights"] = weights_task.submit(resolved)
+    if "permutation" in methods:
+        futures["permutation"] = permutation_task.submit(resolved, n_repeats=n_repeats, seed=seed)
+    if "shap" in methods:
+        futures["shap"] = shap_task.submit(resolved, seed=seed)
+    if "ablation" in methods:
+        # Under a budget, ablation waits for permutation importance to choose which features come first.
+        ranked = allow_failure(futures["permutation"]) if budget != Budget() and "permutation" in futures else None
+        futures["ablation"] = ablation_task.submit(resolved, n_seeds=n_seeds, seed=seed, budget=budget, priority=ranked)
     results = _gather(futures, resolved.features)
     comparison = compare_task(results)
     run = RunInfo(run_id=new_run_id(started), started=started, seed=seed, flow_run_id=str(runtime.flow_run.id))
@@ -54,10 +60,20 @@ def audit_model(
     return write_report_task(out, resolved.name, resolved.version, run.run_id, files)
 
 
+def with_runner(dask_address: str | None = None):
+    """The audit flow on the default thread pool, or on an existing Dask cluster at ``dask_address``."""
+    if not dask_address:
+        return audit_model
+    from prefect_dask import DaskTaskRunner
+
+    return audit_model.with_options(task_runner=DaskTaskRunner(address=dask_address))
+
+
 def _gather(futures: dict[str, PrefectFuture], features: tuple[str, ...]) -> list[ImportanceResult]:
     """Wait for every method; a method that raised becomes a 'failed' result, so the report is still written."""
     results: list[ImportanceResult] = []
-    for name, future in futures.items():
+    for name in (m for m in METHODS if m in futures):
+        future = futures[name]
         state = future.wait() or future.state
         if state.is_completed():
             value = future.result()

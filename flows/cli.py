@@ -32,9 +32,13 @@ def run(args: argparse.Namespace) -> int:
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise FeatureAuditError(f"--methods: unknown method '{(unknown or [''])[0]}'; choose from {','.join(METHODS)}")
+    from tasks.ablation import Budget
+
+    Budget.parse(args.ablation_budget)
     version = resolve_version(args.registry, args.model, args.version)
     check_version(version)  # fail fast, before Prefect starts
-    return _audit(args.registry, version.name, version.version, args.out, methods, args.seed)
+    return _audit(args.registry, version.name, version.version, args.out, methods, args.seed,
+                  ablation_budget=args.ablation_budget, dask_address=args.dask_address)
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -47,10 +51,15 @@ def demo(args: argparse.Namespace) -> int:
     return _audit(str(registry), MODEL_NAME, None, args.out, list(METHODS), args.seed)
 
 
-def _audit(registry: str, model: str, version: str | None, out: str, methods: list[str], seed: int) -> int:
-    from flows.audit import audit_model
+def _audit(
+    registry: str, model: str, version: str | None, out: str, methods: list[str], seed: int,
+    *, ablation_budget: str | None = None, dask_address: str | None = None,
+) -> int:
+    from flows.audit import with_runner
 
-    folder = Path(audit_model(registry=registry, model=model, version=version, out=out, methods=methods, seed=seed))
+    flow = with_runner(dask_address)
+    folder = Path(flow(registry=registry, model=model, version=version, out=out, methods=methods, seed=seed,
+                       ablation_budget=ablation_budget))
     for name in ("report.pdf", "report.html", "results.json"):
         print(folder / name)
     return 0
@@ -67,6 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     p_run.add_argument("--out", default="reports", help="output folder (default: reports)")
     p_run.add_argument("--methods", default="weights,permutation,ablation,shap", help="comma-separated methods")
     p_run.add_argument("--seed", type=int, default=0, help="seed for every random choice (default: 0)")
+    p_run.add_argument("--ablation-budget", help="retrain at most N features (e.g. 8) or for about N seconds (e.g. 600s), "
+                       "most important by permutation first")
+    p_run.add_argument("--dask-address", help="run the tasks on an existing Dask cluster, e.g. tcp://host:8786")
     p_run.set_defaults(handler=run)
 
     p_demo = commands.add_parser("demo", help="build a demo registry with known drivers and audit it")

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from prefect import get_run_logger, task
 
+from tasks.errors import FeatureAuditError
 from tasks.metrics import Metric, get_metric
 from tasks.modeling import as_predictions, compiled_loss_name, input_layout, model_feed
 from tasks.result import ImportanceResult
@@ -139,6 +140,31 @@ def fused_retrain_scores(
     return np.array([metric(test.y, as_predictions(out, model)) for out in raw])
 
 
+@dataclass(frozen=True)
+class Budget:
+    """How much retraining a run may spend: at most ``max_units`` units, or about ``seconds`` seconds."""
+
+    max_units: int | None = None
+    seconds: float | None = None
+
+    @classmethod
+    def parse(cls, text: str | None) -> Budget:
+        """``"8"`` ablates the 8 most important units; ``"300s"`` stops starting new units after 300 s."""
+        if text is None or text == "":
+            return cls()
+        value = text.strip().lower()
+        try:
+            if value.endswith("s"):
+                seconds = float(value[:-1])
+                if seconds > 0:
+                    return cls(seconds=seconds)
+            elif int(value) > 0:
+                return cls(max_units=int(value))
+        except ValueError:
+            pass
+        raise FeatureAuditError(f"--ablation-budget {text!r}: give a number of features (8) or seconds (300s)")
+
+
 def ablation_importance(
     model,
     train: Split,
@@ -150,29 +176,56 @@ def ablation_importance(
     random_state: int | None = None,
     units: dict[str, list[int]] | None = None,
     constants: np.ndarray,
+    budget: Budget = Budget(),
     progress: Callable[[str, int, int], None] | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Paired drop-column importances of shape ``(n_units, n_seeds)``, and per-seed timings.
+    """Paired drop-column importances of shape ``(n_units, n_seeds)`` (NaN where the budget ran out), and timings.
 
-    Per seed, the baseline and every ablated variant share one initialisation and one row
-    order, so their difference isolates the feature.
+    Per seed, the baseline and every ablated variant share one initialisation and one row order,
+    so their difference isolates the unit. ``units`` are taken in order: put the most important
+    first when a budget may cut the list short. Without a time budget all units of a seed train
+    in one fused model; with one, they train in batches so the run can stop between them.
     """
     units = units or {str(j): [j] for j in range(train.X.shape[1])}
+    names = list(units)[: budget.max_units] if budget.max_units else list(units)
+    batch = max(1, min(4, len(names))) if budget.seconds else max(1, len(names))
     seeds = ablation_seeds(n_seeds, random_state)
-    importances = np.empty((len(units), n_seeds))
-    timings = []
-    for k, seed in enumerate(seeds):
-        started = time.perf_counter()
-        scores = fused_retrain_scores(
-            model, train, test, metric=metric, recipe=recipe, seed=seed,
-            units=[[], *units.values()], constants=constants,
-        )
-        importances[:, k] = metric.degradation(scores[0], scores[1:])
-        seconds = round(time.perf_counter() - started, 3)
-        timings.append({"seed": seed, "baseline": float(scores[0]), "seconds": seconds})
-        if progress is not None:
-            progress(f"seed {k + 1}/{n_seeds}: baseline and {len(units)} ablations retrained in {seconds} s", k + 1, n_seeds)
-    return importances, {"seeds": timings}
+    importances = np.full((len(units), n_seeds), np.nan)
+    baselines: list[float] = []
+    timings: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    done = 0
+    for first in range(0, len(names), batch):
+        chunk = names[first : first + batch]
+        for k, seed in enumerate(seeds):
+            tick = time.perf_counter()
+            with_baseline = first == 0
+            scores = fused_retrain_scores(
+                model, train, test, metric=metric, recipe=recipe, seed=seed, constants=constants,
+                units=([[]] if with_baseline else []) + [units[n] for n in chunk],
+            )
+            if with_baseline:
+                baselines.append(float(scores[0]))
+                scores = scores[1:]
+            for name, score in zip(chunk, scores):
+                importances[list(units).index(name), k] = metric.degradation(baselines[k], score)
+            seconds = round(time.perf_counter() - tick, 3)
+            timings.append({"seed": seed, "units": len(chunk), "baseline": with_baseline, "seconds": seconds})
+            if progress is not None:
+                progress(f"seed {k + 1}/{n_seeds}: {len(chunk)} ablations retrained in {seconds} s", done + 1,
+                         -(-len(names) // batch) * n_seeds)
+            done += 1
+        if budget.seconds and time.perf_counter() - started > budget.seconds:
+            break
+    ablated_names = [n for n in units if not np.isnan(importances[list(units).index(n)]).any()]
+    details = {
+        "seeds": seeds,
+        "baselines": baselines,
+        "timings": timings,
+        "seconds": round(time.perf_counter() - started, 3),
+        "not_ablated": [n for n in units if n not in ablated_names],
+    }
+    return importances, details
 
 
 def ablation_seeds(n_seeds: int, random_state: int | None) -> list[int]:
@@ -209,9 +262,32 @@ def _seed_config(config: Any, seed: int, counter) -> Any:
     return config
 
 
+def priority_order(features: list[str], priority: Any) -> list[str]:
+    """Features by descending permutation importance when that result is usable, else in their own order.
+
+    ``priority`` is what the permutation task produced: a result, a list of results, or its error.
+    """
+    candidates = priority if isinstance(priority, list) else [priority]
+    for result in candidates:
+        if isinstance(result, ImportanceResult) and result.ok and result.method == "permutation":
+            by_rank = sorted(features, key=lambda f: result.rank[result.features.index(f)] if f in result.features else 10**9)
+            return by_rank
+    return list(features)
+
+
 @task(name="ablation")
-def ablation_task(version: ModelVersion, *, n_seeds: int = 3, seed: int = 0) -> ImportanceResult:
-    """Drop-column importance by retraining, paired against a same-seed baseline."""
+def ablation_task(
+    version: ModelVersion,
+    *,
+    n_seeds: int = 3,
+    seed: int = 0,
+    budget: Budget = Budget(),
+    priority: Any = None,
+) -> ImportanceResult:
+    """Drop-column importance by retraining, paired against a same-seed baseline.
+
+    With a ``priority`` result (permutation importance) the most important features are ablated first.
+    """
     features = list(version.features)
     if version.train_path is None:
         return ImportanceResult.not_ok(
@@ -224,16 +300,28 @@ def ablation_task(version: ModelVersion, *, n_seeds: int = 3, seed: int = 0) -> 
     test = load_split(Path(version.test_path), version)
     metric = get_metric(version.manifest.metric, version.task, compiled_loss_name(model))
     recipe = Recipe.from_manifest(version.manifest.training)
+    units = {f: [features.index(f)] for f in priority_order(features, priority)}
+    for group, members in version.manifest.groups.items():
+        units[f"group:{group}"] = [features.index(m) for m in members]
 
     def progress(message: str, done: int, total: int) -> None:
         logger.info("ablation: %s (%d/%d)", message, done, total)
 
     importances, details = ablation_importance(
-        model, train, test, metric=metric, recipe=recipe, n_seeds=n_seeds, random_state=seed,
-        units={f: [j] for j, f in enumerate(features)},
-        constants=ablation_constants(train, version.categorical), progress=progress,
+        model, train, test, metric=metric, recipe=recipe, n_seeds=n_seeds, random_state=seed, units=units,
+        constants=ablation_constants(train, version.categorical), budget=budget, progress=progress,
     )
-    details.update({"epochs": recipe.epochs, "batch_size": recipe.batch_size, "n_seeds": n_seeds})
+    names = list(units)
+    kept = [f for f in features if f not in details["not_ablated"]]
+    rows = [names.index(f) for f in kept]
+    group_rows = [i for i, n in enumerate(names) if n.startswith("group:") and n not in details["not_ablated"]]
+    groups = ImportanceResult.from_samples("ablation_groups", "behavioural", [names[i] for i in group_rows],
+                                           importances[group_rows]) if group_rows else None
+    notes = list(NOTES)
+    if details["not_ablated"]:
+        notes.append(f"Budget reached: not ablated: {', '.join(details['not_ablated'])}.")
+    details.update({"epochs": recipe.epochs, "batch_size": recipe.batch_size, "n_seeds": n_seeds,
+                    "groups": groups.records() if groups else []})
     return ImportanceResult.from_samples(
-        "ablation", "behavioural", features, importances, metric=metric.name, notes=NOTES, details=details
+        "ablation", "behavioural", kept, importances[rows], metric=metric.name, notes=notes, details=details
     )

@@ -115,7 +115,7 @@ def compare(results: list[ImportanceResult]) -> Comparison:
     """Compare every usable weight-based result with every usable behavioural one."""
     weights = [r for r in results if r.ok and r.kind == "weight-based"]
     behaviours = [r for r in results if r.ok and r.kind == "behavioural" and len(r.features) > 1]
-    pairs = [(w, b) for w in weights for b in behaviours if w.features == b.features]
+    pairs = [(w.subset(b.features), b) for w in weights for b in behaviours if set(b.features) <= set(w.features)]
     if not pairs:
         return Comparison((), (), "not assessed")
     agreements = tuple(agreement(w, b) for w, b in pairs)

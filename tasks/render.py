@@ -51,7 +51,7 @@ def build_context(
     """Everything the report shows, decided here; the templates only loop and format."""
     usable = [r for r in results if r.ok]
     weight = next((r for r in usable if r.method == "weights"), None)
-    behaviours = [r for r in usable if r.kind == "behavioural"]
+    behaviours = [r for r in usable if r.kind == "behavioural" and weight and r.features == weight.features]
     return {
         "model": {
             "name": version.name,
@@ -165,15 +165,18 @@ def _method(result: ImportanceResult) -> dict[str, Any]:
 
 def _rankings(features: tuple[str, ...], results: list[ImportanceResult]) -> dict[str, Any]:
     rows = []
-    for j, name in enumerate(features):
-        cells = [
-            {"importance": float(r.importances_mean[j]), "low": float(r.low[j]), "high": float(r.high[j]),
-             "rank": int(r.rank[j]), "interval": r.n_samples > 1}
-            for r in results
-        ]
+    for name in features:
+        cells = []
+        for r in results:
+            if name not in r.features:
+                cells.append(None)  # e.g. not ablated within the budget
+                continue
+            j = r.features.index(name)
+            cells.append({"importance": float(r.importances_mean[j]), "low": float(r.low[j]),
+                          "high": float(r.high[j]), "rank": int(r.rank[j]), "interval": r.n_samples > 1})
         rows.append({"feature": name, "cells": cells})
     key = next((i for i, r in enumerate(results) if r.method == "permutation"), 0)
-    rows.sort(key=lambda row: row["cells"][key]["rank"] if row["cells"] else 0)
+    rows.sort(key=lambda row: row["cells"][key]["rank"] if row["cells"] and row["cells"][key] else 0)
     return {"methods": [r.method for r in results], "rows": rows}
 
 

@@ -117,6 +117,26 @@ class ImportanceResult:
             error=reason,
         )
 
+    def subset(self, features: tuple[str, ...] | list[str]) -> ImportanceResult:
+        """The same result restricted to ``features`` (in that order) and ranked again among them."""
+        rows = [self.features.index(f) for f in features]
+        return ImportanceResult(
+            method=self.method,
+            kind=self.kind,
+            features=tuple(features),
+            importances=self.importances[rows],
+            importances_mean=self.importances_mean[rows],
+            importances_std=self.importances_std[rows],
+            low=self.low[rows],
+            high=self.high[rows],
+            rank=rank_descending(self.importances_mean[rows]),
+            status=self.status,
+            notes=self.notes,
+            error=self.error,
+            metric=self.metric,
+            details=self.details,
+        )
+
     @property
     def ok(self) -> bool:
         return self.status == "ok"
