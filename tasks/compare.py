@@ -1,8 +1,11 @@
 """Where the weight-based ranking disagrees with what the model does.
 
-Each weight-based result is compared with each behavioural one: Spearman's rho, Kendall's tau,
-top-3 overlap and the features whose rank moves most. Warnings are noise-aware: a feature is
-flagged only when the behavioural method's own interval backs the claim.
+Each weight-based result is compared with each behavioural one, and the behavioural methods with
+each other, by the measures of Krishna et al. (2022), "The Disagreement Problem in Explainable
+Machine Learning": Spearman's rho, Kendall's tau, top-k feature agreement (k = 3, 5, 10 where there
+are enough features) and pairwise rank agreement; plus the features whose rank moves most.
+Warnings are noise-aware: a feature is flagged only when the behavioural method's own interval
+(repeats, seeds or bootstrap) backs the claim.
 """
 
 from __future__ import annotations
@@ -23,19 +26,20 @@ VERDICT_RULE = (
     "Warnings count only when the behavioural interval supports them."
 )
 TOP_K = 3
+AGREEMENT_KS = (3, 5, 10)
 
 
 @dataclass(frozen=True)
 class Agreement:
-    """How one weight-based ranking compares with one behavioural ranking."""
+    """How one ranking (``method_a``: weight-based, or a behavioural one) compares with another."""
 
-    weight_method: str
-    behavioural_method: str
+    method_a: str
+    method_b: str
     spearman: float
     kendall: float
-    top_k: int
-    top_k_overlap: int
-    movers: tuple[tuple[str, int, int], ...]  # (feature, weight rank, behavioural rank), largest move first
+    top_k: tuple[tuple[int, float], ...]  # (k, fraction of the top-k features both rankings share)
+    pairwise: float  # fraction of feature pairs ordered the same way by both
+    movers: tuple[tuple[str, int, int], ...]  # (feature, rank by a, rank by b), largest move first
 
 
 @dataclass(frozen=True)
@@ -53,9 +57,10 @@ class Finding:
 
 @dataclass(frozen=True)
 class Comparison:
-    agreements: tuple[Agreement, ...]
+    agreements: tuple[Agreement, ...]  # weight-based against behavioural
     findings: tuple[Finding, ...]
     verdict: Verdict
+    consensus: tuple[Agreement, ...] = ()  # behavioural methods among themselves
     rule: str = VERDICT_RULE
 
     def to_dict(self) -> dict[str, Any]:
@@ -63,28 +68,40 @@ class Comparison:
             "verdict": self.verdict,
             "rule": self.rule,
             "agreements": [asdict(a) for a in self.agreements],
+            "consensus": [asdict(a) for a in self.consensus],
             "warnings": [asdict(f) for f in self.findings],
         }
 
 
-def agreement(weight: ImportanceResult, behaviour: ImportanceResult, *, n_movers: int = 3) -> Agreement:
+def agreement(a: ImportanceResult, b: ImportanceResult, *, n_movers: int = 3) -> Agreement:
     """Rank agreement between two results over the same features."""
-    w_rank, b_rank = weight.rank, behaviour.rank
-    k = min(TOP_K, len(weight.features))
-    top_w = {f for f, r in zip(weight.features, w_rank) if r <= k}
-    top_b = {f for f, r in zip(behaviour.features, b_rank) if r <= k}
-    moves = sorted(
-        zip(weight.features, w_rank.tolist(), b_rank.tolist()), key=lambda t: (-abs(t[1] - t[2]), t[1])
-    )
+    n = len(a.features)
+    moves = sorted(zip(a.features, a.rank.tolist(), b.rank.tolist()), key=lambda t: (-abs(t[1] - t[2]), t[1]))
     return Agreement(
-        weight_method=weight.method,
-        behavioural_method=behaviour.method,
-        spearman=_safe(stats.spearmanr(weight.importances_mean, behaviour.importances_mean)[0]),
-        kendall=_safe(stats.kendalltau(weight.importances_mean, behaviour.importances_mean)[0]),
-        top_k=k,
-        top_k_overlap=len(top_w & top_b),
-        movers=tuple((f, int(w), int(b)) for f, w, b in moves[:n_movers] if w != b),
+        method_a=a.method,
+        method_b=b.method,
+        spearman=_safe(stats.spearmanr(a.importances_mean, b.importances_mean)[0]),
+        kendall=_safe(stats.kendalltau(a.importances_mean, b.importances_mean)[0]),
+        top_k=tuple((k, top_k_agreement(a, b, k)) for k in AGREEMENT_KS if k < n or k == min(AGREEMENT_KS)),
+        pairwise=pairwise_rank_agreement(a.importances_mean, b.importances_mean),
+        movers=tuple((f, int(ra), int(rb)) for f, ra, rb in moves[:n_movers] if ra != rb),
     )
+
+
+def top_k_agreement(a: ImportanceResult, b: ImportanceResult, k: int) -> float:
+    """Fraction of the k most important features that both rankings share."""
+    k = min(k, len(a.features))
+    top_a = {f for f, r in zip(a.features, a.rank) if r <= k}
+    top_b = {f for f, r in zip(b.features, b.rank) if r <= k}
+    return len(top_a & top_b) / k
+
+
+def pairwise_rank_agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """Fraction of feature pairs whose relative order is the same under both importances."""
+    i, j = np.triu_indices(len(a), k=1)
+    if len(i) == 0:
+        return float("nan")
+    return float(np.mean(np.sign(a[i] - a[j]) == np.sign(b[i] - b[j])))
 
 
 def findings(weight: ImportanceResult, behaviour: ImportanceResult) -> list[Finding]:
@@ -120,6 +137,11 @@ def compare(results: list[ImportanceResult]) -> Comparison:
         return Comparison((), (), "not assessed")
     agreements = tuple(agreement(w, b) for w, b in pairs)
     found = tuple(f for w, b in pairs for f in findings(w, b))
+    consensus = tuple(
+        agreement(x.subset(shared), y.subset(shared))
+        for i, x in enumerate(behaviours) for y in behaviours[i + 1 :]
+        if len(shared := [f for f in x.features if f in y.features]) > 1
+    )
     rhos = [a.spearman for a in agreements if np.isfinite(a.spearman)]
     if (rhos and min(rhos) < 0.5) or len(found) >= 2:
         verdict: Verdict = "disagree"
@@ -127,7 +149,7 @@ def compare(results: list[ImportanceResult]) -> Comparison:
         verdict = "partly agree"
     else:
         verdict = "agree"
-    return Comparison(agreements, found, verdict)
+    return Comparison(agreements, found, verdict, consensus)
 
 
 @task(name="compare")

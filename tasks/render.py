@@ -29,6 +29,7 @@ METHOD_TITLES = {
     "weights": "First-layer weights |W|",
     "weights_scaled": "Scale-aware weights |W|·std",
     "permutation": "Permutation importance",
+    "permutation_accuracy": "Permutation importance (accuracy)",
     "ablation": "Retrain-ablation (drop-column)",
     "shap": "SHAP (mean |φ|)",
 }
@@ -75,6 +76,7 @@ def build_context(
         "methods": [_method(r) for r in results],
         "rankings": _rankings(version.features, usable),
         "agreements": comparison.agreements,
+        "consensus": comparison.consensus,
         "rank_chart": charts.data_uri(charts.rank_lines(weight, behaviours)) if weight and behaviours else None,
     }
 
@@ -83,6 +85,7 @@ def environment() -> Environment:
     """The one Jinja2 environment: autoescaping on, formatters as filters."""
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, undefined=StrictUndefined)
     env.filters["num"] = format_number
+    env.filters["pct"] = format_percent
     env.filters["title"] = lambda method: METHOD_TITLES.get(method, method)
     return env
 
@@ -113,6 +116,7 @@ def results_document(
         "verdict": agreement["verdict"],
         "verdict_rule": agreement["rule"],
         "agreement": agreement["agreements"],
+        "consensus": agreement["consensus"],
         "warnings": agreement["warnings"],
     }
 
@@ -138,6 +142,13 @@ def format_number(value: float | None, digits: int = 3) -> str:
     return f"{value:.{digits}g}"
 
 
+def format_percent(value: float | None) -> str:
+    """A share as a whole percentage, '—' for missing."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "—"
+    return f"{100 * value:.0f}%"
+
+
 def library_versions() -> dict[str, str]:
     out = {}
     for name in LIBRARIES:
@@ -160,6 +171,7 @@ def _method(result: ImportanceResult) -> dict[str, Any]:
         "n_samples": result.n_samples,
         "chart": chart,
         "groups": result.details.get("groups", []),
+        "clusters": result.details.get("clusters", []),
     }
 
 

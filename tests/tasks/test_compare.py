@@ -40,7 +40,26 @@ def test_identical_rankings_agree():
     values = [6, 5, 4, 3, 2, 1]
     result = compare([_weights(values), _behaviour(values, spread=0.01)])
     assert result.verdict == "agree" and not result.findings
-    assert result.agreements[0].spearman == 1.0 and result.agreements[0].top_k_overlap == 3
+    first = result.agreements[0]
+    assert first.spearman == 1.0 and first.pairwise == 1.0 and dict(first.top_k) == {3: 1.0, 5: 1.0}
+
+
+def test_pairwise_and_top_k_agreement_count_what_they_say():
+    from tasks.compare import pairwise_rank_agreement, top_k_agreement
+
+    # one swap among 4 features: 5 of 6 pairs keep their order
+    assert pairwise_rank_agreement(np.array([4.0, 3, 2, 1]), np.array([3.0, 4, 2, 1])) == 5 / 6
+    a = _weights([6, 5, 4, 3, 2, 1])
+    b = _behaviour([1, 5, 4, 3, 2, 6], spread=0.0)  # first and last swapped
+    assert top_k_agreement(a, b, 3) == 2 / 3 and top_k_agreement(a, b, 5) == 4 / 5
+
+
+def test_behavioural_methods_are_compared_with_each_other():
+    perm = _behaviour([6, 5, 4, 3, 2, 1])
+    other = ImportanceResult.from_samples("ablation", "behavioural", FEATURES, np.array([6, 5, 4, 3, 1, 2.0]))
+    result = compare([_weights([6, 5, 4, 3, 2, 1]), perm, other])
+    assert [(c.method_a, c.method_b) for c in result.consensus] == [("permutation", "ablation")]
+    assert result.consensus[0].pairwise == 14 / 15
 
 
 def test_failed_methods_are_left_out():
