@@ -1,32 +1,117 @@
 import numpy as np
+import pytest
 
-from tasks.shap_importance import shap_importance
+from tasks.metrics import METRICS
+from tasks.modeling import Forward
+from tasks.shap_importance import explain, global_magnitude, highest_loss_rows, shap_audit, shap_importance
 from tasks.sources import load_model, load_split, resolve_version
 from tests import helpers
 
 
-def test_linear_model_mean_abs_shap_matches_closed_form(linear_registry):
+@pytest.fixture(scope="module")
+def linear(linear_registry):
     version = resolve_version(linear_registry, "linear")
-    model = load_model(version.model_path)
-    test = load_split(version.test_path, version)
-    train = load_split(version.train_path, version)
-    draws, (low, high), raw = shap_importance(model, version.features, test.X, train.X, n_rows=400, random_state=0)
-    assert raw.explainer == "GradientExplainer"
+    return version, load_model(version.model_path), load_split(version.test_path, version), load_split(version.train_path, version)
+
+
+@pytest.fixture(scope="module")
+def softmax_model():
+    """An untrained 4-feature, 3-class softmax MLP: nonlinear, with known output structure (rows sum to 1)."""
+    import keras
+
+    init = keras.initializers.GlorotUniform(seed=3)
+    model = keras.Sequential([
+        keras.Input((4,), name="x"),
+        keras.layers.Dense(8, activation="tanh", kernel_initializer=init),
+        keras.layers.Dense(3, activation="softmax", kernel_initializer=init),
+    ])
+    X = np.random.default_rng(5).normal(size=(300, 4)).astype(np.float32) * 2
+    return model, ("p", "q", "r", "s"), X
+
+
+def test_linear_model_mean_abs_shap_matches_closed_form(linear):
+    version, model, test, train = linear
+    draws, (low, high), raw, rows = shap_importance(model, version.features, test.X, train.X, n_rows=400, random_state=0)
+    # expected gradients sample background rows, so even a linear model's do not add up within 5%
+    assert raw.explainer == "Shapley sampling (ours)" and raw.reason.startswith("GradientExplainer's attributions missed")
     # phi_j = w_j (x_j - E[x_j]): its mean magnitude is |w_j| * E|x_j - mean|
-    rows = test.X[raw.rows]
-    expected = np.abs(helpers.LINEAR_WEIGHTS) * np.abs(rows - train.X[:, :].mean(axis=0)).mean(axis=0)
+    expected = np.abs(helpers.LINEAR_WEIGHTS) * np.abs(test.X[rows] - train.X.mean(axis=0)).mean(axis=0)
     np.testing.assert_allclose(draws.mean(axis=1), expected, rtol=0.1, atol=0.02)
     assert (low <= draws.mean(axis=1)).all() and (draws.mean(axis=1) <= high).all()
     assert draws.mean(axis=1)[3] < 1e-3
 
 
-def test_named_embedding_model_uses_a_model_agnostic_explainer(embedding_registry):
+def test_sampling_estimator_is_exact_for_a_linear_model(linear):
+    version, model, test, train = linear
+    background = train.X[:50]
+    raw = explain(model, version.features, test.X[:100], background, explainer="sampling", random_state=0)
+    expected = helpers.LINEAR_WEIGHTS * (test.X[:100] - background.mean(axis=0))
+    np.testing.assert_allclose(raw.values, expected, atol=1e-4)
+    assert raw.max_deviation < 1e-4
+
+
+def test_nonlinear_single_input_model_is_additive_and_leaves_global_random_state_alone(softmax_model):
+    model, features, X = softmax_model
+    state = np.random.get_state()
+    raw = explain(model, features, X[:60], X[100:160], random_state=0)
+    assert np.random.get_state()[1].tolist() == state[1].tolist()
+    # whichever explainer was chosen, the result adds up within tolerance or says why it was kept
+    assert raw.relative_deviation <= 0.05
+    gradient = explain(model, features, X[:60], X[100:160], explainer="gradient", random_state=0)
+    assert gradient.explainer == "GradientExplainer" and gradient.max_deviation > 0
+
+
+def test_multiclass_values_per_class_and_summed_magnitude(softmax_model):
+    model, features, X = softmax_model
+    raw = explain(model, features, X[:50], X[100:150], explainer="sampling", random_state=1)
+    assert raw.values.shape == (50, 4, 3) and raw.base_value.shape == (3,)
+    np.testing.assert_allclose(raw.base_value + raw.values.sum(axis=1), Forward(model, features)(X[:50]), atol=1e-5)
+    # probabilities sum to one, so each feature's effects over the classes cancel
+    np.testing.assert_allclose(raw.values.sum(axis=2), 0, atol=1e-5)
+    draws, _, raw2, _ = shap_importance(model, features, X, X, n_rows=50, n_background=40, random_state=1,
+                                        explainer="sampling")
+    assert draws.shape == (4, 200)
+    np.testing.assert_allclose(global_magnitude(raw2.values), np.abs(raw2.values).sum(axis=2))
+    np.testing.assert_allclose(draws.mean(axis=1), np.abs(raw2.values).sum(axis=2).mean(axis=0), rtol=0.05)
+
+
+def test_highest_loss_rows_match_a_brute_force_ranking(embedding_registry):
     version = resolve_version(embedding_registry, "embed")
     model = load_model(version.model_path)
     test = load_split(version.test_path, version)
-    draws, _, raw = shap_importance(model, version.features, test.X, test.X, n_rows=30, n_background=50, random_state=0)
-    assert raw.explainer == "KernelExplainer"
-    mean = dict(zip(version.features, draws.mean(axis=1)))
+    predictions = np.asarray(model.predict(
+        {"amount": test.X[:, [0]], "region": test.X[:, [1]].astype("int32"), "noise": test.X[:, [2]]}, verbose=0))[:, 0]
+    losses = [(float(predictions[i]) - float(test.y[i])) ** 2 for i in range(len(test.y))]
+    brute = sorted(range(len(losses)), key=lambda i: -losses[i])[:5]
+    worst, loss = highest_loss_rows(test.y, Forward(model, version.features)(test.X), METRICS["mse"], 5)
+    assert worst.tolist() == brute
+    np.testing.assert_allclose(loss, losses, rtol=1e-4)
+
+    result = shap_audit(version, seed=0, n_rows=100)
+    local = result.details["local"]
+    assert [r["row"] for r in local if r["selection"] == "highest loss"] == brute
+    assert len([r for r in local if r["selection"] == "random"]) == 3
+    for record in local:
+        phi = sum(f["phi"] for f in record["features"])
+        assert record["base_value"] + phi == pytest.approx(record["explained_output"], abs=1e-5)
+        assert record["label"] == pytest.approx(float(test.y[record["row"]]))
+        magnitudes = [abs(f["phi"]) for f in record["features"]]
+        assert magnitudes == sorted(magnitudes, reverse=True)
+
+
+def test_named_embedding_model_is_explained_by_sampling_and_seeded(embedding_registry):
+    version = resolve_version(embedding_registry, "embed")
+    first = shap_audit(version, seed=0, n_rows=100)
+    details = first.details
+    assert details["explainer"] == "Shapley sampling (ours)" and "named model inputs" in details["reason"]
+    assert details["n_background"] == 100 and details["background_source"] == "training"
+    assert details["additivity"]["ok"] and details["additivity"]["max_deviation"] < 1e-4
+    mean = dict(zip(version.features, first.importances_mean))
     assert mean["amount"] > mean["noise"] and mean["region"] > mean["noise"]
-    again, _, _ = shap_importance(model, version.features, test.X, test.X, n_rows=30, n_background=50, random_state=0)
-    np.testing.assert_allclose(draws, again)
+    again = shap_audit(version, seed=0, n_rows=100)
+    np.testing.assert_array_equal(first.importances, again.importances)
+    assert again.details["local"] == details["local"] and again.details["beeswarm"] == details["beeswarm"]
+    other = shap_audit(version, seed=1, n_rows=100)
+    assert not np.array_equal(first.importances, other.importances)
+    assert details["beeswarm"]["features"][0] in ("amount", "region")
+    assert len(details["beeswarm"]["phi"][0]) == 100
