@@ -65,3 +65,209 @@ def test_embedding_model_permutes_the_raw_integer_column(embedding_registry):
     assert mean["region"] > 1.0 and mean["amount"] > 2.0
     assert abs(mean["noise"]) < 0.2
     assert mean["amount+region"] > max(mean["amount"], mean["region"])
+
+
+# --- packing, seeds, progress ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rows_per_call", [777, 2000, 5000, 24_000])
+def test_packing_and_chunking_do_not_change_the_numbers(linear, rows_per_call):
+    """Blocks smaller than a repeat, one repeat, several units per call: the same means, every metric."""
+    forward, test = linear
+    kwargs = dict(metric=METRICS["mse"], extra_metrics=(METRICS["mae"],), n_repeats=3, random_state=7)
+    reference = permutation_importance(forward, test.X, test.y, **kwargs)
+    scores = permutation_importance(forward, test.X, test.y, rows_per_call=rows_per_call, **kwargs)
+    assert scores.metrics == ("mse", "mae")
+    for name in scores.metrics:
+        np.testing.assert_allclose(scores.by_metric[name], reference.by_metric[name], rtol=1e-6, atol=1e-9)
+
+
+def test_extra_metrics_score_the_same_permuted_copies(linear):
+    forward, test = linear
+    both = permutation_importance(forward, test.X, test.y, metric=METRICS["mse"], extra_metrics=(METRICS["mae"],),
+                                  n_repeats=2, random_state=3)
+    alone = permutation_importance(forward, test.X, test.y, metric=METRICS["mae"], n_repeats=2, random_state=3)
+    np.testing.assert_allclose(both.by_metric["mae"], alone.importances, rtol=1e-6, atol=1e-9)
+    np.testing.assert_array_equal(both.importances, both.by_metric["mse"])
+
+
+def test_adding_groups_or_clusters_leaves_feature_seeds_alone(linear):
+    forward, test = linear
+    features = {f: [j] for j, f in enumerate(helpers.LINEAR_FEATURES)}
+    kwargs = dict(metric=METRICS["mse"], n_repeats=3, random_state=11)
+    plain = permutation_importance(forward, test.X, test.y, units=features, **kwargs)
+    more = permutation_importance(forward, test.X, test.y, units={**features, "group:ab": [0, 1], "cluster:c+d": [2, 3]},
+                                  **kwargs)
+    np.testing.assert_allclose(more.importances[:4], plain.importances, rtol=1e-6, atol=1e-9)
+    assert more.units[4:] == ("group:ab", "cluster:c+d")
+
+
+def test_serial_and_threaded_runs_give_identical_numbers(linear):
+    from concurrent.futures import ThreadPoolExecutor
+
+    forward, test = linear
+    run = lambda seed: permutation_importance(forward, test.X, test.y, metric=METRICS["mse"], n_repeats=2,  # noqa: E731
+                                              random_state=seed).importances
+    serial = [run(seed) for seed in (0, 1, 0)]
+    with ThreadPoolExecutor(3) as pool:
+        threaded = list(pool.map(run, (0, 1, 0)))
+    for a, b in zip(serial, threaded):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("rows_per_call", [1500, 100_000])
+def test_progress_is_reported_once_per_unit_in_order(linear, rows_per_call):
+    forward, test = linear
+    calls = []
+    permutation_importance(forward, test.X, test.y, metric=METRICS["mse"], n_repeats=2, random_state=0,
+                           rows_per_call=rows_per_call, progress=lambda *args: calls.append(args))
+    assert calls == [(str(j), j + 1, 4) for j in range(4)]
+
+
+def test_memory_stays_bounded_by_the_block_not_the_split():
+    """200,000 rows × 50 features (40 MB): numpy-side peak stays far below one copy of the split.
+
+    (TensorFlow's activations are bounded separately, by Forward.batch_rows.)
+    """
+    import tracemalloc
+
+    import keras
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200_000, 50)).astype(np.float32)
+    y = X[:, :3].sum(axis=1)
+    model = keras.Sequential([keras.Input((50,)), keras.layers.Dense(1)])
+    forward = Forward(model, tuple(f"x{j}" for j in range(50)))
+    forward(X[:10])
+    tracemalloc.start()
+    try:
+        permutation_importance(forward, X, y, metric=METRICS["mse"], n_repeats=2, random_state=0,
+                               units={"x0": [0], "x1": [1], "x2+x3": [2, 3]}, rows_per_call=16_384)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < X.nbytes / 2, f"peak {peak / 2**20:.1f} MiB"
+
+
+def test_bad_options_are_refused(linear):
+    forward, test = linear
+    with pytest.raises(ValueError, match="n_repeats must be at least 1"):
+        permutation_importance(forward, test.X, test.y, metric=METRICS["mse"], n_repeats=0)
+    with pytest.raises(ValueError, match="rows_per_call must be at least 1"):
+        permutation_importance(forward, test.X, test.y, metric=METRICS["mse"], rows_per_call=0)
+
+
+# --- the model-version level: clusters, groups, classification ------------------------------------------------------
+
+CORRELATED_WEIGHTS = np.array([1.0, 1.0, 0.5, 0.0])
+
+
+def correlated_frame(n_rows: int, seed: int) -> "pd.DataFrame":
+    """a and b correlated (ρ ≈ 0.95), c and noise independent; y = a + b + 0.5·c exactly."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=n_rows)
+    X = np.column_stack([a, 0.95 * a + np.sqrt(1 - 0.95**2) * rng.normal(size=n_rows),
+                         rng.normal(size=n_rows), rng.normal(size=n_rows)]).astype(np.float32)
+    frame = pd.DataFrame(X, columns=list(helpers.LINEAR_FEATURES))
+    frame["y"] = (X @ CORRELATED_WEIGHTS).astype(np.float32)
+    return frame
+
+
+@pytest.fixture(scope="module")
+def correlated_version(tmp_path_factory):
+    root = tmp_path_factory.mktemp("correlated-registry")
+    helpers.write_version(root, "corr", "v1", helpers.linear_model(CORRELATED_WEIGHTS), correlated_frame(3000, seed=5),
+                          groups={"bc": ["b", "c"]})
+    return resolve_version(root, "corr")
+
+
+def test_correlated_pair_is_found_and_its_grouped_importance_beats_each_member(correlated_version):
+    from tasks.permutation import audit_permutation
+
+    calls = []
+    [result] = audit_permutation(correlated_version, n_repeats=5, seed=0, progress=lambda *a: calls.append(a))
+    test = load_split(correlated_version.test_path, correlated_version)
+    assert result.method == "permutation" and result.metric == "mse"
+    assert result.features == helpers.LINEAR_FEATURES
+    [cluster] = result.details["clusters"]
+    assert cluster["name"] == "a+b" and cluster["members"] == ["a", "b"] and cluster["min_abs_rho"] > 0.9
+    # oracle: permuting the pair jointly costs 2·var(a + b); each member alone only 2·var(its term)
+    expected = 2 * np.var(test.X[:, 0] + test.X[:, 1])
+    assert cluster["importance"] == pytest.approx(expected, rel=0.08)
+    assert cluster["low"] > max(result.high[0], result.high[1])
+    assert [g["feature"] for g in result.details["groups"]] == ["group:bc"]
+    assert [c[0] for c in calls] == [*helpers.LINEAR_FEATURES, "group:bc", "cluster:a+b"]
+
+
+def test_cluster_equal_to_a_manifest_group_is_permuted_once(correlated_version):
+    from dataclasses import replace
+
+    from tasks.permutation import audit_permutation
+
+    manifest = replace(correlated_version.manifest, groups={"pair": ("b", "a")})
+    calls = []
+    [result] = audit_permutation(replace(correlated_version, manifest=manifest), n_repeats=2,
+                                 progress=lambda *a: calls.append(a[0]))
+    assert calls[4:] == ["group:pair"]
+    [group] = result.details["groups"]
+    [cluster] = result.details["clusters"]
+    assert cluster["importance"] == group["importance"]
+
+
+def test_features_keep_their_numbers_when_clusters_are_reported(correlated_version):
+    from tasks.permutation import audit_permutation
+
+    clustered = audit_permutation(correlated_version, n_repeats=3, seed=4)[0]
+    unclustered = audit_permutation(correlated_version, n_repeats=3, seed=4, cluster_threshold=1.0)[0]
+    assert clustered.details["clusters"] and not unclustered.details["clusters"]
+    np.testing.assert_allclose(clustered.importances, unclustered.importances, rtol=1e-6, atol=1e-9)
+
+
+@pytest.fixture(scope="module")
+def binary_version(tmp_path_factory):
+    """A logistic model P(y=1) = σ(3a - 2b + c) (b on a ×2 scale), its weights set by hand, labels drawn from it."""
+    import keras
+
+    root = tmp_path_factory.mktemp("binary-registry")
+    frame = helpers.linear_frame(3000, seed=6)
+    logits = frame[list(helpers.LINEAR_FEATURES)].to_numpy() @ helpers.LINEAR_WEIGHTS
+    frame["y"] = (np.random.default_rng(7).random(len(frame)) < 1 / (1 + np.exp(-logits))).astype(np.int64)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid")])
+    model.layers[0].set_weights([helpers.LINEAR_WEIGHTS.astype(np.float32)[:, None], np.zeros(1, np.float32)])
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    helpers.write_version(root, "binary", "v1", model, frame, task="binary")
+    return resolve_version(root, "binary")
+
+
+def test_classifier_also_gets_accuracy_importance(binary_version):
+    from tasks.permutation import audit_permutation
+
+    loss, accuracy = audit_permutation(binary_version, n_repeats=5, seed=0)
+    assert (loss.method, loss.metric, accuracy.method, accuracy.metric) == (
+        "permutation", "log_loss", "permutation_accuracy", "accuracy")
+    assert loss.kind == accuracy.kind == "behavioural"
+    for result in (loss, accuracy):
+        assert (result.importances_mean[:3] > 0).all()  # accuracy drops, loss rises: both positive
+        assert result.low[3] <= 0 <= result.high[3]
+        assert result.rank[1] == 1 and result.rank[3] == 4  # b: weight -2 on a ×2 scale
+    assert 0.5 < accuracy.details["baseline"] < 1.0
+
+
+def test_manifest_metric_accuracy_gives_one_result(binary_version):
+    from dataclasses import replace
+
+    from tasks.permutation import audit_permutation
+
+    version = replace(binary_version, manifest=replace(binary_version.manifest, metric="accuracy"))
+    [result] = audit_permutation(version, n_repeats=2)
+    assert (result.method, result.metric) == ("permutation", "accuracy")
+
+
+def test_named_input_model_with_embedding_runs_end_to_end(embedding_registry):
+    from tasks.permutation import audit_permutation
+
+    [result] = audit_permutation(resolve_version(embedding_registry, "embed"), n_repeats=3)
+    assert result.features == ("amount", "region", "noise")
+    assert result.rank[2] == 3 and result.low[0] > 0 and result.low[1] > 0
