@@ -78,6 +78,7 @@ def build_context(
         "agreements": comparison.agreements,
         "consensus": comparison.consensus,
         "rank_chart": charts.data_uri(charts.rank_lines(weight, behaviours)) if weight and behaviours else None,
+        "shap": _shap_section(next((r for r in usable if r.method == "shap"), None)),
     }
 
 
@@ -157,6 +158,48 @@ def library_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return out
+
+
+def _shap_section(result: ImportanceResult | None, max_features: int = 10) -> dict[str, Any] | None:
+    """The SHAP section: explainer and why, background, additivity, the summary charts and one waterfall per local row."""
+    if result is None or "local" not in result.details:
+        return None
+    d = result.details
+    swarm = d["beeswarm"]
+    local = []
+    for record in d["local"]:
+        features = record["features"]
+        chart = charts.shap_waterfall([f["feature"] for f in features], [f["value"] for f in features],
+                                      [f["phi"] for f in features], record["base_value"], record["explained_output"],
+                                      max_features=max_features)
+        prediction = record["prediction"] if isinstance(record["prediction"], list) else [record["prediction"]]
+        local.append({
+            "selection": record["selection"],
+            "row": record["row"],
+            "label": record["label"],
+            "prediction": ", ".join(format_number(p) for p in prediction),
+            "explained_class": record["explained_class"],
+            "base_value": record["base_value"],
+            "explained_output": record["explained_output"],
+            "loss": record["loss"],
+            "features": features[:max_features],
+            "chart": charts.data_uri(chart),
+        })
+    return {
+        "explainer": d["explainer"],
+        "reason": d["reason"],
+        "n_rows": d["n_rows"],
+        "n_background": d["n_background"],
+        "background_source": d["background_source"],
+        "additivity": d["additivity"],
+        "multiclass_aggregation": d["multiclass_aggregation"],
+        "loss_metric": d["loss_metric"],
+        "bar_chart": charts.data_uri(charts.importance_bars(result)),
+        "beeswarm_chart": charts.data_uri(charts.shap_beeswarm(swarm["features"], swarm["phi"], swarm["value"])),
+        "beeswarm_rows": len(swarm["phi"][0]) if swarm["phi"] else 0,
+        "beeswarm_class": swarm["per_class"],
+        "local": local,
+    }
 
 
 def _method(result: ImportanceResult) -> dict[str, Any]:

@@ -65,3 +65,16 @@ def test_pdf_renderer_fetches_no_local_file(tmp_path):
     images = lambda data: sum(len(p.images) for p in pypdf.PdfReader(io.BytesIO(data)).pages)  # noqa: E731
     assert images(with_data) == 1
     assert images(with_file) == 0
+
+
+def test_correlated_clusters_are_shown_beside_their_members(linear_registry):
+    version = resolve_version(linear_registry, "linear")
+    features = version.features
+    cluster = {"name": "a+b", "members": ["a", "b"], "min_abs_rho": 0.93, "importance": 7.5, "std": 0.2,
+               "low": 7.2, "high": 7.8, "member_importances": {"a": 1.1, "b": 0.9}}
+    perm = ImportanceResult.from_samples("permutation", "behavioural", features, np.ones((4, 3)),
+                                         details={"clusters": [cluster], "groups": []})
+    run = RunInfo(run_id="r", started=datetime(2026, 1, 1, tzinfo=timezone.utc), seed=0)
+    html = re.sub(r"\s+", " ", render_html(build_context(version, [perm], compare([perm]), run)))
+    assert "Correlated cluster (permuted jointly)" in html
+    assert "<td>a, b</td><td>0.93</td><td>7.5</td><td>[7.2, 7.8]</td> <td>a 1.1; b 0.9</td>" in html
