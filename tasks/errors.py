@@ -13,6 +13,8 @@ The command line turns any of these into one line on stderr and exit status 2.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class FeatureAuditError(Exception):
     """Base class: an input or environment problem the user can fix."""
@@ -36,3 +38,8 @@ class DataError(FeatureAuditError):
 
 class DeliveryError(FeatureAuditError):
     """The report could not be written or delivered."""
+
+
+def retry_unless_bad_input(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect ``retry_condition_fn``: retry I/O hiccups, never bad input (retrying cannot fix it)."""
+    return not isinstance(state.data, FeatureAuditError)

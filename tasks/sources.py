@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from prefect import task
 
-from tasks.errors import DataError, ManifestError, ModelLoadError, RegistryError
+from tasks.errors import DataError, FeatureAuditError, ManifestError, ModelLoadError, RegistryError, retry_unless_bad_input
 
 TaskType = Literal["regression", "binary", "multiclass"]
 TASK_TYPES: tuple[str, ...] = ("regression", "binary", "multiclass")
@@ -53,10 +53,27 @@ class ModelVersion:
     manifest: Manifest
     features: tuple[str, ...]
     sha256: dict[str, str]
+    test_rows: int = 0
+    max_test_rows: int | None = None
+    sample_seed: int = 0
 
     @property
     def folder(self) -> Path:
         return self.registry / self.name / self.version
+
+    @property
+    def test_sampled(self) -> bool:
+        """Whether the test split is over the row cap, so the methods see a seeded sample of it."""
+        return self.max_test_rows is not None and self.test_rows > self.max_test_rows
+
+    def test_sampling(self) -> dict[str, Any]:
+        """How many test rows the file holds and how many the audit uses, with a sentence saying so."""
+        used = self.max_test_rows if self.test_sampled else self.test_rows
+        note = (f"The test split has {self.test_rows:,} rows, over the cap of {self.max_test_rows:,}: every method "
+                f"uses the same {used:,} rows, sampled without replacement with seed {self.sample_seed}."
+                if self.test_sampled else None)
+        return {"in_file": self.test_rows, "used": used, "sampled": self.test_sampled, "cap": self.max_test_rows,
+                "seed": self.sample_seed if self.test_sampled else None, "note": note}
 
     @property
     def categorical(self) -> tuple[str, ...]:
@@ -85,9 +102,16 @@ def natural_key(name: str) -> tuple[tuple[int, Any], ...]:
     return tuple((0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", name) if part)
 
 
-def resolve_version(registry: str | Path, name: str, version: str | None = None) -> ModelVersion:
-    """Find the newest (or the named) version of ``name`` and read its manifest."""
+def resolve_version(
+    registry: str | Path, name: str, version: str | None = None, *, max_test_rows: int | None = None, seed: int = 0
+) -> ModelVersion:
+    """Find the newest (or the named) version of ``name`` and read its manifest.
+
+    A test split over ``max_test_rows`` rows is sampled (seeded by ``seed``) wherever it is loaded.
+    """
     registry = Path(registry)
+    if max_test_rows is not None and (isinstance(max_test_rows, bool) or max_test_rows < 1):
+        raise FeatureAuditError(f"max_test_rows must be a positive number of rows, not {max_test_rows!r}")
     _check_name("model name", name)
     if version is not None:
         _check_name("version", version)
@@ -114,7 +138,7 @@ def resolve_version(registry: str | Path, name: str, version: str | None = None)
         raise RegistryError(f"{folder} holds no test split (expected test.parquet or test.csv)")
     train_path = _find_split(folder, "train")
     manifest = read_manifest(folder / "manifest.json")
-    columns = _split_columns(test_path)
+    columns, test_rows = _split_shape(test_path)
     features = _resolve_features(manifest, columns, test_path)
     hashes = {p.name: sha256_file(p) for p in (model_path, test_path, train_path) if p is not None}
     return ModelVersion(
@@ -127,6 +151,9 @@ def resolve_version(registry: str | Path, name: str, version: str | None = None)
         manifest=manifest,
         features=features,
         sha256=hashes,
+        test_rows=test_rows,
+        max_test_rows=max_test_rows,
+        sample_seed=seed,
     )
 
 
@@ -207,6 +234,9 @@ def load_split(path: Path, version: ModelVersion) -> Split:
         values = frame[column].to_numpy(dtype=float)
         if (values < 0).any() or (values != np.round(values)).any():
             raise DataError(f"{path.name} column '{column}' is listed as categorical but holds non-integer or negative codes")
+    if path == version.test_path and version.test_sampled:
+        rng = np.random.default_rng(version.sample_seed)
+        frame = frame.iloc[np.sort(rng.choice(len(frame), size=version.max_test_rows, replace=False))]
     X = frame[list(version.features)].to_numpy(dtype=np.float32)
     y = frame[manifest.target].to_numpy()
     y = y.astype(np.float32) if manifest.task == "regression" else y.astype(np.int64)
@@ -243,10 +273,12 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-@task(name="resolve-version", retries=2, retry_delay_seconds=2)
-def resolve_version_task(registry: str, name: str, version: str | None = None) -> ModelVersion:
+@task(name="resolve-version", retries=2, retry_delay_seconds=2, retry_condition_fn=retry_unless_bad_input)
+def resolve_version_task(
+    registry: str, name: str, version: str | None = None, *, max_test_rows: int | None = None, seed: int = 0
+) -> ModelVersion:
     """Resolve the model version to audit and hash its files."""
-    return resolve_version(registry, name, version)
+    return resolve_version(registry, name, version, max_test_rows=max_test_rows, seed=seed)
 
 
 def _check_name(what: str, value: str) -> None:
@@ -267,15 +299,18 @@ def _read_frame(path: Path) -> pd.DataFrame:
         raise DataError(f"{path.name} could not be read ({type(exc).__name__}: {str(exc)[:200]})") from None
 
 
-def _split_columns(path: Path) -> list[str]:
+def _split_shape(path: Path) -> tuple[list[str], int]:
+    """Column names and row count, from the parquet footer alone where possible."""
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
         try:
-            return list(pq.read_schema(path).names)
+            meta = pq.read_metadata(path)
+            return list(meta.schema.to_arrow_schema().names), int(meta.num_rows)
         except Exception as exc:
             raise DataError(f"{path.name} is not a readable parquet file ({str(exc)[:200]})") from None
-    return list(_read_frame(path).columns)
+    frame = _read_frame(path)
+    return list(frame.columns), len(frame)
 
 
 def _resolve_features(manifest: Manifest, columns: list[str], path: Path) -> tuple[str, ...]:

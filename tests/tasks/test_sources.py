@@ -4,7 +4,7 @@ import shutil
 import numpy as np
 import pytest
 
-from tasks.errors import DataError, ManifestError, ModelLoadError, RegistryError
+from tasks.errors import DataError, FeatureAuditError, ManifestError, ModelLoadError, RegistryError
 from tasks.sources import check_version, load_split, natural_key, resolve_version
 from tests import helpers
 
@@ -141,3 +141,25 @@ def test_named_inputs_must_match_columns(embedding_registry, tmp_path):
     frame.to_parquet(v1 / "train.parquet")
     with pytest.raises(ModelLoadError, match="input named 'noise'"):
         check_version(resolve_version(root, "embed"))
+
+
+def test_test_split_over_the_row_cap_is_sampled_with_the_seed(linear_registry):
+    full = load_split(resolve_version(linear_registry, "linear").test_path, resolve_version(linear_registry, "linear"))
+    capped = resolve_version(linear_registry, "linear", max_test_rows=500, seed=7)
+    sample = load_split(capped.test_path, capped)
+    again = load_split(capped.test_path, resolve_version(linear_registry, "linear", max_test_rows=500, seed=7))
+    other = load_split(capped.test_path, resolve_version(linear_registry, "linear", max_test_rows=500, seed=8))
+    assert full.n_rows == 4000 and sample.n_rows == 500
+    np.testing.assert_array_equal(sample.X, again.X)
+    assert not np.array_equal(sample.X, other.X)
+    assert {tuple(r) for r in sample.X} <= {tuple(r) for r in full.X}
+    assert load_split(capped.train_path, capped).n_rows == 2000  # only the test split is capped
+    info = capped.test_sampling()
+    assert info["sampled"] and (info["in_file"], info["used"], info["seed"]) == (4000, 500, 7)
+    assert "4,000 rows, over the cap of 500" in info["note"] and "seed 7" in info["note"]
+    assert resolve_version(linear_registry, "linear", max_test_rows=5000).test_sampling()["note"] is None
+
+
+def test_row_cap_must_be_positive(linear_registry):
+    with pytest.raises(FeatureAuditError, match="max_test_rows must be a positive number of rows"):
+        resolve_version(linear_registry, "linear", max_test_rows=0)
