@@ -6,9 +6,13 @@ Bad input ends with one line on stderr naming the file or column, exit status 2,
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TextIO
 
 from tasks.errors import FeatureAuditError
 
@@ -18,7 +22,8 @@ EXIT_BAD_INPUT = 2
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return args.handler(args)
+        with progress_bar(sys.stderr):
+            return args.handler(args)
     except FeatureAuditError as exc:
         print(f"featureaudit: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -63,6 +68,56 @@ def _audit(
     for name in ("report.pdf", "report.html", "results.json"):
         print(folder / name)
     return 0
+
+
+class ProgressBar(logging.Handler):
+    """A one-line bar on a terminal, redrawn from log records carrying ``progress``: {task, unit, done, total}."""
+
+    def __init__(self, stream: TextIO, width: int = 30):
+        super().__init__(logging.INFO)
+        self.stream, self.width, self._open = stream, width, False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        progress = getattr(record, "progress", None)
+        if not isinstance(progress, dict):
+            return
+        done, total = int(progress["done"]), max(int(progress["total"]), 1)
+        filled = self.width * done // total
+        bar = "#" * filled + "-" * (self.width - filled)
+        self._open = done < total
+        line = f"\r\x1b[K{progress['task']} [{bar}] {done}/{total} {progress['unit']}"
+        self.stream.write(line if self._open else line + "\n")
+        self.stream.flush()
+
+    def console_filter(self, record: logging.LogRecord) -> bool:
+        """For the console handler: drop progress records (the bar shows them), end an open bar line before others."""
+        if hasattr(record, "progress"):
+            return False
+        if self._open:
+            self.stream.write("\n")
+            self._open = False
+        return True
+
+
+@contextmanager
+def progress_bar(stream: TextIO) -> Iterator[ProgressBar | None]:
+    """While the block runs, show task progress as a bar on ``stream`` if it is a terminal."""
+    if not stream.isatty():
+        yield None
+        return
+    import prefect.main  # noqa: F401  Prefect configures logging on import, which drops handlers added earlier
+
+    bar = ProgressBar(stream)
+    runs, consoles = logging.getLogger("prefect.task_runs"), list(logging.getLogger().handlers)
+    runs.addHandler(bar)
+    for handler in consoles:
+        handler.addFilter(bar.console_filter)
+    try:
+        yield bar
+    finally:
+        runs.removeHandler(bar)
+        for handler in consoles:
+            handler.removeFilter(bar.console_filter)
 
 
 def _parser() -> argparse.ArgumentParser:
