@@ -68,3 +68,19 @@ def test_methods_can_be_chosen(linear_registry, tmp_path):
     results = json.loads((folder / "results.json").read_text())
     assert results["methods"]["ablation"]["status"] == "ok"
     assert "shap" not in results["methods"]
+
+
+def test_permutation_reports_progress_and_clusters(demo_run):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    _, results = demo_run
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["permutation-credit-demo"]))
+        )
+    assert artifacts and all(a.type == "progress" for a in artifacts)
+    assert max(float(a.data) for a in artifacts) == 100.0
+    [cluster] = results["methods"]["permutation"]["details"]["clusters"]
+    assert cluster["members"] == ["corr_1", "corr_2"]
+    assert cluster["importance"] > max(cluster["member_importances"].values())
