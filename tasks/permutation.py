@@ -105,7 +105,7 @@ def permutation_importance(
 
     losses = _mean_permuted_losses(forward, X, y, metrics, columns, seeds, n_repeats, rows_per_call, unit_done)
     by_metric = {m.name: np.asarray(m.degradation(baselines[m.name], losses[k])) for k, m in enumerate(metrics)}
-    return PermutationScores(units=names, metrics=tuple(m.name for m in metrics), by_metric=by_metric, baselines=baselines)
+    return PermutationScores(names, tuple(m.name for m in metrics), by_metric, baselines)
 
 
 def _permutations(seed: np.random.SeedSequence, n_rows: int, n_repeats: int) -> np.ndarray:
@@ -207,7 +207,7 @@ def permutation_results(
 ) -> list[ImportanceResult]:
     """One result per metric: per-feature importances, with groups and clusters in ``details``."""
     n = len(features)
-    group_rows = [i for i, name in enumerate(scores.units) if name.startswith("group:")]
+    group_rows = [i for i, name in enumerate(scores.units[n:], start=n) if name.startswith("group:")]
     cluster_rows = [scores.units.index(_unit_of(units, c)) for c in clusters]
     results = []
     for metric in scores.metrics:
@@ -215,7 +215,9 @@ def permutation_results(
         groups = ImportanceResult.from_samples(
             "groups", "behavioural", [scores.units[i] for i in group_rows], samples[group_rows]
         )
-        grouped = ImportanceResult.from_samples("clusters", "behavioural", [c.name for c in clusters], samples[cluster_rows])
+        grouped = ImportanceResult.from_samples(
+            "clusters", "behavioural", [c.name for c in clusters], samples[cluster_rows]
+        )
         cluster_records = [
             {"name": c.name, "members": list(c.members), "min_abs_rho": c.min_abs_rho,
              **{k: record[k] for k in ("importance", "std", "low", "high")},
@@ -265,7 +267,9 @@ def audit_permutation(
 
 
 @task(name="permutation")
-def permutation_task(version: ModelVersion, *, n_repeats: int = 5, seed: int = 0) -> list[ImportanceResult]:
+def permutation_task(
+    version: ModelVersion, *, n_repeats: int = 5, seed: int = 0, cluster_threshold: float = DEFAULT_THRESHOLD
+) -> list[ImportanceResult]:
     """Permutation importance of every feature, manifest group and correlated cluster on the test split."""
     logger = get_run_logger()
     artifact = create_progress_artifact(
@@ -278,7 +282,8 @@ def permutation_task(version: ModelVersion, *, n_repeats: int = 5, seed: int = 0
                     extra={"progress": {"task": "permutation", "unit": name, "done": done, "total": total}})
         update_progress_artifact(artifact, 100.0 * done / total)
 
-    return audit_permutation(version, n_repeats=n_repeats, seed=seed, progress=progress)
+    return audit_permutation(version, n_repeats=n_repeats, seed=seed, cluster_threshold=cluster_threshold,
+                             progress=progress)
 
 
 def _artifact_slug(name: str) -> str:

@@ -96,8 +96,8 @@ def test_adding_groups_or_clusters_leaves_feature_seeds_alone(linear):
     features = {f: [j] for j, f in enumerate(helpers.LINEAR_FEATURES)}
     kwargs = dict(metric=METRICS["mse"], n_repeats=3, random_state=11)
     plain = permutation_importance(forward, test.X, test.y, units=features, **kwargs)
-    more = permutation_importance(forward, test.X, test.y, units={**features, "group:ab": [0, 1], "cluster:c+d": [2, 3]},
-                                  **kwargs)
+    more_units = {**features, "group:ab": [0, 1], "cluster:c+d": [2, 3]}
+    more = permutation_importance(forward, test.X, test.y, units=more_units, **kwargs)
     np.testing.assert_allclose(more.importances[:4], plain.importances, rtol=1e-6, atol=1e-9)
     assert more.units[4:] == ("group:ab", "cluster:c+d")
 
