@@ -7,15 +7,17 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from prefect import allow_failure, flow, runtime
+from prefect import allow_failure, flow, get_run_logger, runtime
 from prefect.futures import PrefectFuture
+from prefect.states import Completed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from tasks.ablation import Budget, ablation_task
 from tasks.compare import compare_task
+from tasks.deliver import check_delivery_task, email_task_from_env
 from tasks.output import new_run_id, write_report_task
 from tasks.permutation import permutation_task
-from tasks.render import RunInfo, render_task
+from tasks.render import RunInfo, render_task, run_status
 from tasks.result import ImportanceResult
 from tasks.shap_importance import shap_task
 from tasks.sources import check_version_task, resolve_version_task
@@ -36,10 +38,13 @@ def audit_model(
     n_repeats: int = 5,
     n_seeds: int = 3,
     ablation_budget: str | None = None,
+    max_test_rows: int | None = 200_000,
+    email_to: list[str] | None = None,
 ) -> str:
-    """Audit one model version and return the folder its report was written to."""
+    """Audit one model version and return the folder its report was written to (run state 'Partial' if a method failed)."""
     started = datetime.now(timezone.utc)
-    resolved = resolve_version_task(registry, model, version)
+    recipients = check_delivery_task(email_to) if email_to else None
+    resolved = resolve_version_task(registry, model, version, max_test_rows=max_test_rows, seed=seed)
     check_version_task(resolved)
     budget = Budget.parse(ablation_budget)
     futures = {}
@@ -57,7 +62,10 @@ def audit_model(
     comparison = compare_task(results)
     run = RunInfo(run_id=new_run_id(started), started=started, seed=seed, flow_run_id=str(runtime.flow_run.id))
     files = render_task(resolved, results, comparison, run)
-    return write_report_task(out, resolved.name, resolved.version, run.run_id, files)
+    folder = write_report_task(out, resolved.name, resolved.version, run.run_id, files)
+    if recipients:
+        email_task_from_env()(folder, recipients)
+    return _final_state(folder, results)
 
 
 def with_runner(dask_address: str | None = None):
@@ -67,6 +75,15 @@ def with_runner(dask_address: str | None = None):
     from prefect_dask import DaskTaskRunner
 
     return audit_model.with_options(task_runner=DaskTaskRunner(address=dask_address))
+
+
+def _final_state(folder: str, results: list[ImportanceResult]) -> str | State:
+    """The report folder; in a Completed state named 'Partial' when a method failed, so the run's status says so."""
+    if run_status(results) == "complete":
+        return folder
+    failed = ", ".join(r.method for r in results if r.status == "failed")
+    get_run_logger().warning("partial report: %s failed; see their sections in %s", failed, folder)
+    return Completed(data=folder, name="Partial", message=f"partial report in {folder}: {failed} failed")
 
 
 def _gather(futures: dict[str, PrefectFuture], features: tuple[str, ...]) -> list[ImportanceResult]:

@@ -173,12 +173,27 @@ def send_message(settings: SmtpSettings, message: EmailMessage) -> None:
         ) from None
 
 
+def check_delivery(recipients: list[str]) -> list[str]:
+    """Fail fast, before any method runs: the recipients are addresses and the SMTP settings are complete."""
+    smtp_settings_from_env()
+    return check_recipients(recipients)
+
+
+@task(name="check-delivery")
+def check_delivery_task(recipients: list[str]) -> list[str]:
+    """Check the email settings and recipients before the audit starts."""
+    return check_delivery(recipients)
+
+
 @task(name="email-report", retries=RETRIES, retry_delay_seconds=exponential_backoff(backoff_factor=10))
 def email_report_task(folder: str, recipients: list[str]) -> int:
     """Email the run folder's PDF to ``recipients``; retried with backoff when the server is unreachable."""
     settings = smtp_settings_from_env()
     message = build_message(folder, recipients, settings.sender)
-    send_message(settings, message)
+    try:
+        send_message(settings, message)
+    except DeliveryError as exc:
+        raise DeliveryError(f"{exc}; the report is kept at {folder}") from None
     get_run_logger().info("emailed %s to %d recipient(s) via %s:%d", message["Subject"], len(recipients),
                           settings.host, settings.port)
     return len(recipients)

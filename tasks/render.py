@@ -71,6 +71,8 @@ def build_context(
         },
         "verdict": comparison.verdict,
         "verdict_rule": comparison.rule,
+        "status": run_status(results),
+        "sampling": version.test_sampling()["note"],
         "warnings": [f.message for f in comparison.findings],
         "summary": _summary(version, comparison, results),
         "methods": [_method(r) for r in results],
@@ -116,6 +118,8 @@ def results_document(
         "methods": {r.method: r.to_dict() for r in results},
         "verdict": agreement["verdict"],
         "verdict_rule": agreement["rule"],
+        "status": run_status(results),
+        "test_rows": version.test_sampling(),
         "agreement": agreement["agreements"],
         "consensus": agreement["consensus"],
         "warnings": agreement["warnings"],
@@ -134,6 +138,11 @@ def render_task(
         "report.pdf": render_pdf(html),
         "results.json": json.dumps(_finite(document), indent=2, allow_nan=False).encode("utf-8"),
     }
+
+
+def run_status(results: list[ImportanceResult]) -> str:
+    """'partial' when any method failed (its section says why), else 'complete'."""
+    return "partial" if any(r.status == "failed" for r in results) else "complete"
 
 
 def format_number(value: float | None, digits: int = 3) -> str:
