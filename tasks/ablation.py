@@ -21,7 +21,7 @@ from prefect import get_run_logger, task
 
 from tasks.errors import FeatureAuditError
 from tasks.metrics import Metric, get_metric
-from tasks.modeling import as_predictions, compiled_loss_name, input_layout, model_feed
+from tasks.modeling import as_predictions, compiled_loss_name, input_layout, model_feed, tensor_feed
 from tasks.result import ImportanceResult
 from tasks.sources import ModelVersion, Split, load_model, load_split
 
@@ -108,36 +108,50 @@ def fused_retrain_scores(
     units: list[list[int]],
     constants: np.ndarray,
 ) -> np.ndarray:
-    """Test metric of every unit's retrain for one seed, trained together as branches of one model.
+    """Test metric of every unit's retrain for one seed, all trained together in one compiled loop.
 
-    Branch ``b`` is a fresh copy of the architecture (initialised from ``seed``, as in
-    :func:`retrain_score`) fed the data with ``units[b]`` held constant. The branches' losses are
-    summed, so each branch's gradients are its own and one ``fit`` trains them all.
+    Branch ``b`` is a fresh copy of the architecture initialised from ``seed`` (as in
+    :func:`retrain_score`) that sees the rows with ``units[b]`` held constant. Each step feeds one
+    batch to every branch and applies the gradient of the summed losses, so each branch's
+    gradients are its own; the whole schedule runs inside one ``tf.function``, which removes
+    Keras' per-step and per-fit overhead.
     """
-    import keras
+    import tensorflow as tf
 
     layout = input_layout(model, test.features)
-    inputs, outputs = {}, []
-    for b in range(len(units)):
+    branches = []
+    for _ in units:
         branch = seeded_clone(model, seed)
-        branch.name = f"branch_{b}"  # unique names, as a functional model requires
-        branch_inputs = {f"u{b}_{t.name}": keras.Input(t.shape[1:], dtype=t.dtype, name=f"u{b}_{t.name}")
-                         for t in model.inputs}
-        inputs.update(branch_inputs)
-        tensors = list(branch_inputs.values())
-        feed = tensors[0] if len(tensors) == 1 else {t.name.split(":")[0]: v for t, v in zip(model.inputs, tensors)}
-        outputs.append(branch(feed))
-    fused = keras.Model(inputs=inputs, outputs=outputs)
-    fused.compile(optimizer=_fresh_optimizer(model), loss=[model.loss] * len(units))
+        branch.compile(optimizer=_fresh_optimizer(model), loss=model.loss)  # compute_loss needs the compiled loss
+        branches.append(branch)
+    keep = np.ones((len(units), train.X.shape[1]), np.float32)
+    for b, columns in enumerate(units):
+        keep[b, columns] = 0.0
+    fill = (1.0 - keep) * constants[None, :].astype(np.float32)  # x·1 + 0 keeps x; x·0 + c gives c, exactly
+    variables = [v for branch in branches for v in branch.trainable_variables]
+    optimizer = _fresh_optimizer(model)
+    optimizer.build(variables)
+    batch = recipe.batch_size
+
+    @tf.function
+    def train_all(X, y):
+        for start in tf.range(0, tf.shape(X)[0], batch):
+            xb, yb = X[start : start + batch], y[start : start + batch]
+            with tf.GradientTape() as tape:
+                total = 0.0
+                for b, branch in enumerate(branches):
+                    pred = branch(tensor_feed(layout, xb * keep[b] + fill[b]), training=True)
+                    total += branch.compute_loss(x=None, y=yb, y_pred=pred, training=True)
+            optimizer.apply(tape.gradient(total, variables), variables)
+
+    @tf.function
+    def predict_all(X):
+        return [branch(tensor_feed(layout, X * keep[b] + fill[b]), training=False) for b, branch in enumerate(branches)]
 
     order = epoch_order(train.n_rows, recipe.epochs, seed)
-    train_feed, test_feed = {}, {}
-    for b, columns in enumerate(units):
-        train_feed.update(model_feed(layout, ablated(train.X, columns, constants)[order], prefix=f"u{b}_"))
-        test_feed.update(model_feed(layout, ablated(test.X, columns, constants), prefix=f"u{b}_"))
-    fused.fit(train_feed, [train.y[order]] * len(units), batch_size=recipe.batch_size, epochs=1, shuffle=False, verbose=0)
-    raw = fused.predict_on_batch(test_feed)
-    return np.array([metric(test.y, as_predictions(out, model)) for out in raw])
+    train_all(tf.constant(train.X[order]), tf.constant(train.y[order]))
+    raw = predict_all(tf.constant(test.X))
+    return np.array([metric(test.y, as_predictions(out.numpy(), model)) for out in raw])
 
 
 @dataclass(frozen=True)

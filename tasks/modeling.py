@@ -84,14 +84,7 @@ class Forward:
         layout = self.layout
 
         def call(x):
-            if layout.named:
-                feed = {}
-                for name, col, dtype, rank in zip(layout.names, layout.columns, layout.dtypes, layout.ranks):
-                    column = tf.cast(x[:, col], dtype)
-                    feed[name] = column if rank == 1 else column[:, None]
-                out = model(feed, training=False)
-            else:
-                out = model(x, training=False)
+            out = model(tensor_feed(layout, x), training=False)
             if isinstance(out, (list, tuple)):
                 out = out[0]
             if squash == "sigmoid":
@@ -110,6 +103,19 @@ class Forward:
         if out.ndim == 2 and out.shape[1] == 1:
             out = out[:, 0]
         return out.astype(np.float64)
+
+
+def tensor_feed(layout: InputLayout, x):
+    """Inside a compiled function: a float32 feature tensor as the model's inputs."""
+    import tensorflow as tf
+
+    if not layout.named:
+        return x
+    feed = {}
+    for name, col, dtype, rank in zip(layout.names, layout.columns, layout.dtypes, layout.ranks):
+        column = tf.cast(x[:, col], dtype)
+        feed[name] = column if rank == 1 else column[:, None]
+    return feed
 
 
 def model_feed(layout: InputLayout, X: np.ndarray, *, prefix: str = ""):
