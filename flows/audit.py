@@ -9,18 +9,20 @@ from datetime import datetime, timezone
 
 from prefect import allow_failure, flow, get_run_logger, runtime
 from prefect.futures import PrefectFuture
-from prefect.states import Completed, State
+from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from tasks.ablation import Budget, ablation_task
+from tasks.artifacts import publish_artifacts_task
 from tasks.compare import compare_task
 from tasks.deliver import check_delivery_task, email_task_from_env
+from tasks.history import previous_results_task
 from tasks.output import new_run_id, write_report_task
 from tasks.permutation import permutation_task
 from tasks.render import RunInfo, render_task, run_status
 from tasks.result import ImportanceResult
 from tasks.shap_importance import shap_task
-from tasks.sources import check_version_task, resolve_version_task
+from tasks.sources import check_version_task, list_models_task, resolve_version_task
 from tasks.weights import weights_task
 
 METHODS = ("weights", "permutation", "ablation", "shap")
@@ -60,12 +62,37 @@ def audit_model(
         futures["ablation"] = ablation_task.submit(resolved, n_seeds=n_seeds, seed=seed, budget=budget, priority=ranked)
     results = _gather(futures, resolved.features)
     comparison = compare_task(results)
-    run = RunInfo(run_id=new_run_id(started), started=started, seed=seed, flow_run_id=str(runtime.flow_run.id))
-    files = render_task(resolved, results, comparison, run)
+    run = RunInfo(run_id=new_run_id(started), started=started, seed=seed, flow_run_id=str(runtime.flow_run.id),
+                  timings=_seconds(futures))
+    files = render_task(resolved, results, comparison, run, previous_results_task(out, resolved.name))
     folder = write_report_task(out, resolved.name, resolved.version, run.run_id, files)
+    publish_artifacts_task(resolved.name, resolved.version, results, comparison, folder)
     if recipients:
         email_task_from_env()(folder, recipients)
     return _final_state(folder, results)
+
+
+@flow(name="featureaudit-registry", log_prints=False)
+def audit_registry(
+    registry: str,
+    models: list[str] | None = None,
+    out: str = "reports",
+    methods: list[str] = list(METHODS),
+    seed: int = 0,
+    max_test_rows: int | None = 200_000,
+    email_to: list[str] | None = None,
+) -> dict[str, dict[str, str | None]]:
+    """Audit the newest version of each model (all in the registry by default), one flow run per model.
+
+    A model that fails does not stop the others; the run fails at the end, naming every model that failed.
+    """
+    names = models or list_models_task(registry)
+    outcome = {}
+    for name in names:
+        state = audit_model(registry=registry, model=name, out=out, methods=methods, seed=seed,
+                            max_test_rows=max_test_rows, email_to=email_to, return_state=True)
+        outcome[name] = _outcome(state)
+    return _registry_state(outcome)
 
 
 def with_runner(dask_address: str | None = None):
@@ -75,6 +102,39 @@ def with_runner(dask_address: str | None = None):
     from prefect_dask import DaskTaskRunner
 
     return audit_model.with_options(task_runner=DaskTaskRunner(address=dask_address))
+
+
+def _seconds(futures: dict[str, PrefectFuture]) -> dict[str, float]:
+    """Each method task's run time, as Prefect recorded it."""
+    from prefect.client.orchestration import get_client
+
+    timings = {}
+    with get_client(sync_client=True) as client:
+        for name, future in futures.items():
+            run = client.read_task_run(future.task_run_id)
+            if run.total_run_time is not None:
+                timings[name] = round(run.total_run_time.total_seconds(), 2)
+    return timings
+
+
+def _outcome(state: State) -> dict[str, str | None]:
+    """One model's line in the registry run: status (complete, partial, failed), folder and message."""
+    if not state.is_completed():
+        return {"status": "failed", "folder": None, "message": state.message}
+    return {"status": "partial" if state.name == "Partial" else "complete", "folder": state.result(),
+            "message": state.message}
+
+
+def _registry_state(outcome: dict[str, dict[str, str | None]]) -> dict[str, dict[str, str | None]] | State:
+    """The outcome; a Failed state naming the failed models, or 'Partial' when some report is partial."""
+    failed = {name: o["message"] for name, o in outcome.items() if o["status"] == "failed"}
+    if failed:
+        reasons = "; ".join(f"{name}: {message}" for name, message in failed.items())
+        return Failed(data=outcome, message=f"{len(failed)} of {len(outcome)} models failed: {reasons}")
+    if any(o["status"] == "partial" for o in outcome.values()):
+        return Completed(data=outcome, name="Partial", message="some reports are partial: " + ", ".join(
+            name for name, o in outcome.items() if o["status"] == "partial"))
+    return outcome
 
 
 def _final_state(folder: str, results: list[ImportanceResult]) -> str | State:

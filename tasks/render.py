@@ -20,6 +20,7 @@ from prefect import task
 
 from tasks import charts
 from tasks.compare import Comparison
+from tasks.history import drift
 from tasks.result import ImportanceResult
 from tasks.sources import ModelVersion
 
@@ -34,6 +35,8 @@ METHOD_TITLES = {
     "shap": "SHAP (mean |φ|)",
 }
 
+SIGNOFF_ROLES = ("Prepared by", "Reviewed by", "Approved by")
+
 
 @dataclass(frozen=True)
 class RunInfo:
@@ -47,7 +50,11 @@ class RunInfo:
 
 
 def build_context(
-    version: ModelVersion, results: list[ImportanceResult], comparison: Comparison, run: RunInfo
+    version: ModelVersion,
+    results: list[ImportanceResult],
+    comparison: Comparison,
+    run: RunInfo,
+    history: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Everything the report shows, decided here; the templates only loop and format."""
     usable = [r for r in results if r.ok]
@@ -81,6 +88,8 @@ def build_context(
         "consensus": comparison.consensus,
         "rank_chart": charts.data_uri(charts.rank_lines(weight, behaviours)) if weight and behaviours else None,
         "shap": _shap_section(next((r for r in usable if r.method == "shap"), None)),
+        "history": history,
+        "signoff": SIGNOFF_ROLES,
     }
 
 
@@ -97,13 +106,20 @@ def render_html(context: dict[str, Any]) -> str:
     return environment().get_template("report.html.j2").render(**context)
 
 
-def render_pdf(html: str) -> bytes:
-    """The PDF of ``html``; only inline ``data:`` resources are ever fetched."""
-    from weasyprint import HTML
+def render_pdf(html: str, attachments: dict[str, bytes] | None = None) -> bytes:
+    """An archival PDF/A-3u of ``html`` with ``attachments`` embedded; only inline ``data:`` resources are fetched."""
+    import io
+
+    from weasyprint import HTML, Attachment
     from weasyprint.urls import URLFetcher
 
     fetcher = URLFetcher(allowed_protocols=("data",))
-    return HTML(string=html, base_url=None, url_fetcher=fetcher).write_pdf()
+    files = [
+        Attachment(file_obj=io.BytesIO(data), name=name, description=f"{name}: the report's machine-readable twin",
+                   relationship="Data", url_fetcher=fetcher)
+        for name, data in (attachments or {}).items()
+    ]
+    return HTML(string=html, base_url=None, url_fetcher=fetcher).write_pdf(pdf_variant="pdf/a-3u", attachments=files)
 
 
 def results_document(
@@ -128,15 +144,22 @@ def results_document(
 
 @task(name="render")
 def render_task(
-    version: ModelVersion, results: list[ImportanceResult], comparison: Comparison, run: RunInfo
+    version: ModelVersion,
+    results: list[ImportanceResult],
+    comparison: Comparison,
+    run: RunInfo,
+    previous: dict[str, Any] | None = None,
 ) -> dict[str, bytes]:
-    """Render report.html, report.pdf and results.json into memory."""
-    html = render_html(build_context(version, results, comparison, run))
-    document = results_document(version, results, comparison, run)
+    """Render report.html, report.pdf (results.json embedded) and results.json into memory."""
+    document = _finite(results_document(version, results, comparison, run))
+    if previous is not None:
+        document["history"] = drift(previous, document)
+    data = json.dumps(document, indent=2, allow_nan=False).encode("utf-8")
+    html = render_html(build_context(version, results, comparison, run, document.get("history")))
     return {
         "report.html": html.encode("utf-8"),
-        "report.pdf": render_pdf(html),
-        "results.json": json.dumps(_finite(document), indent=2, allow_nan=False).encode("utf-8"),
+        "report.pdf": render_pdf(html, {"results.json": data}),
+        "results.json": data,
     }
 
 

@@ -84,3 +84,28 @@ def test_permutation_reports_progress_and_clusters(demo_run):
     [cluster] = results["methods"]["permutation"]["details"]["clusters"]
     assert cluster["members"] == ["corr_1", "corr_2"]
     assert cluster["importance"] > max(cluster["member_importances"].values())
+
+
+def test_pdf_is_archival_with_results_embedded_and_a_signoff_block(demo_run):
+    folder, _ = demo_run
+    data = (folder / "report.pdf").read_bytes()
+    reader = pypdf.PdfReader(io.BytesIO(data))
+    assert reader.attachments["results.json"] == [(folder / "results.json").read_bytes()]
+    xmp = reader.xmp_metadata.stream.get_data().decode("utf-8")
+    assert re.search(r"pdfaid:part[^0-9]*3", xmp) and re.search(r"pdfaid:conformance[^A-Z]*U", xmp)
+    text = re.sub(r"\s+", " ", " ".join(p.extract_text() for p in reader.pages))
+    for role in ("Prepared by", "Reviewed by", "Approved by"):
+        assert role in text
+    assert "sha256 model.keras" in text and "time: permutation" in text
+
+
+def test_second_run_reports_drift_against_the_first(linear_registry, tmp_path):
+    kwargs = dict(registry=str(linear_registry), model="linear", out=str(tmp_path), methods=["weights", "permutation"])
+    first = Path(audit_model(seed=1, **kwargs))
+    second = Path(audit_model(seed=2, **kwargs))
+    assert first != second and first.is_dir()  # the earlier report is kept
+    history = json.loads((second / "results.json").read_text())["history"]
+    assert history["previous_run"] == first.name
+    assert set(history["rank_changes"]) == {"weights", "weights_scaled", "permutation"}
+    text = re.sub(r"\s+", " ", " ".join(p.extract_text() for p in pypdf.PdfReader(second / "report.pdf").pages))
+    assert "Since the previous run" in text and first.name in text.replace(" ", "")
