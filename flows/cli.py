@@ -14,9 +14,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
-from tasks.errors import FeatureAuditError
+from tasks.errors import DeliveryError, FeatureAuditError
 
 EXIT_BAD_INPUT = 2
+EXIT_NOT_DELIVERED = 1
+DEFAULT_MAX_ROWS = 200_000
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,26 +26,57 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with progress_bar(sys.stderr):
             return args.handler(args)
+    except DeliveryError as exc:
+        print(f"featureaudit: error: {exc}", file=sys.stderr)
+        return EXIT_NOT_DELIVERED
     except FeatureAuditError as exc:
         print(f"featureaudit: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 
 def run(args: argparse.Namespace) -> int:
-    from flows.audit import METHODS
+    from tasks.ablation import Budget
+    from tasks.deliver import check_delivery
     from tasks.sources import check_version, resolve_version
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = _methods(args.methods)
+    Budget.parse(args.ablation_budget)
+    email_to = check_delivery(args.email_to) if args.email_to else None
+    version = resolve_version(args.registry, args.model, args.version, max_test_rows=args.max_rows, seed=args.seed)
+    check_version(version)  # fail fast, before Prefect starts
+    return _audit(args.registry, version.name, version.version, args.out, methods, args.seed,
+                  ablation_budget=args.ablation_budget, dask_address=args.dask_address,
+                  max_test_rows=args.max_rows, email_to=email_to)
+
+
+def serve(args: argparse.Namespace) -> int:
+    from flows.serve import registry_deployment
+    from flows.serve import serve as serve_deployment
+    from tasks.deliver import check_delivery
+    from tasks.errors import RegistryError
+    from tasks.sources import list_models
+
+    methods = _methods(args.methods)
+    email_to = check_delivery(args.email_to) if args.email_to else None
+    present = list_models(args.registry)  # fail fast on names; each model's files are checked at each run
+    missing = [name for name in args.model or [] if name not in present]
+    if missing:
+        raise RegistryError(f"registry {args.registry} has no model '{missing[0]}'; models present: {', '.join(present)}")
+    deployment = registry_deployment(registry=str(Path(args.registry).resolve()), models=args.model, cron=args.cron,
+                                     timezone=args.timezone, out=str(Path(args.out).resolve()), email_to=email_to,
+                                     methods=methods, max_test_rows=args.max_rows, name=args.name)
+    serve_deployment(deployment, port=args.port)
+    return 0
+
+
+def _methods(text: str) -> list[str]:
+    from flows.audit import METHODS
+
+    methods = [m.strip() for m in text.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise FeatureAuditError(f"--methods: unknown method '{(unknown or [''])[0]}'; choose from {','.join(METHODS)}")
-    from tasks.ablation import Budget
-
-    Budget.parse(args.ablation_budget)
-    version = resolve_version(args.registry, args.model, args.version)
-    check_version(version)  # fail fast, before Prefect starts
-    return _audit(args.registry, version.name, version.version, args.out, methods, args.seed,
-                  ablation_budget=args.ablation_budget, dask_address=args.dask_address)
+    return methods
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -59,14 +92,18 @@ def demo(args: argparse.Namespace) -> int:
 def _audit(
     registry: str, model: str, version: str | None, out: str, methods: list[str], seed: int,
     *, ablation_budget: str | None = None, dask_address: str | None = None,
+    max_test_rows: int | None = DEFAULT_MAX_ROWS, email_to: list[str] | None = None,
 ) -> int:
     from flows.audit import with_runner
 
     flow = with_runner(dask_address)
-    folder = Path(flow(registry=registry, model=model, version=version, out=out, methods=methods, seed=seed,
-                       ablation_budget=ablation_budget))
+    state = flow(registry=registry, model=model, version=version, out=out, methods=methods, seed=seed,
+                 ablation_budget=ablation_budget, max_test_rows=max_test_rows, email_to=email_to, return_state=True)
+    folder = Path(state.result())  # a failed run raises its error here
     for name in ("report.pdf", "report.html", "results.json"):
         print(folder / name)
+    if state.name == "Partial":
+        print(f"featureaudit: warning: {state.message}", file=sys.stderr)
     return 0
 
 
@@ -134,13 +171,34 @@ def _parser() -> argparse.ArgumentParser:
     p_run.add_argument("--ablation-budget", help="retrain at most N features (e.g. 8) or for about N seconds (e.g. 600s), "
                        "most important by permutation first")
     p_run.add_argument("--dask-address", help="run the tasks on an existing Dask cluster, e.g. tcp://host:8786")
+    _add_common(p_run)
     p_run.set_defaults(handler=run)
+
+    p_serve = commands.add_parser("serve", help="audit the registry's models on a cron schedule (a Prefect deployment)")
+    p_serve.add_argument("--registry", required=True, help="registry folder: <registry>/<model>/<version>/")
+    p_serve.add_argument("--model", action="append", help="a model to audit (repeatable; default: every model)")
+    p_serve.add_argument("--cron", default="0 2 * * *", help="cron schedule (default: 0 2 * * *, nightly at 02:00)")
+    p_serve.add_argument("--timezone", help="IANA time zone of the schedule, e.g. Europe/Berlin (default: UTC)")
+    p_serve.add_argument("--out", default="reports", help="output folder (default: reports)")
+    p_serve.add_argument("--methods", default="weights,permutation,ablation,shap", help="comma-separated methods")
+    p_serve.add_argument("--name", default="nightly", help="deployment name (default: nightly)")
+    p_serve.add_argument("--port", type=int, default=4200,
+                         help="port of the local Prefect server started when PREFECT_API_URL is unset (default: 4200)")
+    _add_common(p_serve)
+    p_serve.set_defaults(handler=serve)
 
     p_demo = commands.add_parser("demo", help="build a demo registry with known drivers and audit it")
     p_demo.add_argument("--out", default="reports", help="output folder (default: reports)")
     p_demo.add_argument("--seed", type=int, default=0)
     p_demo.set_defaults(handler=demo)
     return parser
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-rows", type=int, default=DEFAULT_MAX_ROWS,
+                        help=f"sample a larger test split down to this many rows, seeded (default: {DEFAULT_MAX_ROWS})")
+    parser.add_argument("--email-to", action="append", metavar="ADDRESS",
+                        help="email the PDF to this address (repeatable); SMTP settings from FEATUREAUDIT_SMTP_*")
 
 
 if __name__ == "__main__":

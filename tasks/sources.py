@@ -157,6 +157,23 @@ def resolve_version(
     )
 
 
+def list_models(registry: str | Path) -> list[str]:
+    """The model names in a registry (its visible sub-folders), in natural order."""
+    registry = Path(registry)
+    if not registry.is_dir():
+        raise RegistryError(f"registry {registry} does not exist or is not a folder")
+    names = sorted((p.name for p in registry.iterdir() if p.is_dir() and not p.name.startswith(".")), key=natural_key)
+    if not names:
+        raise RegistryError(f"registry {registry} holds no model folders")
+    return names
+
+
+@task(name="list-models", retries=2, retry_delay_seconds=2, retry_condition_fn=retry_unless_bad_input)
+def list_models_task(registry: str) -> list[str]:
+    """The models to audit when none are named."""
+    return list_models(registry)
+
+
 def read_manifest(path: Path) -> Manifest:
     """Parse and validate ``manifest.json``."""
     if not path.is_file():
