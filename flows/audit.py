@@ -107,11 +107,15 @@ def with_runner(dask_address: str | None = None):
 def _seconds(futures: dict[str, PrefectFuture]) -> dict[str, float]:
     """Each method task's run time, as Prefect recorded it."""
     from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
 
     timings = {}
     with get_client(sync_client=True) as client:
         for name, future in futures.items():
-            run = client.read_task_run(future.task_run_id)
+            try:
+                run = client.read_task_run(future.task_run_id)
+            except ObjectNotFound:  # task runs reach the API as events, a moment after they finish
+                continue
             if run.total_run_time is not None:
                 timings[name] = round(run.total_run_time.total_seconds(), 2)
     return timings
