@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from prefect import get_run_logger, task
 
+from tasks.clusters import correlated_clusters, importance_units, unit_records
 from tasks.errors import FeatureAuditError
 from tasks.metrics import Metric, get_metric
 from tasks.modeling import as_predictions, compiled_loss_name, input_layout, model_feed, tensor_feed
@@ -28,7 +29,8 @@ from tasks.sources import ModelVersion, Split, load_model, load_split
 NOTES = (
     "Retrains the model from scratch with the feature held constant; importance is the paired loss increase per seed.",
     "Trustworthy but costly, and noisy across seeds: read the interval, not only the mean.",
-    "A feature whose information another feature also carries (a correlated partner) can look unimportant here.",
+    "A feature whose information another feature also carries (a correlated partner) can look unimportant here; "
+    "manifest groups and clusters of correlated features are therefore also retrained without, jointly.",
 )
 DEFAULT_TRAINING = {"epochs": 10, "batch_size": 64}
 
@@ -314,9 +316,11 @@ def ablation_task(
     test = load_split(Path(version.test_path), version)
     metric = get_metric(version.manifest.metric, version.task, compiled_loss_name(model))
     recipe = Recipe.from_manifest(version.manifest.training)
-    units = {f: [features.index(f)] for f in priority_order(features, priority)}
-    for group, members in version.manifest.groups.items():
-        units[f"group:{group}"] = [features.index(m) for m in members]
+    clusters = correlated_clusters(test.X, features, random_state=seed)
+    measured = importance_units(features, version.manifest.groups, clusters)
+    # Features in priority order (a budget keeps the first), then groups and clusters.
+    units = {f: measured[f] for f in priority_order(features, priority)}
+    units.update({name: cols for name, cols in measured.items() if name not in units})
 
     def progress(message: str, done: int, total: int) -> None:
         logger.info("ablation: %s (%d/%d)", message, done, total)
@@ -325,17 +329,15 @@ def ablation_task(
         model, train, test, metric=metric, recipe=recipe, n_seeds=n_seeds, random_state=seed, units=units,
         constants=ablation_constants(train, version.categorical), budget=budget, progress=progress,
     )
-    names = list(units)
     kept = [f for f in features if f not in details["not_ablated"]]
-    rows = [names.index(f) for f in kept]
-    group_rows = [i for i, n in enumerate(names) if n.startswith("group:") and n not in details["not_ablated"]]
-    groups = ImportanceResult.from_samples("ablation_groups", "behavioural", [names[i] for i in group_rows],
-                                           importances[group_rows]) if group_rows else None
+    ordered = np.array([importances[list(units).index(name)] for name in measured])  # back in unit order
+    groups, cluster_records = unit_records(ordered, measured, features, clusters)
     notes = list(NOTES)
     if details["not_ablated"]:
         notes.append(f"Budget reached: not ablated: {', '.join(details['not_ablated'])}.")
     details.update({"epochs": recipe.epochs, "batch_size": recipe.batch_size, "n_seeds": n_seeds,
-                    "groups": groups.records() if groups else []})
+                    "groups": groups, "clusters": cluster_records})
     return ImportanceResult.from_samples(
-        "ablation", "behavioural", kept, importances[rows], metric=metric.name, notes=notes, details=details
+        "ablation", "behavioural", kept, ordered[[features.index(f) for f in kept]], metric=metric.name,
+        notes=notes, details=details,
     )

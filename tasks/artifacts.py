@@ -19,10 +19,13 @@ def escape_markdown(text: str) -> str:
     return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
 
 
+def slug(name: str) -> str:
+    """A name as Prefect artifact keys allow it: lowercase letters, digits and dashes only."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "model"
+
+
 def artifact_key(model: str, suffix: str) -> str:
-    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
-    slug = re.sub(r"[^a-z0-9]+", "-", model.lower()).strip("-") or "model"
-    return f"featureaudit-{slug}-{suffix}"
+    return f"featureaudit-{slug(model)}-{suffix}"
 
 
 def verdict_markdown(model: str, version: str, comparison: Comparison, report_folder: str) -> str:

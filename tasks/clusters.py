@@ -87,3 +87,51 @@ def correlated_clusters(
             )
         )
     return clusters
+
+
+def importance_units(
+    features: list[str], groups: dict[str, tuple[str, ...]], clusters: list[Cluster]
+) -> dict[str, list[int]]:
+    """What a behavioural method measures: every feature, then each manifest group, then each correlated cluster.
+
+    This is also the order per-unit seeds are spawned in. A cluster with the same members as a
+    manifest group is not added again: the group stands for it.
+    """
+    units = {f: [j] for j, f in enumerate(features)}
+    units.update({f"group:{g}": [features.index(m) for m in members] for g, members in groups.items()})
+    for cluster in clusters:
+        if unit_of(units, cluster) is None:
+            units[f"cluster:{cluster.name}"] = list(cluster.columns)
+    return units
+
+
+def unit_of(units: dict[str, list[int]], cluster: Cluster) -> str | None:
+    """The group or cluster unit that holds exactly the cluster's columns, if there is one."""
+    columns = sorted(cluster.columns)
+    return next((name for name, cols in units.items() if len(cols) > 1 and sorted(cols) == columns), None)
+
+
+def unit_records(
+    samples: np.ndarray, units: dict[str, list[int]], features: list[str], clusters: list[Cluster]
+) -> tuple[list[dict], list[dict]]:
+    """Report records of the manifest groups and the correlated clusters, from ``samples`` aligned with ``units``.
+
+    Units left unmeasured (all-NaN rows, e.g. beyond an ablation budget) are left out.
+    """
+    from tasks.result import ImportanceResult
+
+    names = list(units)
+    measured = [i for i in range(len(names)) if not np.isnan(samples[i]).all()]
+    group_rows = [i for i in measured if names[i].startswith("group:")]
+    groups = ImportanceResult.from_samples("groups", "behavioural", [names[i] for i in group_rows], samples[group_rows])
+    kept = [c for c in clusters if names.index(unit_of(units, c)) in measured]
+    rows = [names.index(unit_of(units, c)) for c in kept]
+    grouped = ImportanceResult.from_samples("clusters", "behavioural", [c.name for c in kept], samples[rows])
+    cluster_records = [
+        {"name": c.name, "members": list(c.members), "min_abs_rho": c.min_abs_rho,
+         **{k: record[k] for k in ("importance", "std", "low", "high")},
+         "member_importances": {features[j]: float(np.nanmean(samples[names.index(features[j])]))
+                                for j in c.columns}}
+        for c, record in zip(kept, grouped.records())
+    ]
+    return groups.records(), cluster_records

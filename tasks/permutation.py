@@ -18,7 +18,6 @@ for 1,000,000 rows and 5 repeats), and the model's activations for one batch of
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,8 @@ import numpy as np
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from tasks.clusters import DEFAULT_THRESHOLD, Cluster, correlated_clusters
+from tasks.artifacts import slug
+from tasks.clusters import DEFAULT_THRESHOLD, Cluster, correlated_clusters, importance_units, unit_records
 from tasks.metrics import METRICS, Metric, get_metric
 from tasks.modeling import Forward, compiled_loss_name
 from tasks.result import ImportanceResult
@@ -182,21 +182,6 @@ def _mean_permuted_losses(
     return sums / n_rows
 
 
-def permutation_units(
-    features: list[str], groups: dict[str, tuple[str, ...]], clusters: list[Cluster]
-) -> dict[str, list[int]]:
-    """Every feature, then each manifest group, then each correlated cluster: the order seeds are spawned in.
-
-    A cluster with the same members as a manifest group is not added again: the group stands for it.
-    """
-    units = {f: [j] for j, f in enumerate(features)}
-    units.update({f"group:{g}": [features.index(m) for m in members] for g, members in groups.items()})
-    for cluster in clusters:
-        if _unit_of(units, cluster) is None:
-            units[f"cluster:{cluster.name}"] = list(cluster.columns)
-    return units
-
-
 def permutation_results(
     scores: PermutationScores,
     units: dict[str, list[int]],
@@ -207,39 +192,20 @@ def permutation_results(
 ) -> list[ImportanceResult]:
     """One result per metric: per-feature importances, with groups and clusters in ``details``."""
     n = len(features)
-    group_rows = [i for i, name in enumerate(scores.units[n:], start=n) if name.startswith("group:")]
-    cluster_rows = [scores.units.index(_unit_of(units, c)) for c in clusters]
     results = []
     for metric in scores.metrics:
         samples = scores.by_metric[metric]
-        groups = ImportanceResult.from_samples(
-            "groups", "behavioural", [scores.units[i] for i in group_rows], samples[group_rows]
-        )
-        grouped = ImportanceResult.from_samples(
-            "clusters", "behavioural", [c.name for c in clusters], samples[cluster_rows]
-        )
-        cluster_records = [
-            {"name": c.name, "members": list(c.members), "min_abs_rho": c.min_abs_rho,
-             **{k: record[k] for k in ("importance", "std", "low", "high")},
-             "member_importances": {features[j]: float(samples[j].mean()) for j in c.columns}}
-            for c, record in zip(clusters, grouped.records())
-        ]
+        groups, cluster_records = unit_records(samples, units, features, clusters)
         primary = metric == scores.metrics[0]
         results.append(
             ImportanceResult.from_samples(
                 "permutation" if primary else f"permutation_{metric}", "behavioural", features, samples[:n],
                 metric=metric, notes=NOTES if primary else (ACCURACY_NOTE, *NOTES),
-                details={**details, "baseline": scores.baselines[metric], "groups": groups.records(),
+                details={**details, "baseline": scores.baselines[metric], "groups": groups,
                          "clusters": cluster_records},
             )
         )
     return results
-
-
-def _unit_of(units: dict[str, list[int]], cluster: Cluster) -> str | None:
-    """The group or cluster unit that permutes exactly the cluster's columns, if there is one."""
-    columns = sorted(cluster.columns)
-    return next((name for name, cols in units.items() if len(cols) > 1 and sorted(cols) == columns), None)
 
 
 def audit_permutation(
@@ -257,7 +223,7 @@ def audit_permutation(
     extra = (METRICS["accuracy"],) if version.task != "regression" and metric.name != "accuracy" else ()
     features = list(version.features)
     clusters = correlated_clusters(test.X, features, threshold=cluster_threshold, random_state=seed)
-    units = permutation_units(features, version.manifest.groups, clusters)
+    units = importance_units(features, version.manifest.groups, clusters)
     scores = permutation_importance(
         Forward(model, version.features), test.X, test.y, metric=metric, extra_metrics=extra,
         n_repeats=n_repeats, random_state=seed, units=units, progress=progress,
@@ -273,7 +239,7 @@ def permutation_task(
     """Permutation importance of every feature, manifest group and correlated cluster on the test split."""
     logger = get_run_logger()
     artifact = create_progress_artifact(
-        0.0, key=f"permutation-{_artifact_slug(version.name)}",
+        0.0, key=f"permutation-{slug(version.name)}",
         description=f"Permutation importance of {version.name} {version.version}: units done",
     )
 
@@ -284,8 +250,3 @@ def permutation_task(
 
     return audit_permutation(version, n_repeats=n_repeats, seed=seed, cluster_threshold=cluster_threshold,
                              progress=progress)
-
-
-def _artifact_slug(name: str) -> str:
-    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "model"
