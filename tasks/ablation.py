@@ -332,7 +332,12 @@ def ablation_task(
     kept = [f for f in features if f not in details["not_ablated"]]
     ordered = np.array([importances[list(units).index(name)] for name in measured])  # back in unit order
     groups, cluster_records = unit_records(ordered, measured, features, clusters)
-    notes = list(NOTES)
+    per_seed = {}
+    for timing in details["timings"]:
+        per_seed[timing["seed"]] = per_seed.get(timing["seed"], 0.0) + timing["seconds"]
+    notes = [*NOTES, f"{n_seeds} seeds × {len(units) - len(details['not_ablated'])} units, {recipe.epochs} epochs, "
+             f"batch {recipe.batch_size}; retraining time per seed: "
+             + ", ".join(f"{seconds:.1f} s" for seconds in per_seed.values()) + "."]
     if details["not_ablated"]:
         notes.append(f"Budget reached: not ablated: {', '.join(details['not_ablated'])}.")
     details.update({"epochs": recipe.epochs, "batch_size": recipe.batch_size, "n_seeds": n_seeds,

@@ -39,7 +39,8 @@ NOTES = (
     "Correlated features share their importance: shuffling one leaves its partner to carry the signal. "
     "Clusters of strongly correlated features are therefore also permuted jointly and reported as one unit.",
     "Shuffling builds rows the model never saw (extrapolation), most of all for correlated features.",
-    "A categorical feature is permuted as its one integer column, embedding or not.",
+    "A categorical feature is permuted as its one integer column, embedding or not; shuffling whole categories "
+    "(each with its own learned embedding) tends to over-rate an embedded categorical against numeric features.",
 )
 ACCURACY_NOTE = "Accuracy degradation: the drop in the share of correct predictions; coarse for confident models."
 
