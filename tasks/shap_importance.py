@@ -86,13 +86,14 @@ def explain(
     random_state: int | None = None,
     tolerance: float = 0.05,
     n_gradient_samples: int = 200,
+    forward: Forward | None = None,
 ) -> ShapValues:
     """SHAP values for ``X`` with the explainer that suits the model, the reason for the choice, and an additivity check."""
     if explainer not in EXPLAINERS:
         raise ValueError(f"explainer must be one of {', '.join(EXPLAINERS)}; got {explainer!r}")
     rng = np.random.default_rng(random_state)
     probe_seed, gradient_seed, sampling_seed = (int(s) for s in rng.integers(0, 2**31 - 1, size=3))
-    forward = Forward(model, features)
+    forward = forward or Forward(model, features)  # pass one in to reuse its compiled function
     X = np.asarray(X, dtype=np.float32)
     background = np.asarray(background, dtype=np.float32)
 
@@ -176,6 +177,7 @@ def shap_importance(
     random_state: int | None = None,
     explainer: str = "auto",
     extra_rows: np.ndarray | None = None,
+    forward: Forward | None = None,
 ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], ShapValues, np.ndarray]:
     """Bootstrap draws of mean |SHAP| per feature ``(n_features, n_bootstrap)``, their 95% interval, the values, the rows.
 
@@ -189,7 +191,7 @@ def shap_importance(
     bootstrap = rng.integers(0, len(rows), size=(n_bootstrap, len(rows)))
     extra = np.asarray([] if extra_rows is None else extra_rows, dtype=int)
     raw = explain(model, features, X[np.concatenate([rows, extra])], background,
-                  explainer=explainer, random_state=explain_seed)
+                  explainer=explainer, random_state=explain_seed, forward=forward)
     per_row = global_magnitude(raw.values[: len(rows)])
     draws = np.stack([per_row[b].mean(axis=0) for b in bootstrap], axis=1)
     interval = (np.percentile(draws, 2.5, axis=1), np.percentile(draws, 97.5, axis=1))
@@ -277,12 +279,13 @@ def shap_audit(version: ModelVersion, *, seed: int = 0, n_rows: int = 1000, n_wo
     test = load_split(Path(version.test_path), version)
     pool_split = load_split(Path(version.train_path), version) if version.train_path else test
     metric = get_metric(version.manifest.metric, version.task, compiled_loss_name(model))
-    worst, loss = highest_loss_rows(test.y, Forward(model, version.features)(test.X), metric, n_worst)
+    forward = Forward(model, version.features)
+    worst, loss = highest_loss_rows(test.y, forward(test.X), metric, n_worst)
     rng = np.random.default_rng(seed)
     random_rows = np.sort(rng.choice(len(test.X), size=min(n_random, len(test.X)), replace=False))
     draws, interval, raw, rows = shap_importance(
         model, version.features, test.X, pool_split.X, n_rows=n_rows,
-        random_state=int(rng.integers(0, 2**31 - 1)), extra_rows=np.concatenate([worst, random_rows]),
+        random_state=int(rng.integers(0, 2**31 - 1)), extra_rows=np.concatenate([worst, random_rows]), forward=forward,
     )
     details, notes = shap_details(version.features, test, raw, rows, draws, loss, metric,
                                   n_global=len(rows) - len(worst) - len(random_rows), n_worst=len(worst),
