@@ -51,6 +51,11 @@ def test_pdf_text_shows_verdict_warning_and_failed_method(context):
     assert "the first-layer weights under-rank it" in text
     assert "This method failed: RuntimeError: explainer broke" in text
     assert f"page 1 of {len(pdf.pages)}" in text
+    # the running header names model and version on every page but the first, which shows it once in the body
+    pages = [page.extract_text() for page in pdf.pages]
+    assert len(pages) > 1
+    assert pages[0].count("featureaudit · linear v1") == 1
+    assert all("featureaudit · linear v1" in page for page in pages[1:])
 
 
 def test_pdf_renderer_fetches_no_local_file(tmp_path):
