@@ -12,11 +12,12 @@ from tasks.result import ImportanceResult
 
 _BAR = "#3b6ea5"
 _WEIGHT = "#b5651d"
+MAX_FEATURES = 40  # charts show at most this many features, the most important ones: size stays bounded
 
 
-def importance_bars(result: ImportanceResult) -> bytes:
-    """Horizontal bars of mean importance with 95% interval whiskers, most important on top."""
-    order = np.argsort(result.importances_mean)
+def importance_bars(result: ImportanceResult, *, limit: int = MAX_FEATURES) -> bytes:
+    """Horizontal bars of mean importance with 95% interval whiskers, most important on top (at most ``limit``)."""
+    order = np.argsort(result.importances_mean, kind="stable")[-limit:]
     names = [result.features[i] for i in order]
     mean = result.importances_mean[order]
     err = np.vstack([mean - result.low[order], result.high[order] - mean]).clip(min=0)
@@ -29,19 +30,26 @@ def importance_bars(result: ImportanceResult) -> bytes:
     ax.axvline(0, color="#555", linewidth=0.8)
     label = f"importance ({result.metric} increase)" if result.metric else "importance"
     ax.set_xlabel(label, fontsize=8)
-    ax.set_title(result.method + (" — 95% intervals" if has_interval else ""), fontsize=9)
+    shown = f" (top {len(names)} of {len(result.features)})" if len(names) < len(result.features) else ""
+    ax.set_title(result.method + shown + (" — 95% intervals" if has_interval else ""), fontsize=9)
     ax.tick_params(axis="x", labelsize=8)
     fig.tight_layout()
     return _png(fig)
 
 
-def rank_lines(weight: ImportanceResult, behaviours: list[ImportanceResult]) -> bytes:
-    """One line per feature from its weight rank to its rank under each behavioural method."""
+def rank_lines(weight: ImportanceResult, behaviours: list[ImportanceResult], *, limit: int = MAX_FEATURES) -> bytes:
+    """One line per feature from its weight rank to its rank under each behavioural method.
+
+    With more than ``limit`` features, the lines of those ranked highest by any method are drawn.
+    """
     columns = [weight, *behaviours]
     n = len(weight.features)
-    fig = Figure(figsize=(6.2, 0.28 * n + 1.4), dpi=110)
+    best = np.min([r.rank for r in columns], axis=0)
+    drawn = np.sort(np.argsort(best, kind="stable")[:limit])
+    fig = Figure(figsize=(6.2, 0.28 * min(n, limit) + 1.4), dpi=110)
     ax = fig.add_subplot()
-    for j, name in enumerate(weight.features):
+    for j in drawn:
+        name = weight.features[j]
         ranks = [int(r.rank[j]) for r in columns]
         moved = max(ranks) - min(ranks) > n / 3
         ax.plot(range(len(columns)), ranks, marker="o", linewidth=1.6 if moved else 0.8,

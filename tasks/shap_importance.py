@@ -49,6 +49,7 @@ MULTICLASS_NOTE = (
 EXPLAINERS = ("auto", "gradient", "sampling")
 _PROBE_ROWS = 50
 _BEESWARM_ROWS = 400
+_BEESWARM_FEATURES = 20
 
 
 @dataclass(frozen=True, eq=False)
@@ -255,12 +256,15 @@ def local_explanations(
 
 
 def beeswarm_data(features: tuple[str, ...], values: np.ndarray, X: np.ndarray, outputs: np.ndarray,
-                  *, order: np.ndarray, limit: int = _BEESWARM_ROWS) -> dict[str, Any]:
-    """What the summary chart needs: per feature (most important first) the SHAP values and feature values of up to ``limit`` rows.
+                  *, order: np.ndarray, limit: int = _BEESWARM_ROWS,
+                  max_features: int = _BEESWARM_FEATURES) -> dict[str, Any]:
+    """What the summary chart needs: for the ``max_features`` most important features (first = top), the SHAP
+    values and feature values of up to ``limit`` rows.
 
     Multiclass values are shown for each row's predicted class.
     """
     values, X, outputs = values[:limit], X[:limit], outputs[:limit]
+    order = order[:max_features]
     if values.ndim == 3:
         predicted = outputs.argmax(axis=1)
         values = np.take_along_axis(values, predicted[:, None, None], axis=2)[..., 0]

@@ -83,3 +83,18 @@ def test_correlated_clusters_are_shown_beside_their_members(linear_registry):
     html = re.sub(r"\s+", " ", render_html(build_context(version, [perm], compare([perm]), run)))
     assert "Correlated cluster (permuted jointly)" in html
     assert "<td>a, b</td><td>0.93</td><td>7.5</td><td>[7.2, 7.8]</td> <td>a 1.1; b 0.9</td>" in html
+
+
+def test_charts_stay_bounded_for_many_features():
+    from PIL import Image
+
+    from tasks.charts import MAX_FEATURES, importance_bars, rank_lines
+
+    names = tuple(f"f{j}" for j in range(500))
+    rng = np.random.default_rng(0)
+    many = ImportanceResult.from_samples("permutation", "behavioural", names, rng.random((500, 3)))
+    weights = ImportanceResult.from_samples("weights", "weight-based", names, rng.random(500))
+    few = ImportanceResult.from_samples("permutation", "behavioural", names[:MAX_FEATURES], rng.random((MAX_FEATURES, 3)))
+    height = lambda png: Image.open(io.BytesIO(png)).size[1]  # noqa: E731
+    assert height(importance_bars(many)) == height(importance_bars(few))
+    assert height(rank_lines(weights, [many])) == height(rank_lines(weights.subset(names[:MAX_FEATURES]), [few]))
