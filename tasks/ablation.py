@@ -32,7 +32,6 @@ NOTES = (
     "A feature whose information another feature also carries (a correlated partner) can look unimportant here; "
     "manifest groups and clusters of correlated features are therefore also retrained without, jointly.",
 )
-DEFAULT_TRAINING = {"epochs": 10, "batch_size": 64}
 
 
 @dataclass(frozen=True)
@@ -44,8 +43,9 @@ class Recipe:
 
     @classmethod
     def from_manifest(cls, training: dict[str, Any]) -> Recipe:
-        merged = {**DEFAULT_TRAINING, **{k: v for k, v in training.items() if k in DEFAULT_TRAINING}}
-        return cls(epochs=int(merged["epochs"]), batch_size=int(merged["batch_size"]))
+        defaults = cls()
+        return cls(epochs=int(training.get("epochs", defaults.epochs)),
+                   batch_size=int(training.get("batch_size", defaults.batch_size)))
 
 
 def ablation_constants(train: Split, categorical: tuple[str, ...]) -> np.ndarray:

@@ -31,7 +31,7 @@ class InputLayout:
 def input_layout(model, features: tuple[str, ...]) -> InputLayout:
     """Check that the model's inputs match the features and say how to feed them."""
     inputs = list(model.inputs)
-    names = tuple(_input_name(t) for t in inputs)
+    names = tuple(input_name(t) for t in inputs)
     if len(inputs) == 1:
         shape = tuple(inputs[0].shape)
         width = shape[-1] if len(shape) == 2 else None
@@ -80,18 +80,11 @@ class Forward:
         self.layout = input_layout(model, features)
         self.batch_rows = batch_rows
         self.n_features = len(features)
-        squash = _output_squash(model)
         layout = self.layout
 
         def call(x):
             out = model(tensor_feed(layout, x), training=False)
-            if isinstance(out, (list, tuple)):
-                out = out[0]
-            if squash == "sigmoid":
-                out = tf.sigmoid(out)
-            elif squash == "softmax":
-                out = tf.nn.softmax(out, axis=-1)
-            return out
+            return out[0] if isinstance(out, (list, tuple)) else out
 
         spec = tf.TensorSpec(shape=(None, self.n_features), dtype=tf.float32)
         self._call = tf.function(call, input_signature=[spec], reduce_retracing=True)
@@ -99,10 +92,7 @@ class Forward:
     def __call__(self, X: np.ndarray) -> np.ndarray:
         X = np.asarray(X, dtype=np.float32)
         outputs = [self._call(X[start : start + self.batch_rows]).numpy() for start in range(0, len(X), self.batch_rows)]
-        out = np.concatenate(outputs, axis=0) if outputs else np.zeros((0, 1), np.float32)
-        if out.ndim == 2 and out.shape[1] == 1:
-            out = out[:, 0]
-        return out.astype(np.float64)
+        return as_predictions(np.concatenate(outputs, axis=0) if outputs else np.zeros((0, 1)), self.model)
 
 
 def tensor_feed(layout: InputLayout, x):
@@ -118,18 +108,19 @@ def tensor_feed(layout: InputLayout, x):
     return feed
 
 
-def model_feed(layout: InputLayout, X: np.ndarray, *, prefix: str = ""):
+def model_feed(layout: InputLayout, X: np.ndarray):
     """The feature matrix as the model's inputs: the matrix itself, or one named column per input."""
     if not layout.named:
-        return {prefix + layout.names[0]: X} if prefix else X
+        return X
     return {
-        prefix + name: X[:, col].astype(dtype) if rank == 1 else X[:, col : col + 1].astype(dtype)
+        name: X[:, col].astype(dtype) if rank == 1 else X[:, col : col + 1].astype(dtype)
         for name, col, dtype, rank in zip(layout.names, layout.columns, layout.dtypes, layout.ranks)
     }
 
 
 def as_predictions(raw: np.ndarray, model) -> np.ndarray:
-    """Raw model outputs as Forward returns them: probabilities for classifiers, ``(n,)`` for one output."""
+    """Raw model outputs as predictions: probabilities for classifiers (a logit output squashed when the compiled
+    loss says ``from_logits``), ``(n,)`` for one output, float64."""
     out = np.asarray(raw, dtype=np.float64)
     squash = _output_squash(model)
     if squash == "sigmoid":
@@ -159,6 +150,7 @@ def _output_squash(model) -> str | None:
     return "sigmoid" if "binary" in name else "softmax"
 
 
-def _input_name(tensor) -> str:
+def input_name(tensor) -> str:
+    """A model input's name as the data's column would be named (without a ':0' suffix)."""
     name = getattr(tensor, "name", "") or ""
     return name.split(":")[0]

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from prefect import get_run_logger, task
 
+from tasks.modeling import input_name
 from tasks.result import ImportanceResult
 from tasks.sources import ModelVersion, load_model, load_split
 
@@ -35,9 +36,9 @@ def weight_magnitudes(model, features: tuple[str, ...]) -> np.ndarray:
     """Sum of |first-layer weights| per feature, for single-matrix and named-input models."""
     consumers = _consumer_map(model)
     inputs = list(model.inputs)
-    if len(inputs) == 1 and (len(features) > 1 or inputs[0].name.split(":")[0] != features[0]):
+    if len(inputs) == 1 and (len(features) > 1 or input_name(inputs[0]) != features[0]):
         return _walk(inputs[0], 0, len(features), consumers)
-    by_name = {t.name.split(":")[0]: t for t in inputs}
+    by_name = {input_name(t): t for t in inputs}
     return np.array([_walk(by_name[f], 0, 1, consumers)[0] for f in features])
 
 
