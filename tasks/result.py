@@ -14,6 +14,10 @@ from scipy import stats
 
 Status = Literal["ok", "failed", "skipped"]
 Kind = Literal["weight-based", "behavioural"]
+# Where a method's samples come from, which decides how two features are tested against each other
+# (tasks/ranking.py): independent "repeats" or paired "seeds" (t-test of the per-sample differences),
+# "bootstrap" draws (the share of draws that order them the other way), or a "single" value (no test).
+Sampling = Literal["repeats", "seeds", "bootstrap", "single"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -23,7 +27,9 @@ class ImportanceResult:
     ``importances`` has shape ``(n_features, n_samples)``: repeats, seeds or
     bootstrap draws, whatever the method's own variation is. ``rank`` is 1 for
     the most important feature. ``low``/``high`` bound a 95% interval of the mean
-    (equal to the mean when the method has a single sample).
+    (equal to the mean when the method has a single sample). ``sampling`` says what the
+    samples are; column ``s`` of ``importances`` is the same repeat, seed or bootstrap draw for
+    every feature, so features can be compared sample by sample.
     """
 
     method: str
@@ -40,6 +46,7 @@ class ImportanceResult:
     error: str | None = None
     metric: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    sampling: Sampling = "single"
 
     @classmethod
     def from_samples(
@@ -53,11 +60,13 @@ class ImportanceResult:
         metric: str | None = None,
         details: dict[str, Any] | None = None,
         interval: tuple[np.ndarray, np.ndarray] | None = None,
+        sampling: Sampling | None = None,
     ) -> ImportanceResult:
         """Summarise ``(n_features, n_samples)`` draws: mean, std, 95% interval, rank.
 
         The default interval is the t-interval of the mean over samples; pass
-        ``interval`` when the method has a better one (a bootstrap, say).
+        ``interval`` when the method has a better one (a bootstrap, say). ``sampling`` defaults
+        to "repeats" for several samples and "single" for one.
         """
         samples = np.asarray(importances, dtype=float)
         if samples.ndim == 1:
@@ -87,6 +96,7 @@ class ImportanceResult:
             notes=tuple(notes),
             metric=metric,
             details=dict(details or {}),
+            sampling=sampling or ("repeats" if n > 1 else "single"),
         )
 
     @classmethod
@@ -135,6 +145,7 @@ class ImportanceResult:
             error=self.error,
             metric=self.metric,
             details=self.details,
+            sampling=self.sampling,
         )
 
     @property
@@ -171,6 +182,7 @@ class ImportanceResult:
             "reason": self.error if self.status == "skipped" else None,
             "metric": self.metric,
             "n_samples": self.n_samples,
+            "sampling": self.sampling,
             "notes": list(self.notes),
             "features": self.records(),
             "details": _jsonable(self.details),
