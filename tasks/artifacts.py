@@ -34,6 +34,8 @@ def verdict_markdown(model: str, version: str, comparison: Comparison, report_fo
         "",
         f"**Verdict on the weight-based ranking: {comparison.verdict}**",
         "",
+        escape_markdown(comparison.reason),
+        "",
         escape_markdown(comparison.rule),
         "",
         "## Warnings",

@@ -127,6 +127,7 @@ def email_context(results: dict[str, Any], folder: Path) -> dict[str, Any]:
         "version": version,
         "verdict": results["verdict"],
         "verdict_rule": results.get("verdict_rule", ""),
+        "verdict_reason": results.get("verdict_reason", ""),
         "status": results.get("status", "complete"),
         "methods": [{"name": name, "status": m["status"], "error": m.get("error") or m.get("reason")}
                     for name, m in methods.items()],
@@ -141,7 +142,8 @@ def email_context(results: dict[str, Any], folder: Path) -> dict[str, Any]:
 def text_body(context: dict[str, Any]) -> str:
     """The plain-text alternative: the same content as ``email.html.j2``."""
     lines = [context["subject"].removeprefix("featureaudit: "), "",
-             f"Verdict on the weight-based ranking: {context['verdict']}", f"Rule: {context['verdict_rule']}",
+             f"Verdict on the weight-based ranking: {context['verdict']}", context["verdict_reason"],
+             f"Rule: {context['verdict_rule']}",
              f"Run {context['run_id']}: {context['status']}"]
     if context["sampling"]:
         lines.append(context["sampling"])

@@ -1,7 +1,14 @@
-"""Importance drift across nightly runs: this run against the previous report of the same model.
+"""Importance drift across nightly runs: this run against earlier reports of the same model.
 
-Earlier runs are found by their ``results.json`` under ``<out>/<model>/<version>/<run-id>/``; run
-ids start with a UTC timestamp, so the greatest one is the newest.
+Two comparisons, when they exist: the previous run of the *same version* (what changed with nothing
+but the run: seed, data, code) and the newest run of the *previous version* (what the new model
+changed). Earlier runs are found by their ``results.json`` under ``<out>/<model>/<version>/<run-id>/``;
+run ids start with a UTC timestamp, so the greatest one is the newest.
+
+A feature's importance is reported as changed only when the two runs' 95% intervals separate
+(:func:`intervals_separate`): rank changes among features whose intervals overlap are noise. Each
+comparison also states what differs between the runs — seed, model sha256, a split's sha256 —
+so a reader can tell a new model from a new sample.
 """
 
 from __future__ import annotations
@@ -12,46 +19,112 @@ from typing import Any
 
 from prefect import task
 
+from tasks.sources import natural_key
+
+SAME_VERSION = "previous run of this version"
+PREVIOUS_VERSION = "previous version"
+
+
+def previous_runs(out: str | Path, model: str, version: str) -> dict[str, dict[str, Any]]:
+    """The newest earlier ``results.json`` of this version and of the newest earlier version, where they exist."""
+    root = Path(out) / model
+    if not root.is_dir():
+        return {}
+    found: dict[str, dict[str, Any]] = {}
+    same = _newest(root / version)
+    if same is not None:
+        found[SAME_VERSION] = same
+    earlier = sorted((p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+                      and natural_key(p.name) < natural_key(version)), key=natural_key, reverse=True)
+    for name in earlier:
+        document = _newest(root / name)
+        if document is not None:
+            found[PREVIOUS_VERSION] = document
+            break
+    return found
+
 
 def previous_results(out: str | Path, model: str) -> dict[str, Any] | None:
-    """The newest earlier ``results.json`` of ``model`` under ``out``, or None."""
+    """The newest earlier ``results.json`` of ``model`` under ``out``, whatever its version, or None."""
     root = Path(out) / model
     if not root.is_dir():
         return None
-    runs = [p for p in root.glob("*/*/results.json") if not p.parent.name.startswith(".")]
+    documents = [d for d in (_newest(p) for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if d]
+    return max(documents, key=lambda d: d.get("run", {}).get("id", ""), default=None)
+
+
+def intervals_separate(before: dict[str, Any], now: dict[str, Any]) -> bool:
+    """True when the two 95% intervals do not overlap: the change is beyond both runs' noise."""
+    try:
+        b_low, b_high, n_low, n_high = (float(r[k]) for r in (before, now) for k in ("low", "high"))
+    except (KeyError, TypeError, ValueError):
+        return False  # a run without intervals (or a failed value) claims nothing
+    return b_high < n_low or n_high < b_low
+
+
+def differences(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """What differs between the two runs besides the results: seed, model sha256, split sha256."""
+    out = []
+    seeds = previous.get("run", {}).get("seed"), current.get("run", {}).get("seed")
+    if seeds[0] != seeds[1]:
+        out.append(f"seed {seeds[0]} → {seeds[1]}")
+    before, now = previous.get("model", {}).get("sha256", {}), current.get("model", {}).get("sha256", {})
+    for name in sorted(set(before) | set(now)):
+        if before.get(name) != now.get(name):
+            out.append(f"{name} sha256 differs" if name in before and name in now else
+                       f"{name} {'added' if name in now else 'removed'}")
+    return out
+
+
+def drift(previous: dict[str, Any], current: dict[str, Any], against: str = SAME_VERSION) -> dict[str, Any]:
+    """Importance changes beyond both runs' noise per method, and warnings that are new or resolved."""
+    changes = {}
+    for method, now in current["methods"].items():
+        before = previous.get("methods", {}).get(method)
+        if not before or before.get("status") != "ok" or now["status"] != "ok":
+            continue
+        old = {r["feature"]: r for r in before["features"]}
+        moved = [
+            {"feature": r["feature"], "rank_before": old[r["feature"]]["rank"], "rank_now": r["rank"],
+             "before": [old[r["feature"]].get("low"), old[r["feature"]].get("high")], "now": [r.get("low"), r.get("high")]}
+            for r in now["features"] if r["feature"] in old and intervals_separate(old[r["feature"]], r)
+        ]
+        changes[method] = sorted(moved, key=lambda c: (c["rank_now"], c["feature"]))
+    key = lambda w: (w["feature"], w["kind"])  # noqa: E731
+    old_warnings = {key(w): w["message"] for w in previous.get("warnings", [])}
+    new_warnings = {key(w): w["message"] for w in current["warnings"]}
+    return {
+        "against": against,
+        "previous_run": previous.get("run", {}).get("id"),
+        "previous_version": previous.get("model", {}).get("version"),
+        "previous_verdict": previous.get("verdict"),
+        "differences": differences(previous, current),
+        "changes": changes,
+        "new_warnings": [m for k, m in new_warnings.items() if k not in old_warnings],
+        "resolved_warnings": [m for k, m in old_warnings.items() if k not in new_warnings],
+    }
+
+
+def history(previous: dict[str, dict[str, Any]], current: dict[str, Any]) -> list[dict[str, Any]]:
+    """One drift record per earlier run found (same version first, then the previous version)."""
+    return [drift(previous[against], current, against) for against in (SAME_VERSION, PREVIOUS_VERSION)
+            if against in previous]
+
+
+@task(name="previous-runs")
+def previous_runs_task(out: str, model: str, version: str) -> dict[str, dict[str, Any]]:
+    """Read the newest earlier report of this version and of the previous version, if any."""
+    return previous_runs(out, model, version)
+
+
+def _newest(folder: Path) -> dict[str, Any] | None:
+    """The newest readable ``results.json`` directly under ``folder``'s run folders, or None."""
+    if not folder.is_dir():
+        return None
+    runs = [p for p in folder.glob("*/results.json") if not p.parent.name.startswith(".")]
     for path in sorted(runs, key=lambda p: p.parent.name, reverse=True):
         try:
             return json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             continue  # an unreadable old report is no reason to fail tonight's
     return None
-
-
-def drift(previous: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
-    """Rank changes per method, and warnings that are new or resolved since ``previous``."""
-    changes = {}
-    for method, now in current["methods"].items():
-        before = previous.get("methods", {}).get(method)
-        if not before or before.get("status") != "ok" or now["status"] != "ok":
-            continue
-        old = {r["feature"]: r["rank"] for r in before["features"]}
-        moved = [(r["feature"], old[r["feature"]], r["rank"]) for r in now["features"]
-                 if r["feature"] in old and old[r["feature"]] != r["rank"]]
-        changes[method] = sorted(moved, key=lambda t: (-abs(t[1] - t[2]), t[2]))
-    key = lambda w: (w["feature"], w["kind"], w["weight_method"], w["behavioural_method"])  # noqa: E731
-    old_warnings = {key(w): w["message"] for w in previous.get("warnings", [])}
-    new_warnings = {key(w): w["message"] for w in current["warnings"]}
-    return {
-        "previous_run": previous.get("run", {}).get("id"),
-        "previous_version": previous.get("model", {}).get("version"),
-        "previous_verdict": previous.get("verdict"),
-        "rank_changes": changes,
-        "new_warnings": [m for k, m in new_warnings.items() if k not in old_warnings],
-        "resolved_warnings": [m for k, m in old_warnings.items() if k not in new_warnings],
-    }
-
-
-@task(name="previous-run")
-def previous_results_task(out: str, model: str) -> dict[str, Any] | None:
-    """Read the newest earlier report of this model, if any."""
-    return previous_results(out, model)

@@ -1,33 +1,66 @@
 import json
 
-from tasks.history import drift, previous_results
+from tasks.history import PREVIOUS_VERSION, SAME_VERSION, drift, history, intervals_separate, previous_runs
 
 
-def _doc(run_id, ranks, warnings):
+def _doc(run_id, records, warnings=(), *, seed=0, version="v1", model_sha="m1"):
+    """A results.json with one method; ``records`` maps feature -> (rank, low, high)."""
     return {
-        "run": {"id": run_id},
-        "model": {"version": "v1"},
+        "run": {"id": run_id, "seed": seed},
+        "model": {"version": version, "sha256": {"model.keras": model_sha, "test.parquet": "t1"}},
         "verdict": "disagree" if warnings else "agree",
-        "methods": {"permutation": {"status": "ok", "features": [{"feature": f, "rank": r} for f, r in ranks.items()]}},
-        "warnings": [{"feature": f, "kind": "under-ranked", "weight_method": "weights", "behavioural_method": "permutation",
-                      "message": f"{f} is under-ranked"} for f in warnings],
+        "methods": {"permutation": {"status": "ok", "features": [
+            {"feature": f, "rank": r, "low": lo, "high": hi} for f, (r, lo, hi) in records.items()]}},
+        "warnings": [{"feature": f, "kind": "under-ranked", "message": f"{f} is under-ranked"} for f in warnings],
     }
 
 
-def test_drift_lists_rank_changes_and_new_and_resolved_warnings():
-    before = _doc("r1", {"a": 1, "b": 2, "c": 3}, ["a"])
-    now = _doc("r2", {"a": 3, "b": 2, "c": 1}, ["c"])
+def test_only_changes_whose_intervals_separate_are_reported():
+    before = _doc("r1", {"a": (1, 2.0, 2.2), "b": (2, 1.0, 1.2), "n1": (3, -0.01, 0.02), "n2": (4, -0.02, 0.01)}, ["a"])
+    now = _doc("r2", {"a": (2, 0.9, 1.1), "b": (1, 1.05, 1.25), "n1": (4, -0.02, 0.01), "n2": (3, -0.01, 0.02)}, ["b"])
     diff = drift(before, now)
-    assert diff["previous_run"] == "r1"
-    assert diff["rank_changes"]["permutation"] == [("c", 3, 1), ("a", 1, 3)]
-    assert diff["new_warnings"] == ["c is under-ranked"] and diff["resolved_warnings"] == ["a is under-ranked"]
+    # a dropped beyond noise; b and the noise features moved rank but their intervals overlap
+    assert [c["feature"] for c in diff["changes"]["permutation"]] == ["a"]
+    assert diff["changes"]["permutation"][0]["rank_before"] == 1 and diff["changes"]["permutation"][0]["rank_now"] == 2
+    assert diff["new_warnings"] == ["b is under-ranked"] and diff["resolved_warnings"] == ["a is under-ranked"]
+    assert diff["differences"] == []
 
 
-def test_previous_results_picks_the_newest_run_and_skips_staging(tmp_path):
+def test_a_seed_only_change_reports_no_drift_and_names_the_seed():
+    records = {"x": (1, 1.0, 1.2), "n1": (2, -0.01, 0.02), "n2": (3, -0.02, 0.01)}
+    shuffled = {"x": (1, 0.98, 1.19), "n1": (3, -0.02, 0.015), "n2": (2, -0.01, 0.02)}
+    diff = drift(_doc("r1", records, seed=0), _doc("r2", shuffled, seed=1))
+    assert diff["changes"] == {"permutation": []}
+    assert diff["differences"] == ["seed 0 → 1"]
+
+
+def test_differences_name_a_new_model():
+    diff = drift(_doc("r1", {"x": (1, 1, 1)}), _doc("r2", {"x": (1, 1, 1)}, model_sha="m2"))
+    assert diff["differences"] == ["model.keras sha256 differs"]
+
+
+def test_intervals_separate():
+    assert intervals_separate({"low": 0, "high": 1}, {"low": 1.5, "high": 2})
+    assert not intervals_separate({"low": 0, "high": 1}, {"low": 0.9, "high": 2})
+    assert not intervals_separate({"low": None, "high": 1}, {"low": 1.5, "high": 2})
+
+
+def _write(root, version, run_id, document):
+    folder = root / "m" / version / run_id
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps(document))
+
+
+def test_previous_runs_finds_this_versions_newest_run_and_the_previous_versions(tmp_path):
     for version, run_id in (("v1", "20260101T000000Z-aaaaaa"), ("v2", "20260301T000000Z-bbbbbb"),
-                            ("v2", ".20260401T000000Z-cccccc.tmp")):
-        folder = tmp_path / "m" / version / run_id
-        folder.mkdir(parents=True)
-        (folder / "results.json").write_text(json.dumps({"run": {"id": run_id}}))
-    assert previous_results(tmp_path, "m")["run"]["id"] == "20260301T000000Z-bbbbbb"
-    assert previous_results(tmp_path, "other") is None
+                            ("v2", ".20260401T000000Z-cccccc.tmp"), ("v10", "20260201T000000Z-dddddd"),
+                            ("v9", "20260102T000000Z-eeeeee")):
+        _write(tmp_path, version, run_id, _doc(run_id, {"x": (1, 1, 1)}, version=version))
+    found = previous_runs(tmp_path, "m", "v10")
+    assert found[SAME_VERSION]["run"]["id"] == "20260201T000000Z-dddddd"
+    assert found[PREVIOUS_VERSION]["run"]["id"] == "20260102T000000Z-eeeeee"  # v9 comes before v10
+    assert set(previous_runs(tmp_path, "m", "v3")) == {PREVIOUS_VERSION}  # a new version: v2's newest run
+    assert previous_runs(tmp_path, "m", "v3")[PREVIOUS_VERSION]["run"]["id"] == "20260301T000000Z-bbbbbb"
+    assert previous_runs(tmp_path, "other", "v1") == {}
+    current = _doc("now", {"x": (1, 1, 1)}, version="v10")
+    assert [h["against"] for h in history(found, current)] == [SAME_VERSION, PREVIOUS_VERSION]
