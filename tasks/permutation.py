@@ -18,6 +18,7 @@ for 1,000,000 rows and 5 repeats), and the model's activations for one batch of
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +29,10 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from tasks.artifacts import slug
 from tasks.clusters import DEFAULT_THRESHOLD, Cluster, correlated_clusters, importance_units, unit_records
+from tasks.compare import top_k_for
 from tasks.metrics import METRICS, Metric, get_metric
 from tasks.modeling import Forward, compiled_loss_name
+from tasks.ranking import ranking_evidence
 from tasks.result import ImportanceResult
 from tasks.sources import ModelVersion, load_model, load_split
 
@@ -213,11 +216,17 @@ def audit_permutation(
     version: ModelVersion,
     *,
     n_repeats: int = 5,
+    max_repeats: int = 20,
     seed: int = 0,
     cluster_threshold: float = DEFAULT_THRESHOLD,
     progress: Callable[[str, int, int], None] | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> list[ImportanceResult]:
-    """Permutation importance of a model version on its test split: by its metric, and by accuracy for classifiers."""
+    """Permutation importance of a model version on its test split: by its metric, and by accuracy for classifiers.
+
+    Adaptive: while the top-k set (k as the verdict uses it) is not verified at 95%, the repeats
+    double, up to ``max_repeats``. The first repeats of a longer run are those of the shorter one.
+    """
     model = load_model(Path(version.model_path))
     test = load_split(Path(version.test_path), version)
     metric = get_metric(version.manifest.metric, version.task, compiled_loss_name(model))
@@ -225,12 +234,30 @@ def audit_permutation(
     features = list(version.features)
     clusters = correlated_clusters(test.X, features, threshold=cluster_threshold, random_state=seed)
     units = importance_units(features, version.manifest.groups, clusters)
-    scores = permutation_importance(
-        Forward(model, version.features), test.X, test.y, metric=metric, extra_metrics=extra,
-        n_repeats=n_repeats, random_state=seed, units=units, progress=progress,
-    )
-    details = {"n_repeats": n_repeats, "seed": seed, "n_rows": test.n_rows, "cluster_threshold": cluster_threshold}
-    return permutation_results(scores, units, features, clusters, details=details)
+    forward = Forward(model, version.features)
+    k = top_k_for(len(features))
+    repeats, history = n_repeats, []
+    while True:
+        scores = permutation_importance(
+            forward, test.X, test.y, metric=metric, extra_metrics=extra,
+            n_repeats=repeats, random_state=seed, units=units, progress=progress,
+        )
+        details = {"n_repeats": repeats, "seed": seed, "n_rows": test.n_rows, "cluster_threshold": cluster_threshold}
+        results = permutation_results(scores, units, features, clusters, details=details)
+        verified = ranking_evidence(results[0]).top_k_verified(k)
+        history.append(repeats)
+        if verified or repeats >= max_repeats:
+            break
+        repeats = min(2 * repeats, max_repeats)
+        if log is not None:
+            log(f"permutation: top {k} not verified at 95% after {history[-1]} repeats; running {repeats}")
+    note = (f"Top {k} verified at 95% after {repeats} repeats." if verified else
+            f"The top {k} were not verified at 95% within {repeats} repeats (the most allowed): "
+            "some of the leading features are too close to order.")
+    if len(history) > 1:
+        note += f" Repeats were doubled while they were not: {' → '.join(map(str, history))}."
+    adaptive = {"repeats_tried": history, "top_k": k, "top_k_verified": verified}
+    return [dataclasses.replace(r, notes=(*r.notes, note), details={**r.details, "adaptive": adaptive}) for r in results]
 
 
 @task(name="permutation")
@@ -250,4 +277,4 @@ def permutation_task(
         update_progress_artifact(artifact, 100.0 * done / total)
 
     return audit_permutation(version, n_repeats=n_repeats, seed=seed, cluster_threshold=cluster_threshold,
-                             progress=progress)
+                             progress=progress, log=logger.info)

@@ -53,6 +53,12 @@ class RankingEvidence:
     negligible: np.ndarray  # (n,) bool: interval below the threshold
     degenerate: np.ndarray  # (n,) bool: no usable spread (single sample or all samples equal)
     test: str  # how pairs were tested, in words
+    order: np.ndarray  # feature indices, most important first
+
+    def top_k_verified(self, k: int) -> bool:
+        """Whether the top-k set is verified: each of the first k above every feature outside them."""
+        k = min(k, len(self.order))
+        return bool(self.verified[np.ix_(self.order[:k], self.order[k:])].all())
 
     def summary(self) -> str:
         """'top 4 verified at 95%; order verified for the top 2', in words for the report."""
@@ -107,6 +113,7 @@ def ranking_evidence(result: ImportanceResult, *, alpha: float = ALPHA, relevanc
         negligible=(result.high < threshold) & ~degenerate,
         degenerate=degenerate,
         test=_test_words(result),
+        order=order,
     )
 
 

@@ -271,3 +271,24 @@ def test_named_input_model_with_embedding_runs_end_to_end(embedding_registry):
     [result] = audit_permutation(resolve_version(embedding_registry, "embed"), n_repeats=3)
     assert result.features == ("amount", "region", "noise")
     assert result.rank[2] == 3 and result.low[0] > 0 and result.low[1] > 0
+
+
+def test_repeats_double_until_the_top_k_is_verified(linear_registry, tmp_path):
+    """The linear model resolves its top 2 at once; a model whose top two tie past the top-k boundary never does."""
+    from tasks.permutation import audit_permutation
+
+    [clear] = audit_permutation(resolve_version(linear_registry, "linear"), n_repeats=5, seed=0)
+    assert clear.details["adaptive"] == {"repeats_tried": [5], "top_k": 2, "top_k_verified": True}
+    assert clear.n_samples == 5 and "Top 2 verified at 95% after 5 repeats." in clear.notes
+    # the 2nd and 3rd features tie exactly (w²·var equal on the split) across the top-2 boundary
+    frame = helpers.linear_frame(2000, seed=3, scales=(1, 1, 1, 1))
+    b, c = frame["b"].to_numpy(np.float64), frame["c"].to_numpy(np.float64)
+    weights = np.array([3.0, 1.0, np.sqrt(b.var() / c.var()), 0.0])
+    frame["y"] = (frame[list(helpers.LINEAR_FEATURES)].to_numpy(np.float64) @ weights).astype(np.float32)
+    helpers.write_version(tmp_path, "tied", "v1", helpers.linear_model(weights), frame)
+    [tied] = audit_permutation(resolve_version(tmp_path, "tied"), n_repeats=5, max_repeats=20, seed=0)
+    assert tied.details["adaptive"]["repeats_tried"] == [5, 10, 20] and not tied.details["adaptive"]["top_k_verified"]
+    assert tied.n_samples == 20
+    # the first five repeats of the longer run are the shorter run's
+    [short] = audit_permutation(resolve_version(tmp_path, "tied"), n_repeats=5, max_repeats=5, seed=0)
+    np.testing.assert_allclose(tied.importances[:, :5], short.importances, rtol=1e-9)
