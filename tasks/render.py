@@ -193,10 +193,13 @@ def library_versions() -> dict[str, str]:
 
 
 def _shap_section(result: ImportanceResult | None, max_features: int = 10) -> dict[str, Any] | None:
-    """The SHAP section: explainer and why, background, additivity, the summary charts and one waterfall per local row."""
+    """The SHAP section: explainer and why, background, additivity, Monte Carlo error, the summary charts and one
+    waterfall per local row."""
     if result is None or "local" not in result.details:
         return None
     d = result.details
+    mc_se = {name: se for name, se in zip(result.features, d["mc_se"]) if se is not None}
+    worst_mc = max(mc_se, key=mc_se.get) if mc_se else None
     swarm = d["beeswarm"]
     local = []
     for record in d["local"]:
@@ -224,6 +227,8 @@ def _shap_section(result: ImportanceResult | None, max_features: int = 10) -> di
         "n_background": d["n_background"],
         "background_source": d["background_source"],
         "additivity": d["additivity"],
+        "mc_se_max": mc_se[worst_mc] if worst_mc is not None else None,
+        "mc_se_feature": worst_mc,
         "multiclass_aggregation": d["multiclass_aggregation"],
         "loss_metric": d["loss_metric"],
         "bar_chart": charts.data_uri(charts.importance_bars(result)),

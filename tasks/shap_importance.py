@@ -4,19 +4,18 @@ Global importance is mean |SHAP value| per feature over a seeded sample of test 
 classes for multiclass models), with a percentile-bootstrap 95% interval over rows. Local
 explanations cover the highest-loss test rows and a few seeded random rows.
 
-Explainer choice (``explainer="auto"``):
+The explainer is :func:`sampling_shap`, a permutation-sampling Shapley estimator over the raw
+feature matrix that runs the model through :class:`tasks.modeling.Forward` on large batches. It
+estimates the same interventional Shapley values as ``shap.KernelExplainer`` with the same
+background, is model-agnostic (numbers, integer codes feeding an Embedding, several named inputs
+alike), adds up exactly to the model's output, is seeded and thread-safe, and is far faster (see
+``benchmarks/bench_shap.py``). Its feature orders come in antithetic pairs; the spread of the pair
+means gives each attribution a Monte Carlo standard error, and :func:`global_mc_se` that of each
+feature's global importance, stated in the report beside the bootstrap interval over rows.
 
-- Single-input models are first explained by ``shap.GradientExplainer`` (expected gradients) on a
-  small probe of rows; it is used when its attributions add up to the model's output within
-  ``tolerance``. Expected gradients add up only in expectation over sampled background rows: with
-  200 samples the probe missed by 19% of the output's std even for a linear model, and by 23-28%
-  on ReLU MLPs, so in practice the estimator below is used and the report says why.
-- Otherwise — named inputs (integer codes feeding an Embedding, which gradients cannot explain),
-  a gradient explainer that raised, or one that did not add up — :func:`sampling_shap` is used:
-  a permutation-sampling Shapley estimator over the raw feature matrix that runs the model
-  through :class:`tasks.modeling.Forward` on large batches. It estimates the same interventional
-  Shapley values as ``shap.KernelExplainer`` with the same background, adds up exactly, is seeded
-  and thread-safe, and is far faster (see ``benchmarks/bench_shap.py``).
+- ``shap.GradientExplainer`` is not used: measured, its expected-gradient attributions missed the
+  model's output by 18-28% of the output's std on every probe (linear models and ReLU MLPs alike),
+  and probing it cost time on every run.
 - ``shap.DeepExplainer`` is never used: while it runs it replaces entries of TensorFlow's global
   gradient registry, which would silently corrupt the gradients of retrain-ablation training
   running concurrently in the same process.
@@ -46,8 +45,12 @@ MULTICLASS_NOTE = (
     "Multiclass: SHAP values are computed per class (class probabilities); a feature's global importance "
     "is the mean over rows of the sum over classes of |SHAP value|."
 )
-EXPLAINERS = ("auto", "gradient", "sampling")
-_PROBE_ROWS = 50
+EXPLAINER = "Shapley sampling (ours)"
+REASON = (
+    "it is model-agnostic, so it works for any input (numbers, integer codes feeding an Embedding, several "
+    "named inputs), and its attributions add up exactly to the model's output; gradient explainers "
+    "(shap.GradientExplainer) missed additivity by 18-28% of the output's std on every probe"
+)
 _BEESWARM_ROWS = 400
 _BEESWARM_FEATURES = 20
 
@@ -56,12 +59,14 @@ _BEESWARM_FEATURES = 20
 class ShapValues:
     """Attributions ``values`` (rows, features[, classes]) for ``X``, and how they were obtained.
 
-    ``base_value`` has shape ``(classes,)`` (``(1,)`` for one output); ``outputs`` are the model's
-    predictions for the explained rows in the space that was explained; ``max_deviation`` is the
-    largest ``|base + sum(phi) - output|`` over rows and classes.
+    ``mc_se`` (same shape as ``values``) is the Monte Carlo standard error of each attribution (see
+    :func:`sampling_shap`); ``base_value`` has shape ``(classes,)`` (``(1,)`` for one output);
+    ``outputs`` are the model's predictions for the explained rows in the space that was explained;
+    ``max_deviation`` is the largest ``|base + sum(phi) - output|`` over rows and classes.
     """
 
     values: np.ndarray
+    mc_se: np.ndarray
     base_value: np.ndarray
     outputs: np.ndarray
     explainer: str
@@ -83,47 +88,15 @@ def explain(
     X: np.ndarray,
     background: np.ndarray,
     *,
-    explainer: str = "auto",
     random_state: int | None = None,
-    tolerance: float = 0.05,
-    n_gradient_samples: int = 200,
     forward: Forward | None = None,
 ) -> ShapValues:
-    """SHAP values for ``X`` with the explainer that suits the model, the reason for the choice, and an additivity check."""
-    if explainer not in EXPLAINERS:
-        raise ValueError(f"explainer must be one of {', '.join(EXPLAINERS)}; got {explainer!r}")
-    rng = np.random.default_rng(random_state)
-    probe_seed, gradient_seed, sampling_seed = (int(s) for s in rng.integers(0, 2**31 - 1, size=3))
+    """SHAP values for ``X`` by :func:`sampling_shap`, with their Monte Carlo error and an additivity check."""
     forward = forward or Forward(model, features)  # pass one in to reuse its compiled function
     X = np.asarray(X, dtype=np.float32)
     background = np.asarray(background, dtype=np.float32)
-
-    reason = "named model inputs (integer codes feeding an Embedding cannot be explained by gradients)"
-    if explainer == "gradient" or (explainer == "auto" and not forward.layout.named):
-        try:
-            if explainer == "auto":
-                probe = X[: min(_PROBE_ROWS, len(X))]
-                values, base = _gradient_shap(model, probe, background, forward, seed=probe_seed,
-                                              n_samples=n_gradient_samples)
-                check = _checked(values, base, forward(probe), "GradientExplainer", "", len(background))
-                if check.relative_deviation > tolerance:
-                    raise _NotAdditive(
-                        f"GradientExplainer's attributions missed the model output by up to "
-                        f"{check.relative_deviation:.0%} of its std on a {len(probe)}-row probe "
-                        f"(tolerance {tolerance:.0%})"
-                    )
-            values, base = _gradient_shap(model, X, background, forward, seed=gradient_seed,
-                                          n_samples=n_gradient_samples)
-            return _checked(values, base, forward(X), "GradientExplainer",
-                            "a single-input differentiable model whose expected-gradient attributions add up "
-                            f"to its output within {tolerance:.0%} of the output's std", len(background))
-        except Exception as exc:  # the gradient path failed: fall back to the model-agnostic estimator
-            if explainer == "gradient":
-                raise
-            reason = str(exc) if isinstance(exc, _NotAdditive) else f"GradientExplainer failed ({type(exc).__name__}: {exc})"
-    values, base = sampling_shap(forward, X, background, random_state=sampling_seed)
-    return _checked(values, base, forward(X), "Shapley sampling (ours)",
-                    f"{reason}; the model-agnostic estimator over the raw features adds up exactly", len(background))
+    values, base, mc_se = sampling_shap(forward, X, background, random_state=random_state)
+    return _checked(values, mc_se, base, forward(X), len(background))
 
 
 def sampling_shap(
@@ -133,26 +106,37 @@ def sampling_shap(
     *,
     random_state: int | None = None,
     max_batch_rows: int = 262_144,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Interventional Shapley values by antithetic permutation sampling, one permutation pair per background row.
 
     For each explained row ``x`` and background row ``z``, a random feature order and its reverse
     switch features from ``z`` to ``x`` one at a time; each switch's change in ``forward`` is that
     feature's contribution. Averaged over background rows this estimates the Shapley values of
     ``v(S) = E_z f(x_S, z_rest)``, and each chain sums to ``f(x) - f(z)`` exactly, so
-    ``base + sum(phi) == f(x)`` with ``base = mean f(background)``. Returns ``(values, base)``.
+    ``base + sum(phi) == f(x)`` with ``base = mean f(background)``.
+
+    The Monte Carlo standard error of each value is the standard deviation (ddof=1) of its
+    ``n_pairs = len(background)`` pair means (a chain and its reverse), over ``sqrt(n_pairs)``. The
+    pairs differ in background row as well as in order, so for the values given these background
+    rows it is conservative: the spread between background rows counts too (a linear model's values
+    are exact, yet its error is ``|w_j| std(z_j) / sqrt(n_pairs)``). For the values relative to the
+    distribution the background rows were drawn from, it is the plain standard error. With a single
+    background row it cannot be estimated and is NaN.
+
+    Returns ``(values, base, mc_se)``; ``values`` and ``mc_se`` have shape (rows, features[, classes]).
     """
     rng = np.random.default_rng(random_state)
     X = np.asarray(X, dtype=np.float32)
     Z = np.concatenate([background, background]).astype(np.float32)  # one chain per order and per reverse order
     n_rows, n_features = X.shape
     n_chains = len(Z)
+    n_pairs = n_chains // 2
     per_call = max(1, max_batch_rows // (n_chains * (n_features + 1)))
     steps = np.arange(n_features + 1)[None, None, :, None]
-    chunks = []
+    chunks, errors = [], []
     for start in range(0, n_rows, per_call):
         x = X[start : start + per_call]
-        orders = rng.permuted(np.tile(np.arange(n_features), (len(x), n_chains // 2, 1)), axis=2)
+        orders = rng.permuted(np.tile(np.arange(n_features), (len(x), n_pairs, 1)), axis=2)
         orders = np.concatenate([orders, orders[..., ::-1]], axis=1)
         position = np.argsort(orders, axis=2)  # where each feature is switched in each chain
         switched = position[:, :, None, :] < steps  # (rows, chains, n_features + 1, n_features)
@@ -160,10 +144,16 @@ def sampling_shap(
         out = forward(inputs.reshape(-1, n_features))
         out = out.reshape(len(x), n_chains, n_features + 1, -1)
         steps_gain = np.diff(out, axis=2)  # gain of the i-th switch in each chain
-        chunks.append(np.take_along_axis(steps_gain, position[..., None], axis=2).mean(axis=1))
+        gains = np.take_along_axis(steps_gain, position[..., None], axis=2).astype(np.float64)
+        pairs = (gains[:, :n_pairs] + gains[:, n_pairs:]) / 2  # chain c and its reverse c + n_pairs
+        chunks.append(pairs.mean(axis=1))
+        errors.append(pairs.std(axis=1, ddof=1) / np.sqrt(n_pairs) if n_pairs > 1 else np.full_like(chunks[-1], np.nan))
     values = np.concatenate(chunks) if chunks else np.zeros((0, n_features, 1))
+    mc_se = np.concatenate(errors) if errors else np.zeros((0, n_features, 1))
     base = np.atleast_1d(np.asarray(forward(background)).mean(axis=0))
-    return (values[..., 0] if values.shape[-1] == 1 else values), base
+    if values.shape[-1] == 1:
+        return values[..., 0], base, mc_se[..., 0]
+    return values, base, mc_se
 
 
 def shap_importance(
@@ -176,7 +166,6 @@ def shap_importance(
     n_background: int = 100,
     n_bootstrap: int = 200,
     random_state: int | None = None,
-    explainer: str = "auto",
     extra_rows: np.ndarray | None = None,
     forward: Forward | None = None,
 ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], ShapValues, np.ndarray]:
@@ -192,7 +181,7 @@ def shap_importance(
     bootstrap = rng.integers(0, len(rows), size=(n_bootstrap, len(rows)))
     extra = np.asarray([] if extra_rows is None else extra_rows, dtype=int)
     raw = explain(model, features, X[np.concatenate([rows, extra])], background,
-                  explainer=explainer, random_state=explain_seed, forward=forward)
+                  random_state=explain_seed, forward=forward)
     per_row = global_magnitude(raw.values[: len(rows)])
     draws = np.stack([per_row[b].mean(axis=0) for b in bootstrap], axis=1)
     interval = (np.percentile(draws, 2.5, axis=1), np.percentile(draws, 97.5, axis=1))
@@ -202,6 +191,23 @@ def shap_importance(
 def global_magnitude(values: np.ndarray) -> np.ndarray:
     """Per-row, per-feature |SHAP|: summed over classes for multiclass values ``(rows, features, classes)``."""
     return np.abs(values) if values.ndim == 2 else np.abs(values).sum(axis=2)
+
+
+def global_mc_se(mc_se: np.ndarray) -> np.ndarray:
+    """Monte Carlo standard error of each feature's mean |SHAP| over rows, from the rows' errors ``(rows, features[, classes])``.
+
+    Rows draw their feature orders independently, so their errors add in quadrature:
+    ``sqrt(sum_rows se**2) / n_rows``; |phi| varies no more than phi. For multiclass values a row's
+    error of ``sum_classes |phi|`` is bounded by the sum of its classes' errors (the classes of one
+    row share their chains, so their errors are correlated). This is the error of the random orders
+    given the background rows, and like the rows' errors it is conservative; the background rows
+    are shared by every explained row, so the error of drawing them does not add in quadrature and
+    is not covered here (nor by the bootstrap over rows).
+    """
+    per_row = mc_se if mc_se.ndim == 2 else mc_se.sum(axis=2)
+    if not len(per_row):
+        return np.zeros(per_row.shape[1])
+    return np.sqrt((per_row**2).sum(axis=0)) / len(per_row)
 
 
 def highest_loss_rows(y: np.ndarray, predictions: np.ndarray, metric: Metric, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -295,7 +301,7 @@ def shap_audit(version: ModelVersion, *, seed: int = 0, n_rows: int = 1000, n_wo
                                   n_global=len(rows) - len(worst) - len(random_rows), n_worst=len(worst),
                                   background_source="training" if version.train_path else "test")
     return ImportanceResult.from_samples("shap", "behavioural", version.features, draws, interval=interval,
-                                         notes=(*NOTES, *notes), details=details)
+                                         notes=(*NOTES, *notes), details=details, sampling="bootstrap")
 
 
 @task(name="shap")
@@ -319,7 +325,7 @@ def shap_details(features, split, raw: ShapValues, rows, draws, loss, metric, *,
     for record in local:
         record["row"] = int(rows[record["row"]])
     multiclass = raw.values.ndim == 3
-    notes = [f"Explainer: {raw.explainer}, chosen because of {raw.reason}.",
+    notes = [f"Explainer: {raw.explainer}, because {raw.reason}.",
              f"Background: {n_background} rows sampled from the {background_source} split; {n_global} test rows explained."]
     if multiclass:
         notes.append(MULTICLASS_NOTE)
@@ -329,6 +335,8 @@ def shap_details(features, split, raw: ShapValues, rows, draws, loss, metric, *,
         f"({raw.relative_deviation:.1%} of the output's std)"
         + ("." if additive else f" — above the {tolerance:.0%} tolerance: read individual explanations with care.")
     )
+    mc_se = global_mc_se(raw.mc_se[:n_global])
+    notes.append(_mc_note(features, mc_se))
     order = np.argsort(-draws.mean(axis=1), kind="stable")
     details = {
         "explainer": raw.explainer,
@@ -339,6 +347,7 @@ def shap_details(features, split, raw: ShapValues, rows, draws, loss, metric, *,
         "base_value": raw.base_value.tolist(),
         "additivity": {"max_deviation": raw.max_deviation, "relative": raw.relative_deviation,
                        "tolerance": tolerance, "ok": bool(additive)},
+        "mc_se": [float(v) if np.isfinite(v) else None for v in mc_se],
         "multiclass_aggregation": MULTICLASS_NOTE if multiclass else None,
         "loss_metric": "log_loss" if metric.higher_is_better else metric.name,
         "local": local,
@@ -348,34 +357,24 @@ def shap_details(features, split, raw: ShapValues, rows, draws, loss, metric, *,
     return details, notes
 
 
-class _NotAdditive(RuntimeError):
-    """A gradient explainer whose attributions did not add up to the model output."""
+def _mc_note(features, mc_se: np.ndarray) -> str:
+    """One sentence on the sampler's Monte Carlo error of the global importance."""
+    if not len(mc_se) or not np.isfinite(mc_se).all():
+        return ("Monte Carlo error of the sampler: not estimated (it needs at least two background rows); "
+                "the bootstrap interval over rows includes it.")
+    worst = int(np.argmax(mc_se))
+    return (f"Monte Carlo error of the sampler: standard error of mean |φ| at most {mc_se[worst]:.2g} "
+            f"(feature {features[worst]}), beside the bootstrap interval over rows (which includes it); "
+            "conservative, as the spread between its chains also counts differences between background rows.")
 
 
-def _gradient_shap(model, X: np.ndarray, background: np.ndarray, forward, *, seed: int, n_samples: int):
-    """shap.GradientExplainer's values ``(rows, features[, classes])`` and base = mean output over the background.
-
-    GradientExplainer seeds NumPy's global generator with ``rseed``; the global state is put back afterwards.
-    """
-    import shap
-
-    state = np.random.get_state()
-    try:
-        explainer = shap.GradientExplainer(model, background, batch_size=n_samples)
-        values = np.asarray(explainer.shap_values(X, nsamples=n_samples, rseed=seed), dtype=np.float64)
-    finally:
-        np.random.set_state(state)
-    if values.ndim == 3 and values.shape[-1] == 1:
-        values = values[..., 0]
-    return values, np.atleast_1d(np.asarray(forward(background)).mean(axis=0))
-
-
-def _checked(values: np.ndarray, base: np.ndarray, outputs: np.ndarray, name: str, reason: str,
+def _checked(values: np.ndarray, mc_se: np.ndarray, base: np.ndarray, outputs: np.ndarray,
              n_background: int) -> ShapValues:
     total = values.sum(axis=1) + (base if values.ndim == 3 else base[0])
     deviation = float(np.abs(total - outputs).max()) if len(outputs) else 0.0
     spread = float(np.std(outputs)) if len(outputs) else 0.0
-    return ShapValues(values, base, outputs, name, reason, deviation, spread, n_background)
+    return ShapValues(values=values, mc_se=mc_se, base_value=base, outputs=outputs, explainer=EXPLAINER,
+                      reason=REASON, max_deviation=deviation, output_std=spread, n_background=n_background)
 
 
 def _rounded(values: np.ndarray) -> list[float]:

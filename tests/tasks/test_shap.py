@@ -3,7 +3,15 @@ import pytest
 
 from tasks.metrics import METRICS
 from tasks.modeling import Forward
-from tasks.shap_importance import explain, global_magnitude, highest_loss_rows, shap_audit, shap_importance
+from tasks.shap_importance import (
+    explain,
+    global_magnitude,
+    global_mc_se,
+    highest_loss_rows,
+    sampling_shap,
+    shap_audit,
+    shap_importance,
+)
 from tasks.sources import load_model, load_split, resolve_version
 from tests import helpers
 
@@ -32,8 +40,7 @@ def softmax_model():
 def test_linear_model_mean_abs_shap_matches_closed_form(linear):
     version, model, test, train = linear
     draws, (low, high), raw, rows = shap_importance(model, version.features, test.X, train.X, n_rows=400, random_state=0)
-    # expected gradients sample background rows, so even a linear model's do not add up within 5%
-    assert raw.explainer == "Shapley sampling (ours)" and raw.reason.startswith("GradientExplainer's attributions missed")
+    assert raw.explainer == "Shapley sampling (ours)" and "add up exactly" in raw.reason
     # phi_j = w_j (x_j - E[x_j]): its mean magnitude is |w_j| * E|x_j - mean|
     expected = np.abs(helpers.LINEAR_WEIGHTS) * np.abs(test.X[rows] - train.X.mean(axis=0)).mean(axis=0)
     np.testing.assert_allclose(draws.mean(axis=1), expected, rtol=0.1, atol=0.02)
@@ -44,32 +51,64 @@ def test_linear_model_mean_abs_shap_matches_closed_form(linear):
 def test_sampling_estimator_is_exact_for_a_linear_model(linear):
     version, model, test, train = linear
     background = train.X[:50]
-    raw = explain(model, version.features, test.X[:100], background, explainer="sampling", random_state=0)
+    raw = explain(model, version.features, test.X[:100], background, random_state=0)
     expected = helpers.LINEAR_WEIGHTS * (test.X[:100] - background.mean(axis=0))
     np.testing.assert_allclose(raw.values, expected, atol=1e-4)
     assert raw.max_deviation < 1e-4
+    # every order gives w_j (x_j - z_j): the error is the background rows' spread alone, in closed form
+    spread = np.abs(helpers.LINEAR_WEIGHTS) * background.std(axis=0, ddof=1) / np.sqrt(len(background))
+    np.testing.assert_allclose(raw.mc_se, np.broadcast_to(spread, raw.mc_se.shape), rtol=1e-3, atol=1e-6)
+    # and, the background rows given, the orders add no error at all: another seed gives the same values
+    again = explain(model, version.features, test.X[:100], background, random_state=1)
+    np.testing.assert_allclose(again.values, raw.values, atol=1e-5)
 
 
-def test_nonlinear_single_input_model_is_additive_and_leaves_global_random_state_alone(softmax_model):
+def test_nonlinear_model_is_additive_and_leaves_global_random_state_alone(softmax_model):
     model, features, X = softmax_model
     state = np.random.get_state()
     raw = explain(model, features, X[:60], X[100:160], random_state=0)
     assert np.random.get_state()[1].tolist() == state[1].tolist()
-    # whichever explainer was chosen, the result adds up within tolerance or says why it was kept
-    assert raw.relative_deviation <= 0.05
-    gradient = explain(model, features, X[:60], X[100:160], explainer="gradient", random_state=0)
-    assert gradient.explainer == "GradientExplainer" and gradient.max_deviation > 0
+    assert raw.explainer == "Shapley sampling (ours)"
+    assert raw.relative_deviation < 1e-4 and raw.mc_se.shape == raw.values.shape
+
+
+def test_monte_carlo_error_matches_the_spread_over_seeds(softmax_model):
+    model, features, X = softmax_model
+    forward = Forward(model, features)
+    rows, pool = X[:20], X[100:300]
+    # background rows and orders both redrawn: each attribution's reported error is its plain standard error
+    runs = [sampling_shap(forward, rows, pool[np.random.default_rng(100 + s).choice(len(pool), 40)], random_state=s)
+            for s in range(30)]
+    spread = np.std([values for values, _, _ in runs], axis=0, ddof=1)
+    ratio = spread / np.mean([mc_se for _, _, mc_se in runs], axis=0)
+    assert 0.75 < np.median(ratio) < 1.33
+    assert np.mean((ratio > 0.5) & (ratio < 2)) > 0.95
+
+    # background rows fixed (as in an audit), orders redrawn: the reported error is an upper bound, per value ...
+    background = pool[:40]
+    runs = [sampling_shap(forward, rows, background, random_state=s) for s in range(30)]
+    spread = np.std([values for values, _, _ in runs], axis=0, ddof=1)
+    reported = np.mean([mc_se for _, _, mc_se in runs], axis=0)
+    assert (spread <= 1.3 * reported).all() and np.median(spread / reported) < 0.7
+    # ... and for the global importance (multiclass: |phi| summed over classes)
+    importance = np.std([global_magnitude(values).mean(axis=0) for values, _, _ in runs], axis=0, ddof=1)
+    assert (importance <= np.mean([global_mc_se(mc_se) for _, _, mc_se in runs], axis=0)).all()
+
+
+def test_global_monte_carlo_error_adds_rows_in_quadrature_and_bounds_classes_by_their_sum():
+    mc_se = np.array([[[0.1, 0.2], [0.0, 0.3]], [[0.3, 0.0], [0.4, 0.0]]])  # (rows, features, classes)
+    np.testing.assert_allclose(global_mc_se(mc_se), [np.sqrt(0.3**2 + 0.3**2) / 2, np.sqrt(0.3**2 + 0.4**2) / 2])
+    np.testing.assert_allclose(global_mc_se(mc_se[..., 0]), [np.sqrt(0.1**2 + 0.3**2) / 2, 0.4 / 2])
 
 
 def test_multiclass_values_per_class_and_summed_magnitude(softmax_model):
     model, features, X = softmax_model
-    raw = explain(model, features, X[:50], X[100:150], explainer="sampling", random_state=1)
+    raw = explain(model, features, X[:50], X[100:150], random_state=1)
     assert raw.values.shape == (50, 4, 3) and raw.base_value.shape == (3,)
     np.testing.assert_allclose(raw.base_value + raw.values.sum(axis=1), Forward(model, features)(X[:50]), atol=1e-5)
     # probabilities sum to one, so each feature's effects over the classes cancel
     np.testing.assert_allclose(raw.values.sum(axis=2), 0, atol=1e-5)
-    draws, _, raw2, _ = shap_importance(model, features, X, X, n_rows=50, n_background=40, random_state=1,
-                                        explainer="sampling")
+    draws, _, raw2, _ = shap_importance(model, features, X, X, n_rows=50, n_background=40, random_state=1)
     assert draws.shape == (4, 200)
     np.testing.assert_allclose(global_magnitude(raw2.values), np.abs(raw2.values).sum(axis=2))
     np.testing.assert_allclose(draws.mean(axis=1), np.abs(raw2.values).sum(axis=2).mean(axis=0), rtol=0.05)
@@ -103,7 +142,11 @@ def test_named_embedding_model_is_explained_by_sampling_and_seeded(embedding_reg
     version = resolve_version(embedding_registry, "embed")
     first = shap_audit(version, seed=0, n_rows=100)
     details = first.details
-    assert details["explainer"] == "Shapley sampling (ours)" and "named model inputs" in details["reason"]
+    assert details["explainer"] == "Shapley sampling (ours)" and "any input" in details["reason"]
+    assert first.sampling == "bootstrap"
+    assert len(details["mc_se"]) == len(version.features) and all(0 < se < 0.1 * m for se, m in
+                                                                   zip(details["mc_se"], first.importances_mean))
+    assert any(note.startswith("Monte Carlo error of the sampler") for note in first.notes)
     assert details["n_background"] == 100 and details["background_source"] == "training"
     assert details["additivity"]["ok"] and details["additivity"]["max_deviation"] < 1e-4
     mean = dict(zip(version.features, first.importances_mean))
