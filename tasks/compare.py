@@ -49,7 +49,7 @@ VERDICT_RULE = (
     "Each behavioural method first tests its own ranking: a pair of features counts only when its order holds "
     "at 95% on the method's repeats, seeds or bootstrap draws. disagree: the weights rank a feature strictly in "
     f"their lower half and at least {MIN_GAP} places below every rank a behavioural method allows it while that method puts it in its top "
-    f"{TOP_K} with a relevant importance (above {RELEVANCE:.0%} of the top feature's), or rank a feature in their "
+    f"{TOP_K} (at most half the features) with a relevant importance (above {RELEVANCE:.0%} of the top feature's), or rank a feature in their "
     f"top {TOP_K} that a behavioural method shows to be negligible (its 95% interval below {RELEVANCE:.0%} of the top "
     "feature's). partly agree: no such feature, but the weights order a verified pair the other way. agree: the "
     "weights order every verified pair the same way. not assessed: no pair was verified, or no weight and "

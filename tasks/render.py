@@ -20,7 +20,7 @@ from prefect import task
 
 from tasks import charts
 from tasks.compare import Comparison
-from tasks.history import drift
+from tasks.history import history as drift_history
 from tasks.result import ImportanceResult
 from tasks.sources import ModelVersion
 
@@ -31,6 +31,7 @@ METHOD_TITLES = {
     "weights_scaled": "Scale-aware weights |W|·std",
     "permutation": "Permutation importance",
     "permutation_accuracy": "Permutation importance (accuracy)",
+    "weights_retrained": "Weights |W| of the retrained baselines",
     "ablation": "Retrain-ablation (drop-column)",
     "shap": "SHAP (mean |φ|)",
 }
@@ -54,7 +55,7 @@ def build_context(
     results: list[ImportanceResult],
     comparison: Comparison,
     run: RunInfo,
-    history: dict[str, Any] | None = None,
+    history: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Everything the report shows, decided here; the templates only loop and format."""
     usable = [r for r in results if r.ok]
@@ -77,13 +78,18 @@ def build_context(
             "libraries": library_versions(),
         },
         "verdict": comparison.verdict,
+        "verdict_reason": comparison.reason,
+        "verdicts": [{"method": m, "verdict": v} for m, v in comparison.verdicts.items()],
         "verdict_rule": comparison.rule,
         "status": run_status(results),
         "sampling": version.test_sampling()["note"],
         "warnings": [f.message for f in comparison.findings],
         "summary": _summary(version, comparison, results),
+        "evidence": [{"method": e.method, "summary": e.summary(), "test": e.test, "threshold": e.threshold}
+                     for e in comparison.evidence],
+        "weight_stability": comparison.weight_stability,
         "methods": [_method(r) for r in results],
-        "rankings": _rankings(version.features, usable),
+        "rankings": _rankings(version.features, usable, comparison),
         "agreements": comparison.agreements,
         "consensus": comparison.consensus,
         "rank_chart": charts.data_uri(charts.rank_lines(weight, behaviours)) if weight and behaviours else None,
@@ -127,19 +133,24 @@ def results_document(
 ) -> dict[str, Any]:
     """The machine-readable twin of the report."""
     agreement = comparison.to_dict()
-    return {
+    document = {
         "model": {"name": version.name, "version": version.version, "task": version.task, "sha256": version.sha256},
         "run": {"id": run.run_id, "started": run.started.isoformat(), "seed": run.seed,
                 "flow_run_id": run.flow_run_id, "timings": run.timings},
         "methods": {r.method: r.to_dict() for r in results},
         "verdict": agreement["verdict"],
+        "verdict_reason": agreement["verdict_reason"],
+        "verdicts": agreement["verdicts"],
         "verdict_rule": agreement["rule"],
         "status": run_status(results),
         "test_rows": version.test_sampling(),
         "agreement": agreement["agreements"],
         "consensus": agreement["consensus"],
+        "rank_evidence": agreement["rank_evidence"],
+        "weight_stability": agreement["weight_stability"],
         "warnings": agreement["warnings"],
     }
+    return document
 
 
 @task(name="render")
@@ -148,12 +159,15 @@ def render_task(
     results: list[ImportanceResult],
     comparison: Comparison,
     run: RunInfo,
-    previous: dict[str, Any] | None = None,
+    previous: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, bytes]:
-    """Render report.html, report.pdf (results.json embedded) and results.json into memory."""
+    """Render report.html, report.pdf (results.json embedded) and results.json into memory.
+
+    ``previous`` holds the earlier runs to compare with (see :func:`tasks.history.previous_runs`).
+    """
     document = _finite(results_document(version, results, comparison, run))
-    if previous is not None:
-        document["history"] = drift(previous, document)
+    if previous:
+        document["history"] = drift_history(previous, document)
     data = json.dumps(document, indent=2, allow_nan=False).encode("utf-8")
     html = render_html(build_context(version, results, comparison, run, document.get("history")))
     return {
@@ -255,7 +269,9 @@ def _method(result: ImportanceResult) -> dict[str, Any]:
     }
 
 
-def _rankings(features: tuple[str, ...], results: list[ImportanceResult]) -> dict[str, Any]:
+def _rankings(features: tuple[str, ...], results: list[ImportanceResult], comparison: Comparison) -> dict[str, Any]:
+    """One row per feature: per method its rank (with the rank interval its verified pairs allow), importance, interval."""
+    evidence = {e.method: e for e in comparison.evidence}
     rows = []
     for name in features:
         cells = []
@@ -264,8 +280,12 @@ def _rankings(features: tuple[str, ...], results: list[ImportanceResult]) -> dic
                 cells.append(None)  # e.g. not ablated within the budget
                 continue
             j = r.features.index(name)
+            e = evidence.get(r.method)
+            span = (int(e.rank_low[j]), int(e.rank_high[j])) if e is not None else None
             cells.append({"importance": float(r.importances_mean[j]), "low": float(r.low[j]),
-                          "high": float(r.high[j]), "rank": int(r.rank[j]), "interval": r.n_samples > 1})
+                          "high": float(r.high[j]), "rank": int(r.rank[j]), "interval": r.n_samples > 1,
+                          "rank_span": span if span and span[0] != span[1] else None,
+                          "negligible": bool(e.negligible[j]) if e is not None else False})
         rows.append({"feature": name, "cells": cells})
     key = next((i for i, r in enumerate(results) if r.method == "permutation"), 0)
     rows.sort(key=lambda row: row["cells"][key]["rank"] if row["cells"] and row["cells"][key] else 0)
@@ -273,17 +293,13 @@ def _rankings(features: tuple[str, ...], results: list[ImportanceResult]) -> dic
 
 
 def _summary(version: ModelVersion, comparison: Comparison, results: list[ImportanceResult]) -> str:
+    """The first page's one voice: what was measured, the verdict and its one-sentence reason."""
     done = [r.method for r in results if r.ok]
     not_done = [f"{r.method} ({r.status})" for r in results if not r.ok]
     text = (
         f"This report ranks the {len(version.features)} input features of {version.name} {version.version} "
-        f"by {len(done)} methods. The verdict on the first-layer weight ranking is '{comparison.verdict}'"
+        f"by {len(done)} methods."
     )
-    if comparison.findings:
-        features = sorted({f.feature for f in comparison.findings})
-        text += f": the weights mis-rank {', '.join(features)} relative to how the model behaves."
-    else:
-        text += ": no disagreement exceeded the behavioural methods' own variation."
     if not_done:
         text += f" Not available in this run: {', '.join(not_done)}."
     return text

@@ -48,7 +48,11 @@ def test_pdf_text_shows_verdict_warning_and_failed_method(context):
     text = " ".join(page.extract_text() for page in pdf.pages)
     text = re.sub(r"\s+", " ", text)
     assert "Verdict on the weight-based ranking" in text
-    assert "the first-layer weights under-rank it" in text
+    assert "the weights under-rank it" in text
+    # one voice: the first page's sentence names the same feature as the warning below it
+    first = re.sub(r"\s+", " ", pdf.pages[0].extract_text())
+    assert "Verdict on the weight-based ranking: disagree disagree: the first-layer weights |W| misrank" in first
+    assert "no disagreement" not in text
     assert "This method failed: RuntimeError: explainer broke" in text
     assert f"page 1 of {len(pdf.pages)}" in text
     # the running header names model and version on every page but the first, which shows it once in the body
