@@ -38,7 +38,7 @@ def audit_model(
     methods: list[str] = list(METHODS),
     seed: int = 0,
     n_repeats: int = 5,
-    n_seeds: int = 3,
+    n_seeds: int = 5,
     ablation_budget: str | None = None,
     max_test_rows: int | None = 200_000,
     email_to: list[str] | None = None,

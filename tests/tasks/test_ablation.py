@@ -1,9 +1,19 @@
 import numpy as np
 import pytest
 
-from tasks.ablation import Recipe, ablation_constants, ablation_importance, fused_retrain_scores, retrain_score
+from tasks.ablation import (
+    Recipe,
+    ablation_constants,
+    ablation_importance,
+    ablation_seeds,
+    audit_ablation,
+    fused_retrain_scores,
+    needs_more_seeds,
+    retrain_score,
+)
 from tasks.metrics import METRICS
-from tasks.sources import load_model, load_split, resolve_version
+from tasks.sources import Split, load_model, load_split, resolve_version
+from tests import helpers
 
 
 @pytest.fixture(scope="module")
@@ -17,6 +27,20 @@ def embed(embedding_registry):
     )
 
 
+@pytest.fixture(scope="module")
+def odd_registry(tmp_path_factory):
+    """A model behind a UnitNormalization (it mixes columns: no |W| per feature), and one without a train split."""
+    import keras
+
+    root = tmp_path_factory.mktemp("odd-registry")
+    model = keras.Sequential([keras.Input((4,), name="x"), keras.layers.UnitNormalization(), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss="mse")
+    helpers.write_version(root, "rescaled", "v1", model, helpers.linear_frame(500, seed=2),
+                          helpers.linear_frame(1000, seed=1), training={"epochs": 2, "batch_size": 128})
+    helpers.write_version(root, "untrained", "v1", helpers.linear_model(), helpers.linear_frame(500, seed=2))
+    return root
+
+
 def test_fused_branches_reproduce_one_fit_per_feature(embed):
     model, train, test, version = embed
     constants = ablation_constants(train, version.categorical)
@@ -26,9 +50,10 @@ def test_fused_branches_reproduce_one_fit_per_feature(embed):
         retrain_score(model, train, test, metric=METRICS["mse"], recipe=recipe, seed=11, ablate=u, constants=constants)
         for u in units
     ]
-    fused = fused_retrain_scores(model, train, test, metric=METRICS["mse"], recipe=recipe, seed=11, units=units,
-                                 constants=constants)
+    fused, branches = fused_retrain_scores(model, train, test, metric=METRICS["mse"], recipe=recipe, seed=11,
+                                           units=units, constants=constants)
     np.testing.assert_allclose(fused, one_by_one, rtol=1e-4)
+    assert len(branches) == len(units)
 
 
 def test_categorical_is_held_at_its_mode(embed):
@@ -42,16 +67,17 @@ def test_categorical_is_held_at_its_mode(embed):
 
 def test_drivers_matter_noise_does_not_and_seeds_reproduce(embed):
     model, train, test, version = embed
-    kwargs = dict(metric=METRICS["mse"], recipe=Recipe(epochs=6, batch_size=64), n_seeds=2, random_state=5,
-                  constants=ablation_constants(train, version.categorical))
-    importances, details = ablation_importance(model, train, test, **kwargs)
-    assert importances.shape == (3, 2)
-    mean = importances.mean(axis=1)
+    kwargs = dict(metric=METRICS["mse"], recipe=Recipe(epochs=6, batch_size=64), n_seeds=2, max_seeds=2,
+                  random_state=5, constants=ablation_constants(train, version.categorical))
+    run = ablation_importance(model, train, test, **kwargs)
+    assert run.importances.shape == (3, 2) and run.weights.shape == (3, 2) and run.weights_error is None
+    mean = run.importances.mean(axis=1)
     assert mean[0] > 1.0 and mean[1] > 0.5  # amount (variance 2.25) and region (1.25) are drivers
     assert abs(mean[2]) < 0.25 * min(mean[0], mean[1])
-    assert len(details["seeds"]) == 2 and [t["seconds"] > 0 for t in details["timings"]] == [True, True]
-    again, _ = ablation_importance(model, train, test, **kwargs)
-    np.testing.assert_array_equal(importances, again)
+    assert len(run.details["seeds"]) == 2 and [t["seconds"] > 0 for t in run.details["timings"]] == [True, True]
+    again = ablation_importance(model, train, test, **kwargs)
+    np.testing.assert_array_equal(run.importances, again.importances)
+    np.testing.assert_array_equal(run.weights, again.weights)
 
 
 def test_budget_in_units_ablates_the_first_units_only(embed):
@@ -59,12 +85,101 @@ def test_budget_in_units_ablates_the_first_units_only(embed):
 
     model, train, test, version = embed
     units = {"region": [1], "amount": [0], "noise": [2]}  # priority order, as from permutation importance
-    importances, details = ablation_importance(
+    run = ablation_importance(
         model, train, test, metric=METRICS["mse"], recipe=Recipe(epochs=2, batch_size=128), n_seeds=1,
         random_state=0, units=units, constants=ablation_constants(train, version.categorical), budget=Budget(max_units=2),
     )
-    assert details["not_ablated"] == ["noise"]
-    assert np.isfinite(importances[:2]).all() and np.isnan(importances[2]).all()
+    assert run.details["not_ablated"] == ["noise"]
+    assert np.isfinite(run.importances[:2]).all() and np.isnan(run.importances[2]).all()
+    assert np.isfinite(run.weights).all()  # every seed's baseline is trained, whatever the budget
+
+
+@pytest.mark.parametrize("random_state", [0, 5, 2**40, None])
+def test_the_first_seeds_of_more_are_the_seeds_of_fewer(random_state):
+    entropy = np.random.SeedSequence(random_state).entropy  # None draws fresh entropy: fix it for both calls
+    assert ablation_seeds(8, entropy)[:5] == ablation_seeds(5, entropy)
+    spawned = [s.spawn_key for s in np.random.SeedSequence(entropy).spawn(8)]
+    assert spawned[:3] == [s.spawn_key for s in np.random.SeedSequence(entropy).spawn(3)]
+
+
+def test_a_top_unit_straddling_zero_asks_for_another_seed():
+    resolved = {"a": [3.0, 3.1, 2.9], "b": [2.0, 2.2, 1.9], "c": [1.0, 1.1, 0.9], "noise": [0.1, -0.1, 0.0]}
+    assert needs_more_seeds(resolved) is None  # 'noise' straddles zero but is not in the top 3
+    weak = {**resolved, "c": [0.5, -0.2, 0.4]}  # mean 0.23 > noise's 0.0: third, and its interval straddles zero
+    assert needs_more_seeds(weak) == "the interval of 'c' straddled zero after 3 seeds"
+    assert needs_more_seeds(weak, top=2) is None
+    unmeasured = {**weak, "c": [np.nan, np.nan, np.nan]}  # 'c' not ablated is left out: 'noise' moves up to third
+    assert needs_more_seeds(unmeasured) == "the interval of 'noise' straddled zero after 3 seeds"
+    assert needs_more_seeds({"a": [3.0], "b": [0.0], "c": [-1.0]}) is None  # one seed: no interval to test
+
+
+def test_seeds_are_added_while_a_top_unit_is_unresolved_and_match_a_run_asked_for_that_many(embed):
+    model, train, test, version = embed
+    kwargs = dict(metric=METRICS["mse"], recipe=Recipe(epochs=2, batch_size=128), random_state=3,
+                  constants=ablation_constants(train, version.categorical))
+    adaptive = ablation_importance(model, train, test, n_seeds=2, max_seeds=3, **kwargs)
+    # three features only, so 'noise' is in the top 3, and its interval straddles zero
+    [reason] = adaptive.details["seeds_added"]
+    assert reason.endswith("straddled zero after 2 seeds")
+    assert adaptive.details["n_seeds"] == 3
+    assert adaptive.importances.shape == (3, 3) and adaptive.weights.shape == (3, 3)
+    assert adaptive.details["seeds_note"].startswith(f"Added 1 seed to the 2 asked for: {reason}. Stopped at 3 seeds")
+    fixed = ablation_importance(model, train, test, n_seeds=3, max_seeds=3, **kwargs)
+    assert fixed.details["seeds_added"] == [] and fixed.details["seeds"] == adaptive.details["seeds"]
+    np.testing.assert_array_equal(adaptive.importances, fixed.importances)
+    np.testing.assert_array_equal(adaptive.weights, fixed.weights)
+
+
+def test_no_seed_is_added_once_the_time_budget_is_spent(embed):
+    from tasks.ablation import Budget
+
+    model, train, test, version = embed
+    run = ablation_importance(model, train, test, metric=METRICS["mse"], recipe=Recipe(epochs=1, batch_size=256),
+                              n_seeds=2, max_seeds=4, random_state=0, budget=Budget(seconds=0.001),
+                              constants=ablation_constants(train, version.categorical))
+    assert run.details["n_seeds"] == 2 and run.details["seeds_added"] == []
+    assert run.details["seeds_note"].startswith("Stopped at 2 seeds (the time budget was spent): the interval of")
+
+
+def test_linear_model_retrained_weights_rank_the_known_drivers(linear_registry):
+    version = resolve_version(linear_registry, "linear")
+    ablation, weights = audit_ablation(version, n_seeds=3, seed=0)
+    assert (ablation.method, ablation.sampling, weights.method, weights.sampling) == (
+        "ablation", "seeds", "weights_retrained", "seeds")
+    assert weights.kind == "weight-based" and weights.importances.shape == (4, 3)
+    assert weights.details["seeds"] == ablation.details["seeds"]
+    order = [weights.features[i] for i in np.argsort(-weights.importances_mean)]
+    assert order[0] == "a" and order[-1] == "noise"
+    # a, b and c are clear drivers: their intervals clear zero after 3 seeds, so none is added
+    assert ablation.details["seeds_added"] == [] and ablation.importances.shape == (4, 3)
+    assert "all clear zero" in ablation.details["seeds_note"] and ablation.details["seeds_note"] in ablation.notes
+
+
+def test_unreadable_weights_skip_only_the_weights_result(odd_registry):
+    ablation, weights = audit_ablation(resolve_version(odd_registry, "rescaled"), n_seeds=1)
+    assert ablation.ok and ablation.importances.shape == (4, 1)
+    assert weights.status == "skipped" and "cannot look through a UnitNormalization layer" in weights.error
+
+
+def test_without_a_train_split_both_results_are_skipped(odd_registry):
+    results = audit_ablation(resolve_version(odd_registry, "untrained"))
+    assert [(r.method, r.status) for r in results] == [("ablation", "skipped"), ("weights_retrained", "skipped")]
+    assert all("retraining needs train.parquet" in r.error for r in results)
+
+
+def test_weights_of_a_single_matrix_model_are_read_per_seed():
+    import keras
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(600, 3)).astype(np.float32)
+    y = (4.0 * X[:, 0] + X[:, 1]).astype(np.float32)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(0.02), loss="mse")
+    split = Split(X, y, ("p", "q", "r"))
+    run = ablation_importance(model, split, split, metric=METRICS["mse"], recipe=Recipe(epochs=1, batch_size=100),
+                              n_seeds=2, max_seeds=2, random_state=0, constants=ablation_constants(split, ()))
+    assert run.weights.shape == (3, 2) and np.isfinite(run.weights).all()
+    assert not np.array_equal(run.weights[:, 0], run.weights[:, 1])  # each seed is its own retraining
 
 
 @pytest.mark.parametrize(("text", "expected"), [("8", (8, None)), ("300s", (None, 300.0)), (None, (None, None))])
