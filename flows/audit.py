@@ -16,7 +16,7 @@ from tasks.ablation import Budget, ablation_task
 from tasks.artifacts import publish_artifacts_task
 from tasks.compare import compare_task
 from tasks.deliver import check_delivery_task, email_task_from_env
-from tasks.history import previous_results_task
+from tasks.history import previous_runs_task
 from tasks.output import new_run_id, write_report_task
 from tasks.permutation import permutation_task
 from tasks.render import RunInfo, render_task, run_status
@@ -64,7 +64,7 @@ def audit_model(
     comparison = compare_task(results)
     run = RunInfo(run_id=new_run_id(started), started=started, seed=seed, flow_run_id=str(runtime.flow_run.id),
                   timings=_seconds(futures))
-    files = render_task(resolved, results, comparison, run, previous_results_task(out, resolved.name))
+    files = render_task(resolved, results, comparison, run, previous_runs_task(out, resolved.name, resolved.version))
     folder = write_report_task(out, resolved.name, resolved.version, run.run_id, files)
     publish_artifacts_task(resolved.name, resolved.version, results, comparison, folder)
     if recipients:

@@ -29,6 +29,7 @@ from tasks.clusters import correlated_clusters, importance_units, unit_records
 from tasks.errors import FeatureAuditError
 from tasks.metrics import Metric, get_metric
 from tasks.modeling import as_predictions, compiled_loss_name, input_layout, model_feed, tensor_feed
+from tasks.ranking import RELEVANCE
 from tasks.result import ImportanceResult
 from tasks.sources import ModelVersion, Split, load_model, load_split
 from tasks.weights import weight_magnitudes
@@ -219,6 +220,7 @@ def ablation_importance(
     recipe: Recipe,
     n_seeds: int = 5,
     max_seeds: int = MAX_SEEDS,
+    relevance: float | None = RELEVANCE,
     random_state: int | None = None,
     units: dict[str, list[int]] | None = None,
     constants: np.ndarray,
@@ -286,13 +288,13 @@ def ablation_importance(
             break
     n_run, added, first_calls = n_seeds, [], len(timings)
     measured = [name for chunk in chunks[:done] for name in chunk]
-    reason = needs_more_seeds({name: importances[row[name], :n_run] for name in measured})
+    reason = needs_more_seeds({name: importances[row[name], :n_run] for name in measured}, relevance=relevance)
     while reason and n_run < max_seeds and not spent():
         added.append(reason)
         for c in range(done):
             retrain(n_run, c, f"{n_run + 1} (added: {reason})", first_calls + done * len(added))
         n_run += 1
-        reason = needs_more_seeds({name: importances[row[name], :n_run] for name in measured})
+        reason = needs_more_seeds({name: importances[row[name], :n_run] for name in measured}, relevance=relevance)
     importances = importances[:, :n_run]
     details = {
         "seeds": seeds[:n_run],
@@ -309,8 +311,12 @@ def ablation_importance(
     return AblationRun(importances, None if weights_error else weights[:, :n_run], weights_error, details)
 
 
-def needs_more_seeds(importances: Mapping[str, np.ndarray], top: int = TOP_UNITS) -> str | None:
+def needs_more_seeds(importances: Mapping[str, np.ndarray], top: int = TOP_UNITS,
+                     relevance: float | None = RELEVANCE) -> str | None:
     """Why another seed is needed: one of the ``top`` units by mean has a 95% t-interval straddling zero; else None.
+
+    A unit whose mean is below ``relevance`` (default ``RELEVANCE``; None: no floor) of the top unit's is no driver worth resolving (a model
+    with two drivers has a noise unit third): it never asks for seeds.
 
     ``importances`` maps each unit to its per-seed samples; units with a missing sample (NaN, not
     ablated) are left out. With one seed the interval is the value itself, as in
@@ -318,9 +324,13 @@ def needs_more_seeds(importances: Mapping[str, np.ndarray], top: int = TOP_UNITS
     """
     samples = {name: np.asarray(s, dtype=float) for name, s in importances.items()}
     samples = {name: s for name, s in samples.items() if s.size and np.isfinite(s).all()}
-    for name in sorted(samples, key=lambda n: -samples[n].mean())[:top]:  # stable: ties keep unit order
+    leaders = sorted(samples, key=lambda n: -samples[n].mean())[:top]  # stable: ties keep unit order
+    floor = relevance * samples[leaders[0]].mean() if leaders and relevance is not None else -np.inf
+    for name in leaders:
         s = samples[name]
         n = len(s)
+        if s.mean() < floor:
+            continue
         half = stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1) * s.std(ddof=1) / np.sqrt(n) if n > 1 else 0.0
         if s.mean() - half < 0.0 < s.mean() + half:
             return f"the interval of '{name}' straddled zero after {n} seeds"

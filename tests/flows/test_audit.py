@@ -28,11 +28,13 @@ def test_report_folder_layout(demo_run, demo_registry):
 
 def test_every_method_ran_and_has_records(demo_run):
     _, results = demo_run
-    assert set(results["methods"]) == {"weights", "weights_scaled", "permutation", "ablation", "shap"}
+    assert set(results["methods"]) == {"weights", "weights_scaled", "permutation", "ablation", "weights_retrained", "shap"}
     for method in results["methods"].values():
         assert method["status"] == "ok", method
         assert {r["feature"] for r in method["features"]} >= {"income", "noise"}
         assert all({"feature", "importance", "std", "rank", "low", "high"} <= set(r) for r in method["features"])
+    assert results["methods"]["weights_retrained"]["sampling"] == "seeds"  # the weights' own spread, per retraining
+    assert results["weight_stability"]["n_trainings"] == results["methods"]["ablation"]["n_samples"]
 
 
 def test_known_drivers_and_noise(demo_run):
@@ -44,12 +46,17 @@ def test_known_drivers_and_noise(demo_run):
     assert ranks["weights"]["income"] >= 7  # the ×100 scale shrinks its weights
 
 
-def test_scaled_feature_is_flagged_as_underranked_by_weights(demo_run):
+def test_scaled_feature_is_one_warning_against_the_naive_weights(demo_run):
     _, results = demo_run
-    flagged = [w for w in results["warnings"] if w["feature"] == "income" and w["weight_method"] == "weights"]
-    assert {w["behavioural_method"] for w in flagged} >= {"permutation", "shap"}
-    assert all("under-rank" in w["message"] for w in flagged)
-    assert results["verdict"] in ("partly agree", "disagree")
+    [flagged] = [w for w in results["warnings"] if w["feature"] == "income"]
+    assert flagged["kind"] == "under-ranked" and "weights" in flagged["weight_methods"]
+    assert set(flagged["behavioural_methods"]) >= {"permutation", "shap"}
+    assert len({w["feature"] for w in results["warnings"]}) == len(results["warnings"])  # one warning per feature
+    assert results["verdict"] == results["verdicts"]["weights"] == "disagree"
+    assert "'income' (under-ranked)" in results["verdict_reason"]
+    for method in ("permutation", "shap"):
+        evidence = results["rank_evidence"][method]
+        assert evidence["top_set"] >= 1 and evidence["summary"].startswith("top ")
 
 
 def test_pdf_shows_rankings_charts_and_warnings(demo_run):
@@ -57,7 +64,7 @@ def test_pdf_shows_rankings_charts_and_warnings(demo_run):
     reader = pypdf.PdfReader(io.BytesIO((folder / "report.pdf").read_bytes()))
     text = re.sub(r"\s+", " ", " ".join(p.extract_text() for p in reader.pages))
     assert "Rankings across methods" in text
-    assert "'income' ranks" in text and "under-rank it" in text
+    assert "'income': the first-layer weights |W| rank it" in text and "under-rank it" in text
     images = sum(len(p.images) for p in reader.pages)
     assert images >= len(results["methods"]) + 1  # a chart per method, and the rank-comparison chart
 
@@ -106,8 +113,11 @@ def test_second_run_reports_drift_against_the_first(linear_registry, tmp_path):
     first = Path(audit_model(seed=1, **kwargs))
     second = Path(audit_model(seed=2, **kwargs))
     assert first != second and first.is_dir()  # the earlier report is kept
-    history = json.loads((second / "results.json").read_text())["history"]
-    assert history["previous_run"] == first.name
-    assert set(history["rank_changes"]) == {"weights", "weights_scaled", "permutation"}
+    [history] = json.loads((second / "results.json").read_text())["history"]
+    assert history["against"] == "previous run of this version" and history["previous_run"] == first.name
+    assert history["differences"] == ["seed 1 → 2"]
+    # the same model: its weights cannot have moved, and a seed change alone is not drift
+    assert history["changes"]["weights"] == [] and history["changes"]["weights_scaled"] == []
+    assert set(history["changes"]) == {"weights", "weights_scaled", "permutation"}
     text = re.sub(r"\s+", " ", " ".join(p.extract_text() for p in pypdf.PdfReader(second / "report.pdf").pages))
-    assert "Since the previous run" in text and first.name in text.replace(" ", "")
+    assert "Since earlier runs" in text and first.name in text.replace(" ", "") and "seed 1 → 2" in text

@@ -25,4 +25,4 @@ def test_dask_cluster_gives_the_same_numbers_as_a_local_run(linear_registry, tmp
     local = audit_model(out=str(tmp_path / "local"), **kwargs)
     remote = with_runner(cluster.scheduler_address)(out=str(tmp_path / "dask"), **kwargs)
     assert _numbers(remote) == _numbers(local)
-    assert set(_numbers(remote)) == {"weights", "weights_scaled", "permutation", "ablation"}
+    assert set(_numbers(remote)) == {"weights", "weights_scaled", "permutation", "ablation", "weights_retrained"}

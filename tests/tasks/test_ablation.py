@@ -108,17 +108,19 @@ def test_a_top_unit_straddling_zero_asks_for_another_seed():
     weak = {**resolved, "c": [0.5, -0.2, 0.4]}  # mean 0.23 > noise's 0.0: third, and its interval straddles zero
     assert needs_more_seeds(weak) == "the interval of 'c' straddled zero after 3 seeds"
     assert needs_more_seeds(weak, top=2) is None
-    unmeasured = {**weak, "c": [np.nan, np.nan, np.nan]}  # 'c' not ablated is left out: 'noise' moves up to third
+    unmeasured = {**weak, "c": [np.nan, np.nan, np.nan], "noise": [0.5, -0.1, 0.4]}  # 'c' left out: 'noise' third
     assert needs_more_seeds(unmeasured) == "the interval of 'noise' straddled zero after 3 seeds"
+    two_drivers = {**resolved, "c": [0.02, -0.03, 0.04]}  # third, but below 5% of the top unit: no driver to resolve
+    assert needs_more_seeds(two_drivers) is None
     assert needs_more_seeds({"a": [3.0], "b": [0.0], "c": [-1.0]}) is None  # one seed: no interval to test
 
 
 def test_seeds_are_added_while_a_top_unit_is_unresolved_and_match_a_run_asked_for_that_many(embed):
     model, train, test, version = embed
     kwargs = dict(metric=METRICS["mse"], recipe=Recipe(epochs=2, batch_size=128), random_state=3,
-                  constants=ablation_constants(train, version.categorical))
+                  constants=ablation_constants(train, version.categorical), relevance=None)
     adaptive = ablation_importance(model, train, test, n_seeds=2, max_seeds=3, **kwargs)
-    # three features only, so 'noise' is in the top 3, and its interval straddles zero
+    # three features only, so 'noise' is in the top 3, and its interval straddles zero; relevance=None makes it count
     [reason] = adaptive.details["seeds_added"]
     assert reason.endswith("straddled zero after 2 seeds")
     assert adaptive.details["n_seeds"] == 3
@@ -136,7 +138,7 @@ def test_no_seed_is_added_once_the_time_budget_is_spent(embed):
     model, train, test, version = embed
     run = ablation_importance(model, train, test, metric=METRICS["mse"], recipe=Recipe(epochs=1, batch_size=256),
                               n_seeds=2, max_seeds=4, random_state=0, budget=Budget(seconds=0.001),
-                              constants=ablation_constants(train, version.categorical))
+                              constants=ablation_constants(train, version.categorical), relevance=None)
     assert run.details["n_seeds"] == 2 and run.details["seeds_added"] == []
     assert run.details["seeds_note"].startswith("Stopped at 2 seeds (the time budget was spent): the interval of")
 
