@@ -88,7 +88,7 @@ def main() -> None:
           "(extrapolated)")
 
     scale = np.abs(kernel_values).mean()
-    same_background, _, _ = sampling_shap(forward, rows[:N_KERNEL_ROWS], summary.data, random_state=2)
+    same_background, _, _, _ = sampling_shap(forward, rows[:N_KERNEL_ROWS], summary.data, random_state=2)
     print("estimator check, our sampler on the same 10 k-means centres (weights ignored): "
           f"mean|ours - kernel| / mean|phi| = {np.abs(same_background - kernel_values).mean() / scale:.3f}")
     difference = np.abs(ours.values[:N_KERNEL_ROWS] - kernel_values).mean() / scale

@@ -1,9 +1,9 @@
 """Calibration of the verdict: how often it cries wolf on faithful models, and how often it names a planted misranking.
 
-Models whose truth is known by construction (tests/oracles.py): faithful ones (a linear Dense(1) and
-an additive ReLU MLP, first-layer weights right by construction; 5 seeds each) and misleading ones
-(a driver on a ×100 scale, two drivers that act only through an interaction, an embedded categorical
-that does nothing; 3 seeds each). Each is audited with all four methods through the same plain
+Models whose truth is known by construction (tests/oracles.py): faithful ones (a linear Dense(1), the
+same with 60 features of which 50 are noise, and an additive ReLU MLP, first-layer weights right by
+construction) and misleading ones (a driver on a ×100 scale, two drivers that act only through an
+interaction, an embedded categorical that does nothing); 5 seeds each. Each is audited with all four methods through the same plain
 functions the flow runs, and judged by tasks/compare.py.
 
 Drift: each faithful model is audited a second time with another seed (permutation and SHAP), and
@@ -32,7 +32,7 @@ from tasks.result import ImportanceResult  # noqa: E402
 from tests import oracles  # noqa: E402
 
 FAITHFUL_SEEDS = range(5)
-MISLEADING_SEEDS = range(3)
+MISLEADING_SEEDS = range(5)
 
 
 def _document(results: list[ImportanceResult], seed: int) -> dict:
@@ -63,10 +63,10 @@ def main() -> None:
             again, _ = oracles.audit(root, case, seed=1, methods=("permutation", "shap"))
             first = _document([r for r in results if r.method in ("permutation", "shap")], 0)
             changes = drift(first, _document(again, 1))["changes"]
-            claims = sum(len(c) for c in changes.values())
-            drift_claims += claims
+            claims = [f"{method}:{c['feature']}" for method, moved in changes.items() for c in moved]
+            drift_claims += len(claims)
             drift_checked += sum(len(r.features) for r in again if r.ok)
-            line += f" seed-only rerun: {claims} changes reported"
+            line += f" seed-only rerun: {len(claims)} changes reported {' '.join(claims)}"
         else:
             n_misleading += 1
             misleading["named"] += named

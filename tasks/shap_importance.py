@@ -46,6 +46,7 @@ MULTICLASS_NOTE = (
     "is the mean over rows of the sum over classes of |SHAP value|."
 )
 EXPLAINER = "Shapley sampling (ours)"
+N_GROUPS = 10  # groups of background pairs resampled by the bootstrap
 REASON = (
     "it is model-agnostic, so it works for any input (numbers, integer codes feeding an Embedding, several "
     "named inputs), and its attributions add up exactly to the model's output; gradient explainers "
@@ -67,6 +68,7 @@ class ShapValues:
 
     values: np.ndarray
     mc_se: np.ndarray
+    groups: np.ndarray  # (rows, n_groups, features[, classes]): the values from each group of background pairs
     base_value: np.ndarray
     outputs: np.ndarray
     explainer: str
@@ -95,8 +97,8 @@ def explain(
     forward = forward or Forward(model, features)  # pass one in to reuse its compiled function
     X = np.asarray(X, dtype=np.float32)
     background = np.asarray(background, dtype=np.float32)
-    values, base, mc_se = sampling_shap(forward, X, background, random_state=random_state)
-    return _checked(values, mc_se, base, forward(X), len(background))
+    values, base, mc_se, groups = sampling_shap(forward, X, background, random_state=random_state)
+    return _checked(values, mc_se, groups, base, forward(X), len(background))
 
 
 def sampling_shap(
@@ -106,7 +108,8 @@ def sampling_shap(
     *,
     random_state: int | None = None,
     max_batch_rows: int = 262_144,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n_groups: int = N_GROUPS,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Interventional Shapley values by antithetic permutation sampling, one permutation pair per background row.
 
     For each explained row ``x`` and background row ``z``, a random feature order and its reverse
@@ -123,7 +126,12 @@ def sampling_shap(
     distribution the background rows were drawn from, it is the plain standard error. With a single
     background row it cannot be estimated and is NaN.
 
-    Returns ``(values, base, mc_se)``; ``values`` and ``mc_se`` have shape (rows, features[, classes]).
+    The pairs are also dealt into ``n_groups`` groups (pair ``p`` into group ``p % n_groups``), and
+    each group's mean is returned: resampling groups resamples the background rows and the orders,
+    which is how :func:`shap_importance` puts that error into its bootstrap interval.
+
+    Returns ``(values, base, mc_se, groups)``; ``values`` and ``mc_se`` have shape
+    (rows, features[, classes]), ``groups`` (rows, groups, features[, classes]).
     """
     rng = np.random.default_rng(random_state)
     X = np.asarray(X, dtype=np.float32)
@@ -133,7 +141,9 @@ def sampling_shap(
     n_pairs = n_chains // 2
     per_call = max(1, max_batch_rows // (n_chains * (n_features + 1)))
     steps = np.arange(n_features + 1)[None, None, :, None]
-    chunks, errors = [], []
+    chunks, errors, grouped = [], [], []
+    n_groups = max(1, min(n_groups, n_pairs))
+    member = np.arange(n_pairs) % n_groups
     for start in range(0, n_rows, per_call):
         x = X[start : start + per_call]
         orders = rng.permuted(np.tile(np.arange(n_features), (len(x), n_pairs, 1)), axis=2)
@@ -147,13 +157,15 @@ def sampling_shap(
         gains = np.take_along_axis(steps_gain, position[..., None], axis=2).astype(np.float64)
         pairs = (gains[:, :n_pairs] + gains[:, n_pairs:]) / 2  # chain c and its reverse c + n_pairs
         chunks.append(pairs.mean(axis=1))
+        grouped.append(np.stack([pairs[:, member == g].mean(axis=1) for g in range(n_groups)], axis=1))
         errors.append(pairs.std(axis=1, ddof=1) / np.sqrt(n_pairs) if n_pairs > 1 else np.full_like(chunks[-1], np.nan))
     values = np.concatenate(chunks) if chunks else np.zeros((0, n_features, 1))
     mc_se = np.concatenate(errors) if errors else np.zeros((0, n_features, 1))
+    groups = np.concatenate(grouped) if grouped else np.zeros((0, n_groups, n_features, 1))
     base = np.atleast_1d(np.asarray(forward(background)).mean(axis=0))
     if values.shape[-1] == 1:
-        return values[..., 0], base, mc_se[..., 0]
-    return values, base, mc_se
+        return values[..., 0], base, mc_se[..., 0], groups[..., 0]
+    return values, base, mc_se, groups
 
 
 def shap_importance(
@@ -171,6 +183,11 @@ def shap_importance(
 ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], ShapValues, np.ndarray]:
     """Bootstrap draws of mean |SHAP| per feature ``(n_features, n_bootstrap)``, their 95% interval, the values, the rows.
 
+    Each draw resamples the explained rows *and* the groups of background pairs (see
+    :func:`sampling_shap`), so the interval covers the rows that happened to be explained, the
+    background rows that happened to be drawn, and the random orders: a rerun with another seed
+    lands inside it.
+
     ``extra_rows`` (indices into ``X``) are explained as well, after the sampled rows, but are
     left out of the global importance: the local explanations use them.
     """
@@ -179,11 +196,14 @@ def shap_importance(
     background = background_pool[rng.choice(len(background_pool), size=min(n_background, len(background_pool)), replace=False)]
     explain_seed = int(rng.integers(0, 2**31 - 1))
     bootstrap = rng.integers(0, len(rows), size=(n_bootstrap, len(rows)))
+    group_seed = int(rng.integers(0, 2**31 - 1))
     extra = np.asarray([] if extra_rows is None else extra_rows, dtype=int)
     raw = explain(model, features, X[np.concatenate([rows, extra])], background,
                   random_state=explain_seed, forward=forward)
-    per_row = global_magnitude(raw.values[: len(rows)])
-    draws = np.stack([per_row[b].mean(axis=0) for b in bootstrap], axis=1)
+    groups = raw.groups[: len(rows)]
+    picks = np.random.default_rng(group_seed).integers(0, groups.shape[1], size=(n_bootstrap, groups.shape[1]))
+    draws = np.stack([global_magnitude(groups[b][:, g].mean(axis=1)).mean(axis=0) for b, g in zip(bootstrap, picks)],
+                     axis=1)
     interval = (np.percentile(draws, 2.5, axis=1), np.percentile(draws, 97.5, axis=1))
     return draws, interval, raw, np.concatenate([rows, extra])
 
@@ -368,12 +388,12 @@ def _mc_note(features, mc_se: np.ndarray) -> str:
             "conservative, as the spread between its chains also counts differences between background rows.")
 
 
-def _checked(values: np.ndarray, mc_se: np.ndarray, base: np.ndarray, outputs: np.ndarray,
+def _checked(values: np.ndarray, mc_se: np.ndarray, groups: np.ndarray, base: np.ndarray, outputs: np.ndarray,
              n_background: int) -> ShapValues:
     total = values.sum(axis=1) + (base if values.ndim == 3 else base[0])
     deviation = float(np.abs(total - outputs).max()) if len(outputs) else 0.0
     spread = float(np.std(outputs)) if len(outputs) else 0.0
-    return ShapValues(values=values, mc_se=mc_se, base_value=base, outputs=outputs, explainer=EXPLAINER,
+    return ShapValues(values=values, mc_se=mc_se, groups=groups, base_value=base, outputs=outputs, explainer=EXPLAINER,
                       reason=REASON, max_deviation=deviation, output_std=spread, n_background=n_background)
 
 

@@ -5,6 +5,8 @@ construction; its data are drawn from the model itself plus noise, so retraining
 
 Faithful (the first-layer weights rank the features correctly):
 - ``linear``: ``Dense(1)`` on standardized independent features; |w| is the effect.
+- ``wide``: the linear model with 60 features, 10 drivers (effects 3 down to 0.3) and 50 noise
+  features: agreement must not drown in the random order of the noise.
 - ``additive``: a ReLU MLP ``y = Σ a_j·g(x_j)`` with one shared non-linear shape ``g`` and a block of
   hidden units per feature; feature j's first-layer weights are ``a_j`` times a fixed pattern, so
   |W| row sums, permutation, ablation and SHAP all order the features by ``a_j``.
@@ -34,8 +36,9 @@ _U = np.array([1.0, -1.0, 0.5, -0.5])  # first-layer pattern of a feature's hidd
 _V = np.array([1.0, 0.2, 1.0, 0.2])  # output weights of a block: g(x) = 1.5x for x > 0, 0.3|x| for x < 0
 INTERACTION = 2.5
 EPSILON = 0.05
-KINDS = ("linear", "additive", "scale", "interaction", "embedding")
-FAITHFUL = ("linear", "additive")
+WIDE_DRIVERS = tuple(np.geomspace(3.0, 0.3, 10).round(3))
+KINDS = ("linear", "wide", "additive", "scale", "interaction", "embedding")
+FAITHFUL = ("linear", "wide", "additive")
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,7 @@ class Case:
 def build(root: Path, kind: str, seed: int, *, n_train: int = 1500, n_test: int = 1000, epochs: int = 8) -> Case:
     """Write ``<root>/<kind>/v<seed>/`` and return what is true about it."""
     rng = np.random.default_rng(seed)
-    builder = {"linear": _linear, "additive": _additive, "scale": _scale, "interaction": _interaction,
+    builder = {"linear": _linear, "wide": _wide, "additive": _additive, "scale": _scale, "interaction": _interaction,
                "embedding": _embedding}[kind]
     model, frame_of, features, planted, manifest = builder(rng)
     train, test = frame_of(n_train, rng), frame_of(n_test, rng)
@@ -98,6 +101,19 @@ def _linear(rng):
 
     features = _names(len(DRIVERS), 3, rng)
     w = _effects(features) * rng.choice([-1.0, 1.0], size=len(features))
+    model = keras.Sequential([keras.Input((len(features),), name="x"), keras.layers.Dense(1)])
+    model.layers[0].set_weights([w.astype(np.float32)[:, None], np.zeros(1, np.float32)])
+    y_of = lambda f: f[features].to_numpy(np.float64) @ w  # noqa: E731
+    return _compile(model), lambda n, r: _frame(features, r, n, y_of), features, (), {}
+
+
+def _wide(rng):
+    import keras
+
+    features = [f"w{i}" for i in range(len(WIDE_DRIVERS))] + [f"n{i}" for i in range(50)]
+    features = [features[i] for i in rng.permutation(len(features))]
+    w = np.array([WIDE_DRIVERS[int(f[1:])] if f.startswith("w") else NOISE for f in features])
+    w *= rng.choice([-1.0, 1.0], size=len(features))
     model = keras.Sequential([keras.Input((len(features),), name="x"), keras.layers.Dense(1)])
     model.layers[0].set_weights([w.astype(np.float32)[:, None], np.zeros(1, np.float32)])
     y_of = lambda f: f[features].to_numpy(np.float64) @ w  # noqa: E731

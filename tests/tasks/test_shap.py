@@ -79,20 +79,20 @@ def test_monte_carlo_error_matches_the_spread_over_seeds(softmax_model):
     # background rows and orders both redrawn: each attribution's reported error is its plain standard error
     runs = [sampling_shap(forward, rows, pool[np.random.default_rng(100 + s).choice(len(pool), 40)], random_state=s)
             for s in range(30)]
-    spread = np.std([values for values, _, _ in runs], axis=0, ddof=1)
-    ratio = spread / np.mean([mc_se for _, _, mc_se in runs], axis=0)
+    spread = np.std([values for values, _, _, _ in runs], axis=0, ddof=1)
+    ratio = spread / np.mean([mc_se for _, _, mc_se, _ in runs], axis=0)
     assert 0.75 < np.median(ratio) < 1.33
     assert np.mean((ratio > 0.5) & (ratio < 2)) > 0.95
 
     # background rows fixed (as in an audit), orders redrawn: the reported error is an upper bound, per value ...
     background = pool[:40]
     runs = [sampling_shap(forward, rows, background, random_state=s) for s in range(30)]
-    spread = np.std([values for values, _, _ in runs], axis=0, ddof=1)
-    reported = np.mean([mc_se for _, _, mc_se in runs], axis=0)
+    spread = np.std([values for values, _, _, _ in runs], axis=0, ddof=1)
+    reported = np.mean([mc_se for _, _, mc_se, _ in runs], axis=0)
     assert (spread <= 1.3 * reported).all() and np.median(spread / reported) < 0.7
     # ... and for the global importance (multiclass: |phi| summed over classes)
-    importance = np.std([global_magnitude(values).mean(axis=0) for values, _, _ in runs], axis=0, ddof=1)
-    assert (importance <= np.mean([global_mc_se(mc_se) for _, _, mc_se in runs], axis=0)).all()
+    importance = np.std([global_magnitude(values).mean(axis=0) for values, _, _, _ in runs], axis=0, ddof=1)
+    assert (importance <= np.mean([global_mc_se(mc_se) for _, _, mc_se, _ in runs], axis=0)).all()
 
 
 def test_global_monte_carlo_error_adds_rows_in_quadrature_and_bounds_classes_by_their_sum():
@@ -158,3 +158,19 @@ def test_named_embedding_model_is_explained_by_sampling_and_seeded(embedding_reg
     assert not np.array_equal(first.importances, other.importances)
     assert details["beeswarm"]["features"][0] in ("amount", "region")
     assert len(details["beeswarm"]["phi"][0]) == 100
+
+
+def test_a_rerun_with_another_seed_lands_inside_the_bootstrap_interval(linear, softmax_model):
+    """The interval resamples rows and background groups: another seed's estimate falls inside it about 95% of the time."""
+    model, features, X = softmax_model
+    pool = X[100:300]
+    outside = total = 0
+    for seed in range(20):
+        draws, (low, high), _, _ = shap_importance(model, features, X[:100], pool, n_rows=100, n_background=40,
+                                                   random_state=seed)
+        again, _, _, _ = shap_importance(model, features, X[:100], pool, n_rows=100, n_background=40,
+                                         random_state=seed + 100)
+        estimate = again.mean(axis=1)
+        outside += int(((estimate < low) | (estimate > high)).sum())
+        total += len(features)
+    assert outside <= 0.1 * total, f"{outside} of {total} reruns fell outside the 95% interval"
