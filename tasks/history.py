@@ -6,7 +6,9 @@ changed). Earlier runs are found by their ``results.json`` under ``<out>/<model>
 run ids start with a UTC timestamp, so the greatest one is the newest.
 
 A feature's importance is reported as changed only when the two runs' 95% intervals separate
-(:func:`intervals_separate`): rank changes among features whose intervals overlap are noise. Each
+(:func:`intervals_separate`) *and* the difference passes a two-sided test at 5% for the whole method,
+Bonferroni-corrected over its features (:func:`changed`): rank changes among features whose
+intervals overlap are noise, and with many features some intervals separate by chance. Each
 comparison also states what differs between the runs — seed, model sha256, a split's sha256 —
 so a reader can tell a new model from a new sample.
 """
@@ -17,7 +19,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from prefect import task
+from scipy import stats
 
 from tasks.sources import natural_key
 
@@ -62,6 +66,36 @@ def intervals_separate(before: dict[str, Any], now: dict[str, Any]) -> bool:
     return b_high < n_low or n_high < b_low
 
 
+def standard_error(record: dict[str, Any], method: dict[str, Any]) -> float | None:
+    """A feature's standard error from its record and its method's sampling: std/√n over repeats or seeds,
+    the std of the draws for a bootstrap, 0 for a single value (a weight is what it is)."""
+    sampling, n = method.get("sampling", "repeats"), int(method.get("n_samples") or 0)
+    try:
+        std = float(record["std"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if sampling == "single" or n < 2:
+        return 0.0
+    return std if sampling == "bootstrap" else std / np.sqrt(n)
+
+
+def changed(before: dict[str, Any], now: dict[str, Any], before_method: dict[str, Any], now_method: dict[str, Any],
+            n_features: int, *, alpha: float = 0.05) -> bool:
+    """True when the intervals separate and the difference is significant at ``alpha`` over the method's features."""
+    if not intervals_separate(before, now):
+        return False
+    se = [standard_error(before, before_method), standard_error(now, now_method)]
+    if None in se:
+        return False
+    spread = float(np.hypot(*se))
+    if spread == 0.0:
+        return True  # two exact values that differ (the weights of two different models)
+    level = 1 - alpha / (2 * max(n_features, 1))
+    dfs = [int(m.get("n_samples") or 0) - 1 for m in (before_method, now_method) if m.get("sampling") in ("repeats", "seeds")]
+    critical = stats.t.ppf(level, max(min(dfs), 1)) if dfs else stats.norm.ppf(level)
+    return abs(float(now["importance"]) - float(before["importance"])) > critical * spread
+
+
 def differences(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """What differs between the two runs besides the results: seed, model sha256, split sha256."""
     out = []
@@ -84,10 +118,11 @@ def drift(previous: dict[str, Any], current: dict[str, Any], against: str = SAME
         if not before or before.get("status") != "ok" or now["status"] != "ok":
             continue
         old = {r["feature"]: r for r in before["features"]}
+        n = len(now["features"])
         moved = [
             {"feature": r["feature"], "rank_before": old[r["feature"]]["rank"], "rank_now": r["rank"],
              "before": [old[r["feature"]].get("low"), old[r["feature"]].get("high")], "now": [r.get("low"), r.get("high")]}
-            for r in now["features"] if r["feature"] in old and intervals_separate(old[r["feature"]], r)
+            for r in now["features"] if r["feature"] in old and changed(old[r["feature"]], r, before, now, n)
         ]
         changes[method] = sorted(moved, key=lambda c: (c["rank_now"], c["feature"]))
     key = lambda w: (w["feature"], w["kind"])  # noqa: E731

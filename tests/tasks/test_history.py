@@ -1,6 +1,17 @@
 import json
 
-from tasks.history import PREVIOUS_VERSION, SAME_VERSION, drift, history, intervals_separate, previous_runs
+import numpy as np
+from scipy import stats
+
+from tasks.history import PREVIOUS_VERSION, SAME_VERSION, changed, drift, history, intervals_separate, previous_runs
+
+T = stats.t.ppf(0.975, 4)  # the 95% t-interval over 5 repeats
+
+
+def _record(feature, rank, low, high):
+    """A permutation record over 5 repeats with the given 95% interval."""
+    return {"feature": feature, "rank": rank, "low": low, "high": high, "importance": (low + high) / 2,
+            "std": (high - low) / 2 / T * np.sqrt(5)}
 
 
 def _doc(run_id, records, warnings=(), *, seed=0, version="v1", model_sha="m1"):
@@ -9,8 +20,8 @@ def _doc(run_id, records, warnings=(), *, seed=0, version="v1", model_sha="m1"):
         "run": {"id": run_id, "seed": seed},
         "model": {"version": version, "sha256": {"model.keras": model_sha, "test.parquet": "t1"}},
         "verdict": "disagree" if warnings else "agree",
-        "methods": {"permutation": {"status": "ok", "features": [
-            {"feature": f, "rank": r, "low": lo, "high": hi} for f, (r, lo, hi) in records.items()]}},
+        "methods": {"permutation": {"status": "ok", "sampling": "repeats", "n_samples": 5, "features": [
+            _record(f, r, lo, hi) for f, (r, lo, hi) in records.items()]}},
         "warnings": [{"feature": f, "kind": "under-ranked", "message": f"{f} is under-ranked"} for f in warnings],
     }
 
@@ -37,6 +48,18 @@ def test_a_seed_only_change_reports_no_drift_and_names_the_seed():
 def test_differences_name_a_new_model():
     diff = drift(_doc("r1", {"x": (1, 1, 1)}), _doc("r2", {"x": (1, 1, 1)}, model_sha="m2"))
     assert diff["differences"] == ["model.keras sha256 differs"]
+
+
+def test_barely_separated_intervals_among_many_features_are_not_drift():
+    method = {"sampling": "repeats", "n_samples": 5}
+    before, just_apart, far_apart = _record("x", 1, 1.0, 2.0), _record("x", 1, 2.05, 3.05), _record("x", 1, 4.0, 5.0)
+    assert intervals_separate(before, just_apart)
+    assert changed(before, just_apart, method, method, n_features=1)
+    assert not changed(before, just_apart, method, method, n_features=60)  # Bonferroni over 60 features
+    assert changed(before, far_apart, method, method, n_features=60)
+    exact = {"sampling": "single", "n_samples": 1}  # a weight is what it is: any change is real
+    assert changed({"importance": 1.0, "low": 1.0, "high": 1.0, "std": 0.0},
+                   {"importance": 1.1, "low": 1.1, "high": 1.1, "std": 0.0}, exact, exact, n_features=60)
 
 
 def test_intervals_separate():
