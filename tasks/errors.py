@@ -8,7 +8,8 @@ The command line turns any of these into one line on stderr and exit status 2.
     ├── ManifestError      manifest.json unreadable or incomplete
     ├── ModelLoadError     model file missing, corrupt or refused by Keras safe mode
     ├── DataError          a split missing columns, with bad dtypes, NaN/inf or no rows
-    └── DeliveryError      the report could not be written or sent
+    ├── StorageError       the output folder is not writable, or the disk is (nearly) full
+    └── DeliveryError      the report could not be sent
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ class ModelLoadError(FeatureAuditError):
 
 class DataError(FeatureAuditError):
     """A data split does not match the manifest or holds values we cannot use."""
+
+
+class StorageError(FeatureAuditError):
+    """The output folder cannot take the report: not writable, or too little free space."""
 
 
 class DeliveryError(FeatureAuditError):
