@@ -17,7 +17,7 @@ from tasks.artifacts import publish_artifacts_task
 from tasks.compare import compare_task
 from tasks.deliver import check_delivery_task, email_task_from_env
 from tasks.history import previous_runs_task
-from tasks.output import new_run_id, write_report_task
+from tasks.output import check_output_task, new_run_id, write_report_task
 from tasks.permutation import permutation_task
 from tasks.render import RunInfo, render_task, run_status
 from tasks.result import ImportanceResult
@@ -45,6 +45,7 @@ def audit_model(
 ) -> str:
     """Audit one model version and return the folder its report was written to (run state 'Partial' if a method failed)."""
     started = datetime.now(timezone.utc)
+    check_output_task(out)
     recipients = check_delivery_task(email_to) if email_to else None
     resolved = resolve_version_task(registry, model, version, max_test_rows=max_test_rows, seed=seed)
     check_version_task(resolved)

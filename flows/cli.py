@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     from tasks.ablation import Budget
     from tasks.deliver import check_delivery
+    from tasks.output import check_output
     from tasks.sources import check_version, resolve_version
 
     methods = _methods(args.methods)
@@ -44,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     email_to = check_delivery(args.email_to) if args.email_to else None
     version = resolve_version(args.registry, args.model, args.version, max_test_rows=args.max_rows, seed=args.seed)
     check_version(version)  # fail fast, before Prefect starts
+    check_output(args.out)
     return _audit(args.registry, version.name, version.version, args.out, methods, args.seed,
                   ablation_budget=args.ablation_budget, dask_address=args.dask_address,
                   max_test_rows=args.max_rows, email_to=email_to)

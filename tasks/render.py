@@ -134,7 +134,8 @@ def results_document(
     """The machine-readable twin of the report."""
     agreement = comparison.to_dict()
     document = {
-        "model": {"name": version.name, "version": version.version, "task": version.task, "sha256": version.sha256},
+        "model": {"name": version.name, "version": version.version, "task": version.task, "sha256": version.sha256,
+                  "paths": {name: str(path) for name, path in version.resolved.items()}},
         "run": {"id": run.run_id, "started": run.started.isoformat(), "seed": run.seed,
                 "flow_run_id": run.flow_run_id, "timings": run.timings},
         "methods": {r.method: r.to_dict() for r in results},

@@ -4,12 +4,16 @@ A registry is a folder ``<registry>/<model-name>/<version>/`` holding ``model.ke
 (or ``model.h5``), ``test.parquet`` (or ``.csv``), optionally ``train.parquet`` and a
 ``manifest.json``. Everything here validates at the boundary and raises the errors
 of :mod:`tasks.errors`; past it, the rest of the code trusts the types.
+
+A model folder, version folder or file that is a symbolic link must resolve inside the registry;
+one that leads outside it is refused unless ``FEATUREAUDIT_ALLOW_EXTERNAL_LINKS=1`` is set.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +28,8 @@ from tasks.errors import DataError, FeatureAuditError, ManifestError, ModelLoadE
 TaskType = Literal["regression", "binary", "multiclass"]
 TASK_TYPES: tuple[str, ...] = ("regression", "binary", "multiclass")
 MODEL_FILES = ("model.keras", "model.h5")
+#: Set to 1 to follow symbolic links that lead out of the registry (refused by default).
+ALLOW_EXTERNAL_LINKS = "FEATUREAUDIT_ALLOW_EXTERNAL_LINKS"
 _MANIFEST_KEYS = {"target", "task", "features", "categorical", "groups", "training", "metric"}
 
 
@@ -53,6 +59,7 @@ class ModelVersion:
     manifest: Manifest
     features: tuple[str, ...]
     sha256: dict[str, str]
+    resolved: dict[str, Path] = field(default_factory=dict)  # file name -> absolute path, links resolved
     test_rows: int = 0
     max_test_rows: int | None = None
     sample_seed: int = 0
@@ -129,6 +136,7 @@ def resolve_version(
     elif version not in versions:
         raise RegistryError(f"model '{name}' has no version '{version}'; versions present: {', '.join(versions)}")
     folder = model_dir / version
+    _check_inside(registry, model_dir, folder)
 
     model_path = next((folder / f for f in MODEL_FILES if (folder / f).is_file()), None)
     if model_path is None:
@@ -137,10 +145,12 @@ def resolve_version(
     if test_path is None:
         raise RegistryError(f"{folder} holds no test split (expected test.parquet or test.csv)")
     train_path = _find_split(folder, "train")
+    files = [p for p in (model_path, test_path, train_path) if p is not None]
+    resolved = _check_inside(registry, *files, folder / "manifest.json")
     manifest = read_manifest(folder / "manifest.json")
     columns, test_rows = _split_shape(test_path)
     features = _resolve_features(manifest, columns, test_path)
-    hashes = {p.name: sha256_file(p) for p in (model_path, test_path, train_path) if p is not None}
+    hashes = {p.name: sha256_file(p) for p in files}
     return ModelVersion(
         registry=registry,
         name=name,
@@ -151,6 +161,7 @@ def resolve_version(
         manifest=manifest,
         features=features,
         sha256=hashes,
+        resolved={p.name: resolved[p] for p in files},
         test_rows=test_rows,
         max_test_rows=max_test_rows,
         sample_seed=seed,
@@ -301,6 +312,21 @@ def resolve_version_task(
 def _check_name(what: str, value: str) -> None:
     if not value or value in {".", ".."} or "/" in value or "\\" in value or ".." in value or "\x00" in value:
         raise RegistryError(f"{what} {value!r} is not a plain folder name (no path separators or '..')")
+
+
+def _check_inside(registry: Path, *paths: Path) -> dict[Path, Path]:
+    """Each path's absolute location, links resolved; refuse one that leads out of the registry (unless allowed)."""
+    root = registry.resolve()
+    allowed = os.environ.get(ALLOW_EXTERNAL_LINKS, "").strip().lower() in {"1", "true", "yes"}
+    resolved = {}
+    for path in paths:
+        target = path.resolve()
+        if not allowed and not target.is_relative_to(root) and (path.exists() or path.is_symlink()):
+            how = "is a symbolic link to" if path.is_symlink() else "resolves to"
+            raise RegistryError(f"{path} {how} {target}, outside the registry {root}; copy it into the registry, "
+                                f"or set {ALLOW_EXTERNAL_LINKS}=1 to follow links that leave it")
+        resolved[path] = target
+    return resolved
 
 
 def _find_split(folder: Path, stem: str) -> Path | None:

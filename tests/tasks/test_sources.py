@@ -1,10 +1,16 @@
 import json
+import re
 import shutil
+from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tasks.compare import compare
 from tasks.errors import DataError, FeatureAuditError, ManifestError, ModelLoadError, RegistryError
+from tasks.render import RunInfo, results_document
+from tasks.result import ImportanceResult
 from tasks.sources import check_version, load_split, natural_key, resolve_version
 from tests import helpers
 
@@ -163,3 +169,58 @@ def test_test_split_over_the_row_cap_is_sampled_with_the_seed(linear_registry):
 def test_row_cap_must_be_positive(linear_registry):
     with pytest.raises(FeatureAuditError, match="max_test_rows must be a positive number of rows"):
         resolve_version(linear_registry, "linear", max_test_rows=0)
+
+
+def _outside(tmp_path, v1, name):
+    """Move ``name`` out of the registry and leave a symbolic link to it in its place."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(exist_ok=True)
+    (v1 / name).rename(elsewhere / name)
+    (v1 / name).symlink_to(elsewhere / name)
+    return elsewhere / name
+
+
+@pytest.mark.parametrize("name", ["test.parquet", "train.parquet", "model.keras", "manifest.json"])
+def test_a_link_out_of_the_registry_is_refused_in_one_line(linear_registry, tmp_path, name):
+    root, v1 = _copy(linear_registry, tmp_path)
+    target = _outside(tmp_path, v1, name)
+    message = f"{v1 / name} is a symbolic link to {target}, outside the registry {root}"
+    with pytest.raises(RegistryError, match=re.escape(message)) as info:
+        resolve_version(root, "linear")
+    assert "FEATUREAUDIT_ALLOW_EXTERNAL_LINKS=1" in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("level", ["model", "version"])
+def test_a_model_or_version_folder_linked_out_of_the_registry_is_refused(linear_registry, tmp_path, level):
+    root, v1 = _copy(linear_registry, tmp_path)
+    folder = v1.parent if level == "model" else v1
+    shutil.move(folder, tmp_path / "elsewhere")
+    folder.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(RegistryError, match=re.escape(f"{folder} is a symbolic link to {tmp_path / 'elsewhere'}")):
+        resolve_version(root, "linear")
+
+
+def test_the_operator_may_allow_links_out_of_the_registry(linear_registry, tmp_path, monkeypatch):
+    root, v1 = _copy(linear_registry, tmp_path)
+    target = _outside(tmp_path, v1, "test.parquet")
+    monkeypatch.setenv("FEATUREAUDIT_ALLOW_EXTERNAL_LINKS", "1")
+    version = resolve_version(root, "linear")
+    assert version.test_path == v1 / "test.parquet" and version.resolved["test.parquet"] == target
+    assert load_split(version.test_path, version).n_rows == 4000
+
+
+def test_links_inside_the_registry_are_followed_and_their_targets_reach_results_json(linear_registry, tmp_path):
+    root, v1 = _copy(linear_registry, tmp_path)
+    v2 = v1.parent / "v2"
+    v2.mkdir()
+    for name in ("model.keras", "test.parquet", "train.parquet"):
+        (v2 / name).symlink_to(Path("..") / "v1" / name)  # a new version sharing the data of the last one
+    shutil.copy(v1 / "manifest.json", v2 / "manifest.json")
+    version = resolve_version(root, "linear")
+    assert version.version == "v2" and version.sha256 == resolve_version(root, "linear", "v1").sha256
+
+    weights = ImportanceResult.from_samples("weights", "weight-based", version.features, np.array([3.0, 2.0, 1.0, 0.5]))
+    run = RunInfo(run_id="run", started=datetime(2026, 1, 1, tzinfo=timezone.utc), seed=0)
+    document = results_document(version, [weights], compare([weights]), run)
+    assert document["model"]["paths"] == {name: str((v1 / name).resolve())
+                                          for name in ("model.keras", "test.parquet", "train.parquet")}
