@@ -9,9 +9,15 @@ Settings come from the environment::
     FEATUREAUDIT_SMTP_PASSWORD        the password, or
     FEATUREAUDIT_SMTP_PASSWORD_BLOCK  the name of a Prefect Secret block holding it
     FEATUREAUDIT_SMTP_FROM            sender address (default: the user, else featureaudit@localhost)
+    FEATUREAUDIT_SMTP_CA_FILE         a PEM bundle of CA certificates trusted instead of the system store
     FEATUREAUDIT_SMTP_RETRY_DELAY     seconds before the first of 3 retries, doubling (default 10)
 
 The password is read when a message is sent and is never logged, shown in a repr or written anywhere.
+
+Only what can succeed on a later try is retried: connection errors (refused, timeout, DNS, a dropped
+connection) and 4xx replies. A refused login, an untrusted certificate or a failed TLS handshake, a
+refused sender or recipient, any other 5xx reply and a bad setting raise :class:`PermanentDeliveryError`,
+which :func:`retry_unless_permanent` never retries: a wrong password tried again only locks the account.
 """
 
 from __future__ import annotations
@@ -36,6 +42,16 @@ Security = Literal["starttls", "ssl", "none"]
 DEFAULT_PORTS: dict[str, int] = {"starttls": 587, "ssl": 465, "none": 25}
 RETRIES = 3
 TIMEOUT_S = 30.0
+AUTH_MECHANISMS = ("PLAIN", "LOGIN", "CRAM-MD5")  # the first one the server offers is the only one tried
+
+
+class PermanentDeliveryError(DeliveryError):
+    """The report cannot be sent until someone changes a setting or the server: trying again cannot help."""
+
+
+def retry_unless_permanent(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect ``retry_condition_fn``: retry connection errors and 4xx replies, never a PermanentDeliveryError."""
+    return not isinstance(state.data, PermanentDeliveryError)
 
 
 @dataclass(frozen=True)
@@ -49,29 +65,55 @@ class SmtpSettings:
     password: str | None = field(default=None, repr=False)
     sender: str = "featureaudit@localhost"
     timeout: float = TIMEOUT_S
+    ca_file: str | None = None
 
 
 def smtp_settings_from_env(env: Mapping[str, str] | None = None) -> SmtpSettings:
-    """Read ``FEATUREAUDIT_SMTP_*``; a missing host or a bad port or security value is a DeliveryError."""
+    """Read ``FEATUREAUDIT_SMTP_*``; a missing host, a bad port, security value or CA file is a PermanentDeliveryError."""
     env = os.environ if env is None else env
     host = env.get("FEATUREAUDIT_SMTP_HOST", "").strip()
     if not host:
-        raise DeliveryError("FEATUREAUDIT_SMTP_HOST is not set: set it (and FEATUREAUDIT_SMTP_PORT) to email the report")
+        raise PermanentDeliveryError("FEATUREAUDIT_SMTP_HOST is not set: "
+                                     "set it (and FEATUREAUDIT_SMTP_PORT) to email the report")
     security = env.get("FEATUREAUDIT_SMTP_SECURITY", "starttls").strip().lower() or "starttls"
     if security not in DEFAULT_PORTS:
-        raise DeliveryError(f"FEATUREAUDIT_SMTP_SECURITY is {security!r}; expected starttls, ssl or none")
+        raise PermanentDeliveryError(f"FEATUREAUDIT_SMTP_SECURITY is {security!r}; expected starttls, ssl or none")
     raw_port = env.get("FEATUREAUDIT_SMTP_PORT", "").strip()
     try:
         port = int(raw_port) if raw_port else DEFAULT_PORTS[security]
     except ValueError:
-        raise DeliveryError(f"FEATUREAUDIT_SMTP_PORT is {raw_port!r}; expected a port number such as 587") from None
+        raise PermanentDeliveryError(f"FEATUREAUDIT_SMTP_PORT is {raw_port!r}; expected a port number such as 587") from None
     user = env.get("FEATUREAUDIT_SMTP_USER") or None
     password = env.get("FEATUREAUDIT_SMTP_PASSWORD") or None
     block = env.get("FEATUREAUDIT_SMTP_PASSWORD_BLOCK")
     if password is None and block:
         password = _secret_block(block)
     sender = env.get("FEATUREAUDIT_SMTP_FROM") or (user if user and "@" in user else "featureaudit@localhost")
-    return SmtpSettings(host=host, port=port, security=security, user=user, password=password, sender=sender)
+    ca_file = env.get("FEATUREAUDIT_SMTP_CA_FILE", "").strip() or None
+    if ca_file:
+        check_ca_file(ca_file)
+    return SmtpSettings(host=host, port=port, security=security, user=user, password=password, sender=sender,
+                        ca_file=ca_file)
+
+
+def tls_context(ca_file: str | None = None) -> ssl.SSLContext:
+    """Verify the server's certificate and name against ``ca_file`` (a PEM bundle), else the system store."""
+    return ssl.create_default_context(cafile=ca_file)
+
+
+def check_ca_file(path: str) -> None:
+    """``FEATUREAUDIT_SMTP_CA_FILE`` is a readable PEM bundle holding at least one certificate."""
+    what = "a PEM bundle of the CA certificates that signed the SMTP server's certificate"
+    if not Path(path).is_file():
+        raise PermanentDeliveryError(f"FEATUREAUDIT_SMTP_CA_FILE is {path}, which is not a file: set it to {what}")
+    try:
+        tls_context(path)
+    except ssl.SSLError as exc:
+        raise PermanentDeliveryError(f"FEATUREAUDIT_SMTP_CA_FILE is {path}, which holds no PEM certificate "
+                                     f"({exc.reason or 'unreadable PEM'}): set it to {what}") from None
+    except OSError as exc:
+        raise PermanentDeliveryError(f"FEATUREAUDIT_SMTP_CA_FILE is {path}, which cannot be read "
+                                     f"({type(exc).__name__}): set it to {what}") from None
 
 
 def retry_delay_from_env(env: Mapping[str, str] | None = None) -> float:
@@ -80,7 +122,7 @@ def retry_delay_from_env(env: Mapping[str, str] | None = None) -> float:
     try:
         return max(float(raw), 0.0)
     except ValueError:
-        raise DeliveryError(f"FEATUREAUDIT_SMTP_RETRY_DELAY is {raw!r}; expected seconds such as 10") from None
+        raise PermanentDeliveryError(f"FEATUREAUDIT_SMTP_RETRY_DELAY is {raw!r}; expected seconds such as 10") from None
 
 
 def check_recipients(recipients: list[str]) -> list[str]:
@@ -89,10 +131,10 @@ def check_recipients(recipients: list[str]) -> list[str]:
     for raw in recipients:
         parsed = getaddresses([raw])
         if len(parsed) != 1 or "@" not in parsed[0][1] or any(c in parsed[0][1] for c in " \r\n<>,;"):
-            raise DeliveryError(f"--email-to: {raw!r} is not an email address such as reviewer@example.com")
+            raise PermanentDeliveryError(f"--email-to: {raw!r} is not an email address such as reviewer@example.com")
         out.append(parsed[0][1])
     if not out:
-        raise DeliveryError("--email-to: no recipients given")
+        raise PermanentDeliveryError("--email-to: no recipients given")
     return out
 
 
@@ -156,8 +198,11 @@ def text_body(context: dict[str, Any]) -> str:
 
 
 def send_message(settings: SmtpSettings, message: EmailMessage) -> None:
-    """Send ``message`` over SMTP (STARTTLS, implicit TLS or plain), logging in when a user is set."""
-    context = ssl.create_default_context()
+    """Send ``message`` over SMTP (STARTTLS, implicit TLS or plain), logging in when a user is set.
+
+    Raises PermanentDeliveryError when trying again cannot help, DeliveryError when it may.
+    """
+    context = tls_context(settings.ca_file)
     try:
         if settings.security == "ssl":
             client: smtplib.SMTP = smtplib.SMTP_SSL(settings.host, settings.port, timeout=settings.timeout, context=context)
@@ -167,12 +212,18 @@ def send_message(settings: SmtpSettings, message: EmailMessage) -> None:
             if settings.security == "starttls":
                 client.starttls(context=context)
             if settings.user:
-                client.login(settings.user, settings.password or "")
-            client.send_message(message)
+                _login(client, settings.user, settings.password or "")
+            refused = client.send_message(message)
     except (OSError, smtplib.SMTPException) as exc:
-        raise DeliveryError(
-            f"could not send the report via {settings.host}:{settings.port} ({settings.security}): {_describe(exc)}"
-        ) from None
+        reason, fix = _classify(exc)
+        where = f"could not send the report via {settings.host}:{settings.port} ({settings.security})"
+        if fix is None:
+            raise DeliveryError(f"{where}: {reason}") from None
+        raise PermanentDeliveryError(f"{where}: {reason}; {fix} (not retried)") from None
+    if refused:  # some recipients have it: sending again would give them a second copy
+        raise PermanentDeliveryError(f"sent the report via {settings.host}:{settings.port}, but the server refused "
+                                     f"recipients {_refusals(refused)}; the other recipients have it; check the --email-to "
+                                     "addresses (not retried: it would send them a second copy)")
 
 
 def check_delivery(recipients: list[str]) -> list[str]:
@@ -187,15 +238,16 @@ def check_delivery_task(recipients: list[str]) -> list[str]:
     return check_delivery(recipients)
 
 
-@task(name="email-report", retries=RETRIES, retry_delay_seconds=exponential_backoff(backoff_factor=10))
+@task(name="email-report", retries=RETRIES, retry_delay_seconds=exponential_backoff(backoff_factor=10),
+      retry_condition_fn=retry_unless_permanent)
 def email_report_task(folder: str, recipients: list[str]) -> int:
-    """Email the run folder's PDF to ``recipients``; retried with backoff when the server is unreachable."""
+    """Email the run folder's PDF to ``recipients``; retried with backoff only when a later try can succeed."""
     settings = smtp_settings_from_env()
     message = build_message(folder, recipients, settings.sender)
     try:
         send_message(settings, message)
-    except DeliveryError as exc:
-        raise DeliveryError(f"{exc}; the report is kept at {folder}") from None
+    except DeliveryError as exc:  # keeps its class: a PermanentDeliveryError is not retried
+        raise type(exc)(f"{exc}; the report is kept at {folder}") from None
     get_run_logger().info("emailed %s to %d recipient(s) via %s:%d", message["Subject"], len(recipients),
                           settings.host, settings.port)
     return len(recipients)
@@ -216,11 +268,68 @@ def _secret_block(name: str) -> str:
                             f"({type(exc).__name__})") from None
 
 
-def _describe(exc: BaseException) -> str:
-    """The error without anything the server echoed back from the login (it could hold the password)."""
-    if isinstance(exc, smtplib.SMTPAuthenticationError):
-        return f"login refused (SMTP {exc.smtp_code}); check FEATUREAUDIT_SMTP_USER and the password"
-    if isinstance(exc, smtplib.SMTPRecipientsRefused):
-        return f"recipients refused: {', '.join(exc.recipients)}"
-    return f"{type(exc).__name__}: {exc}"
+def _login(client: smtplib.SMTP, user: str, password: str) -> None:
+    """Log in with one mechanism the server offers: one AUTH per try (``SMTP.login`` tries each, so a wrong
+    password would count twice or more against the account's lockout)."""
+    client.ehlo_or_helo_if_needed()
+    offered = client.esmtp_features.get("auth", "").upper().split()
+    mechanism = next((m for m in AUTH_MECHANISMS if m in offered), None)
+    if mechanism is None:
+        raise smtplib.SMTPNotSupportedError(f"the server offers no login ({' '.join(offered) or 'no AUTH'}) "
+                                            f"on this connection, but FEATUREAUDIT_SMTP_USER is set")
+    client.user, client.password = user, password
+    client.auth(mechanism, getattr(client, "auth_" + mechanism.lower().replace("-", "_")))
 
+
+def _classify(exc: BaseException) -> tuple[str, str | None]:
+    """What went wrong, and what to do when trying again cannot help (None: transient, retried with backoff).
+
+    Nothing the server said in reply to the login is included: it could echo the password.
+    """
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return _untrusted_certificate(exc)
+    if isinstance(exc, ssl.SSLError) and not isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+        return (f"TLS handshake failed ({exc.reason or exc})",
+                "check that FEATUREAUDIT_SMTP_SECURITY suits FEATUREAUDIT_SMTP_PORT (ssl is usually 465, starttls 587)")
+    if isinstance(exc, smtplib.SMTPNotSupportedError):
+        return str(exc).rstrip("."), "check FEATUREAUDIT_SMTP_SECURITY, FEATUREAUDIT_SMTP_PORT and FEATUREAUDIT_SMTP_USER"
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        permanent = all(code >= 500 for code, _ in exc.recipients.values())
+        return f"recipients refused: {_refusals(exc.recipients)}", "check the --email-to addresses" if permanent else None
+    if not isinstance(exc, smtplib.SMTPResponseException):  # refused, timeout, DNS, disconnected: may pass
+        return f"{type(exc).__name__}: {_reply(str(exc))}", None
+    code = exc.smtp_code
+    if isinstance(exc, smtplib.SMTPAuthenticationError):
+        reason = f"login refused (SMTP {code})"
+        fix = "check FEATUREAUDIT_SMTP_USER and the password"
+    elif code == 530:
+        reason, fix = f"the server requires a login (SMTP {code})", "set FEATUREAUDIT_SMTP_USER and the password"
+    elif isinstance(exc, smtplib.SMTPSenderRefused):
+        reason = f"sender {exc.sender} refused (SMTP {code} {_reply(exc.smtp_error)})"
+        fix = "set FEATUREAUDIT_SMTP_FROM to an address this account may send from"
+    else:
+        reason, fix = f"the server replied SMTP {code} {_reply(exc.smtp_error)}", "see the server's reply"
+    return reason, fix if code >= 500 else None  # 4xx: a transient refusal, tried again later
+
+
+def _untrusted_certificate(exc: ssl.SSLCertVerificationError) -> tuple[str, str]:
+    """The certificate problem in words, and its fix."""
+    detail = exc.verify_message or exc.reason or str(exc)
+    if exc.verify_code == 62:  # X509_V_ERR_HOSTNAME_MISMATCH
+        return (f"the server's certificate is not for this host ({detail})",
+                "set FEATUREAUDIT_SMTP_HOST to a name the certificate lists")
+    if exc.verify_code == 10:  # X509_V_ERR_CERT_HAS_EXPIRED
+        return f"the server's certificate has expired ({detail})", "renew it on the server, or check this machine's clock"
+    return (f"the server's certificate is not trusted ({detail})",
+            "set FEATUREAUDIT_SMTP_CA_FILE to a PEM file of the CA that signed it")
+
+
+def _refusals(refused: Mapping[str, tuple[int, bytes]]) -> str:
+    """Each refused recipient with the server's reply."""
+    return ", ".join(f"{address} (SMTP {code} {_reply(reply)})" for address, (code, reply) in refused.items())
+
+
+def _reply(reply: bytes | str) -> str:
+    """The server's reply text on one line, cut short."""
+    text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
+    return " ".join(text.split())[:200]

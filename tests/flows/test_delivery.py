@@ -12,8 +12,9 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
 from flows.audit import audit_model
+from tasks.deliver import email_task_from_env
 from tests import helpers
-from tests.smtp import free_port, smtp_server
+from tests.smtp import free_port, make_certificates, smtp_server
 
 PASSWORD = "s3cret-Pa55word-xyz"
 
@@ -91,6 +92,52 @@ def test_unreachable_smtp_is_retried_then_fails_the_run_and_keeps_the_report(lin
     (folder,) = (tmp_path / "linear" / "v1").iterdir()
     assert sorted(p.name for p in folder.iterdir()) == ["report.html", "report.pdf", "results.json"]
     assert email_attempts(state.state_details.flow_run_id) == 4  # the first try and 3 retries with backoff
+
+
+def test_wrong_password_is_tried_once_and_fails_the_run_with_one_line(linear_registry, tmp_path, smtp_env):
+    with smtp_server(user="audit-bot", password=PASSWORD) as (inbox, port):
+        smtp_env(port, FEATUREAUDIT_SMTP_USER="audit-bot", FEATUREAUDIT_SMTP_PASSWORD="not-the-password-987")
+        state = audit_model(registry=str(linear_registry), model="linear", out=str(tmp_path), methods=["weights"],
+                            email_to=["reviewer@example.com"], return_state=True)
+    assert state.is_failed()
+    assert inbox.auth_attempts == 1 and inbox.connections == 1 and not inbox.messages
+    assert email_attempts(state.state_details.flow_run_id) == 1
+    (folder,) = (tmp_path / "linear" / "v1").iterdir()
+    assert state.message.endswith(f"could not send the report via 127.0.0.1:{port} (none): login refused (SMTP 535); "
+                                  f"check FEATUREAUDIT_SMTP_USER and the password (not retried); "
+                                  f"the report is kept at {folder}")
+    assert "\n" not in state.message and "not-the-password-987" not in state.message
+
+
+@pytest.fixture(scope="module")
+def report_folder(linear_registry, tmp_path_factory):
+    """One report on disk, for the email task alone."""
+    state = audit_model(registry=str(linear_registry), model="linear", out=str(tmp_path_factory.mktemp("out")),
+                        methods=["weights"], return_state=True)
+    return state.result()
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    return make_certificates(tmp_path_factory.mktemp("tls"))
+
+
+def test_untrusted_certificate_is_not_retried(report_folder, certs, smtp_env):
+    with smtp_server(tls="starttls", certs=certs) as (inbox, port):
+        smtp_env(port, FEATUREAUDIT_SMTP_SECURITY="starttls")
+        state = email_task_from_env()(report_folder, ["reviewer@example.com"], return_state=True)
+    assert state.is_failed() and inbox.connections == 1  # retries were allowed, and none was made
+    assert "the server's certificate is not trusted" in state.message
+    assert "set FEATUREAUDIT_SMTP_CA_FILE" in state.message and f"the report is kept at {report_folder}" in state.message
+
+
+def test_certificate_trusted_through_the_ca_file_setting(report_folder, certs, smtp_env):
+    with smtp_server(tls="starttls", certs=certs) as (inbox, port):
+        smtp_env(port, FEATUREAUDIT_SMTP_SECURITY="starttls", FEATUREAUDIT_SMTP_CA_FILE=str(certs.ca))
+        state = email_task_from_env()(report_folder, ["reviewer@example.com"], return_state=True)
+    assert state.is_completed() and inbox.connections == 1
+    (message,) = inbox.messages
+    assert message["Subject"].startswith("featureaudit: linear v1")
 
 
 def test_missing_smtp_host_fails_before_any_method_runs(linear_registry, tmp_path, monkeypatch):
