@@ -12,7 +12,17 @@ from prefect.futures import PrefectFuture
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from tasks.ablation import Budget, ablation_task
+from tasks.ablation import (
+    AblationPlan,
+    Budget,
+    Job,
+    JobScores,
+    ablation_job_task,
+    ablation_plan_task,
+    ablation_results_task,
+    run_ablation,
+    skipped,
+)
 from tasks.artifacts import publish_artifacts_task
 from tasks.compare import compare_task
 from tasks.deliver import check_delivery_task, email_task_from_env
@@ -57,14 +67,16 @@ def audit_model(
         futures["permutation"] = permutation_task.submit(resolved, n_repeats=n_repeats, seed=seed)
     if "shap" in methods:
         futures["shap"] = shap_task.submit(resolved, seed=seed)
+    ablation: list[ImportanceResult] = []
     if "ablation" in methods:
         # Under a budget, ablation waits for permutation importance to choose which features come first.
         ranked = allow_failure(futures["permutation"]) if budget != Budget() and "permutation" in futures else None
-        futures["ablation"] = ablation_task.submit(resolved, n_seeds=n_seeds, seed=seed, budget=budget, priority=ranked)
-    results = _gather(futures, resolved.features)
+        ablation = _ablation(resolved, n_seeds=n_seeds, seed=seed, budget=budget, priority=ranked)
+    results = _gather(futures, resolved.features, ablation)
     comparison = compare_task(results)
+    timings = _seconds(futures) | ({"ablation": ablation[0].details["seconds"]} if ablation and ablation[0].ok else {})
     run = RunInfo(run_id=new_run_id(started), started=started, seed=seed, flow_run_id=str(runtime.flow_run.id),
-                  timings=_seconds(futures))
+                  timings=timings)
     files = render_task(resolved, results, comparison, run, previous_runs_task(out, resolved.name, resolved.version))
     folder = write_report_task(out, resolved.name, resolved.version, run.run_id, files)
     publish_artifacts_task(resolved.name, resolved.version, results, comparison, folder)
@@ -103,6 +115,28 @@ def with_runner(dask_address: str | None = None):
     from prefect_dask import DaskTaskRunner
 
     return audit_model.with_options(task_runner=DaskTaskRunner(address=dask_address))
+
+
+def _ablation(resolved, *, n_seeds: int, seed: int, budget: Budget, priority) -> list[ImportanceResult]:
+    """Retrain-ablation as many small tasks: a plan, one job per (seed, chunk of units) on the task runner, the results.
+
+    A Dask cluster of N workers runs N jobs at once; the numbers depend only on the plan.
+    """
+    if (none := skipped(resolved)) is not None:
+        return none
+    try:
+        plan: AblationPlan = ablation_plan_task.submit(resolved, n_seeds=n_seeds, seed=seed, budget=budget,
+                                                       priority=priority).result()
+
+        def submit(jobs: list[Job]) -> list[JobScores]:
+            running = [ablation_job_task.submit(resolved, plan, job, seed=seed) for job in jobs]
+            return [future.result() for future in running]
+
+        run = run_ablation(plan, submit, n_features=len(resolved.features))
+        return ablation_results_task(resolved, plan, run, seed=seed)
+    except Exception as exc:  # the method's own error, shown in the report; the other methods still count
+        reason = f"{type(exc).__name__}: {exc}"
+        return [ImportanceResult.not_ok("ablation", "behavioural", resolved.features, status="failed", reason=reason)]
 
 
 def _seconds(futures: dict[str, PrefectFuture]) -> dict[str, float]:
@@ -151,10 +185,18 @@ def _final_state(folder: str, results: list[ImportanceResult]) -> str | State:
     return Completed(data=folder, name="Partial", message=f"partial report in {folder}: {failed} failed")
 
 
-def _gather(futures: dict[str, PrefectFuture], features: tuple[str, ...]) -> list[ImportanceResult]:
-    """Wait for every method; a method that raised becomes a 'failed' result, so the report is still written."""
+def _gather(futures: dict[str, PrefectFuture], features: tuple[str, ...],
+            ablation: list[ImportanceResult]) -> list[ImportanceResult]:
+    """Wait for every method; a method that raised becomes a 'failed' result, so the report is still written.
+
+    Ablation's results are already in hand (its jobs were waited for); they take its place in method order.
+    """
     results: list[ImportanceResult] = []
-    for name in (m for m in METHODS if m in futures):
+    for name in METHODS:
+        if name == "ablation":
+            results.extend(ablation)
+        if name not in futures:
+            continue
         future = futures[name]
         state = future.wait() or future.state
         if state.is_completed():

@@ -15,6 +15,7 @@ retrained copy of the registered model: its first-layer |W| give a second, weigh
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from scipy import stats
 
 from tasks.clusters import correlated_clusters, importance_units, unit_records
 from tasks.errors import FeatureAuditError
-from tasks.metrics import Metric, get_metric
+from tasks.metrics import METRICS, Metric, get_metric
 from tasks.modeling import as_predictions, compiled_loss_name, input_layout, model_feed, tensor_feed
 from tasks.ranking import RELEVANCE
 from tasks.result import ImportanceResult
@@ -51,6 +52,7 @@ RETRAINED_WEIGHTS_NOTE = (
 TOP_UNITS = 3
 CONFIDENCE = 0.95
 MAX_SEEDS = 8
+DEFAULT_CHUNKS = 2  # jobs per seed: with 5 seeds, 10 jobs, so a cluster of a few workers keeps busy
 
 
 @dataclass(frozen=True)
@@ -203,12 +205,181 @@ class Budget:
 
 @dataclass(frozen=True)
 class AblationRun:
-    """What :func:`ablation_importance` measured, one column per seed that ran."""
+    """What :func:`run_ablation` measured, one column per seed that ran."""
 
     importances: np.ndarray  # (n_units, n_seeds): paired importances; NaN rows for units a budget left out
     weights: np.ndarray | None  # (n_features, n_seeds): first-layer |W| of each seed's baseline; None if unreadable
     weights_error: str | None  # why weight_magnitudes could not read the baseline, when it could not
     details: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class AblationPlan:
+    """Everything a retraining job needs besides the model and data: small and picklable, made once per run.
+
+    ``units`` are in priority order (a budget keeps the first); ``chunks`` cut them into the batches
+    that one job retrains together for one seed (chunk 0 also trains the baseline); ``seeds`` are all
+    the seeds a run may use, the first ``n_seeds`` always.
+    """
+
+    units: dict[str, list[int]]
+    chunks: tuple[tuple[str, ...], ...]
+    seeds: tuple[int, ...]
+    n_seeds: int
+    max_seeds: int
+    metric: str
+    budget: Budget = Budget()
+    relevance: float | None = RELEVANCE
+
+
+@dataclass(frozen=True)
+class Job:
+    """One retraining job: seed ``seeds[seed_index]``, the units of ``chunks[chunk]`` (chunk 0: and the baseline)."""
+
+    seed_index: int
+    chunk: int
+
+
+@dataclass(frozen=True, eq=False)
+class JobScores:
+    """A job's test metrics: per unit of its chunk, and for chunk 0 the baseline's, with the baseline's |W|."""
+
+    job: Job
+    scores: tuple[float, ...]
+    baseline: float | None
+    weights: np.ndarray | None
+    weights_error: str | None
+    seconds: float
+
+
+def plan_ablation(
+    units: dict[str, list[int]],
+    *,
+    metric: str,
+    n_seeds: int = 5,
+    max_seeds: int = MAX_SEEDS,
+    random_state: int | None = None,
+    budget: Budget = Budget(),
+    relevance: float | None = RELEVANCE,
+    chunks: int = DEFAULT_CHUNKS,
+) -> AblationPlan:
+    """Cut ``units`` into jobs: ``chunks`` batches per seed (batches of 4 under a time budget, so it can stop between)."""
+    if n_seeds < 1:
+        raise FeatureAuditError(f"n_seeds={n_seeds}: retrain-ablation needs at least 1 seed (5 by default)")
+    names = list(units)[: budget.max_units] if budget.max_units else list(units)
+    size = max(1, min(4, len(names))) if budget.seconds else max(1, -(-len(names) // max(1, chunks)))
+    cut = tuple(tuple(names[first : first + size]) for first in range(0, len(names), size))
+    seeds = tuple(ablation_seeds(max(n_seeds, max_seeds), random_state))
+    return AblationPlan(dict(units), cut, seeds, n_seeds, max_seeds, metric, budget, relevance)
+
+
+def retrain_job(model, train: Split, test: Split, *, plan: AblationPlan, job: Job, recipe: Recipe,
+                constants: np.ndarray) -> JobScores:
+    """Retrain one job's branches in one fused loop; the baseline's |W| when it trains the baseline."""
+    tick = time.perf_counter()
+    baseline = job.chunk == 0
+    scores, branches = fused_retrain_scores(
+        model, train, test, metric=METRICS[plan.metric], recipe=recipe, seed=plan.seeds[job.seed_index],
+        constants=constants, units=([[]] if baseline else []) + [plan.units[n] for n in plan.chunks[job.chunk]],
+    )
+    weights, error = None, None
+    if baseline:  # its score pairs with every unit of this seed; its |W| are one retrained sample
+        try:
+            weights = weight_magnitudes(branches[0], train.features)
+        except Exception as exc:  # a layer it cannot look through must not cost the ablation result
+            error = str(exc)
+    return JobScores(job, tuple(float(x) for x in scores[1 if baseline else 0 :]),
+                     float(scores[0]) if baseline else None, weights, error, round(time.perf_counter() - tick, 3))
+
+
+def run_ablation(
+    plan: AblationPlan,
+    run_jobs: Callable[[list[Job]], list[JobScores]],
+    *,
+    n_features: int,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> AblationRun:
+    """Run the plan's jobs through ``run_jobs`` (in this process, or as Prefect tasks on any task runner).
+
+    Without a time budget every job of the first ``n_seeds`` seeds is handed over at once, so N
+    workers run N at once; with one, a chunk's seeds at a time, and no new chunk starts once the
+    budget is spent. Then one more seed at a time (every chunk measured so far) while
+    :func:`needs_more_seeds` gives a reason, fewer than ``max_seeds`` have run and the budget is not
+    spent. The numbers depend only on the plan, never on the order jobs finish in.
+    """
+    metric = METRICS[plan.metric]
+    row = {name: i for i, name in enumerate(plan.units)}
+    raw = np.full((len(plan.units), len(plan.seeds)), np.nan)
+    baselines = np.full(len(plan.seeds), np.nan)
+    weights = np.full((n_features, len(plan.seeds)), np.nan)
+    errors: list[str] = []
+    timings: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    planned = 0
+
+    def spent() -> bool:
+        return bool(plan.budget.seconds) and time.perf_counter() - started > plan.budget.seconds
+
+    def run(jobs: list[Job], label: str) -> None:
+        nonlocal planned
+        planned += len(jobs)
+        for done in run_jobs(jobs):
+            k, names = done.job.seed_index, plan.chunks[done.job.chunk]
+            raw[[row[n] for n in names], k] = done.scores
+            if done.baseline is not None:
+                baselines[k] = done.baseline
+                if done.weights is not None:
+                    weights[:, k] = done.weights
+                elif done.weights_error:
+                    errors.append(done.weights_error)
+            timings.append({"seed": plan.seeds[k], "units": len(names), "baseline": done.baseline is not None,
+                            "seconds": done.seconds})
+            if progress is not None:
+                progress(f"seed {k + 1}{label}: {len(names)} ablations retrained in {done.seconds} s", len(timings),
+                         planned)
+
+    def importances(n_run: int) -> np.ndarray:
+        return metric.degradation(baselines[None, :n_run], raw[:, :n_run])
+
+    chunks = range(len(plan.chunks))
+    if plan.budget.seconds:
+        measured = 0
+        for c in chunks:
+            run([Job(k, c) for k in range(plan.n_seeds)], f"/{plan.n_seeds}")
+            measured = c + 1
+            if spent():
+                break
+    else:
+        run([Job(k, c) for c in chunks for k in range(plan.n_seeds)], f"/{plan.n_seeds}")
+        measured = len(plan.chunks)
+    names = [n for chunk in plan.chunks[:measured] for n in chunk]
+    n_run, added = plan.n_seeds, []
+
+    def why() -> str | None:
+        values = importances(n_run)
+        return needs_more_seeds({n: values[row[n]] for n in names}, relevance=plan.relevance)
+
+    reason = why()
+    while reason and n_run < plan.max_seeds and not spent():
+        added.append(reason)
+        run([Job(n_run, c) for c in range(measured)], f" (added: {reason})")
+        n_run += 1
+        reason = why()
+    details = {
+        "seeds": list(plan.seeds[:n_run]),
+        "n_seeds": n_run,
+        "n_seeds_requested": plan.n_seeds,
+        "max_seeds": plan.max_seeds,
+        "seeds_added": added,
+        "seeds_note": seeds_note(plan.n_seeds, n_run, added, reason, budget_spent=bool(reason) and n_run < plan.max_seeds),
+        "baselines": [float(b) for b in baselines[:n_run]],
+        "timings": timings,
+        "jobs": len(timings),
+        "seconds": round(time.perf_counter() - started, 3),
+        "not_ablated": [n for n in plan.units if n not in names],
+    }
+    error = errors[0] if errors else None
+    return AblationRun(importances(n_run), None if error else weights[:, :n_run], error, details)
 
 
 def ablation_importance(
@@ -229,86 +400,21 @@ def ablation_importance(
 ) -> AblationRun:
     """Paired drop-column importances ``(n_units, n_seeds)`` (NaN where a budget cut), the baselines' |W|, timings.
 
-    Per seed, the baseline and every ablated variant share one initialisation and one row order,
-    so their difference isolates the unit. ``units`` are taken in order: put the most important
-    first when a budget may cut the list short. Without a time budget all units of a seed train
-    in one fused model; with one, they train in batches so the run can stop between them.
-
-    After ``n_seeds`` seeds, one more is added at a time (the baseline and every unit ablated so far,
-    in the same batches as before) while :func:`needs_more_seeds` gives a reason, fewer than
-    ``max_seeds`` have run and the time budget is not spent. Seeds are the first of
+    Every job in this process, one after another (see :func:`run_ablation` for the schedule). Per
+    seed, the baseline and every ablated variant share one initialisation and one row order, so
+    their difference isolates the unit. ``units`` are taken in order: put the most important first
+    when a budget may cut the list short. Seeds are the first of
     ``ablation_seeds(max(n_seeds, max_seeds), random_state)``, so a run that added seeds gives the
     numbers of a run asked for that many.
     """
     units = units or {str(j): [j] for j in range(train.X.shape[1])}
-    row = {name: i for i, name in enumerate(units)}
-    names = list(units)[: budget.max_units] if budget.max_units else list(units)
-    size = max(1, min(4, len(names))) if budget.seconds else max(1, len(names))
-    chunks = [names[first : first + size] for first in range(0, len(names), size)]
-    seeds = ablation_seeds(max(n_seeds, max_seeds), random_state)
-    importances = np.full((len(units), len(seeds)), np.nan)
-    weights = np.full((len(train.features), len(seeds)), np.nan)
-    baselines = np.full(len(seeds), np.nan)
-    weights_error: str | None = None
-    timings: list[dict[str, Any]] = []
-    started = time.perf_counter()
+    plan = plan_ablation(units, metric=metric.name, n_seeds=n_seeds, max_seeds=max_seeds, random_state=random_state,
+                         budget=budget, relevance=relevance)
 
-    def spent() -> bool:
-        return bool(budget.seconds) and time.perf_counter() - started > budget.seconds
+    def here(jobs: list[Job]) -> list[JobScores]:
+        return [retrain_job(model, train, test, plan=plan, job=job, recipe=recipe, constants=constants) for job in jobs]
 
-    def retrain(k: int, c: int, label: str, total: int) -> None:
-        """Seed ``k``, batch ``c`` of units (the first batch also trains the baseline); fills the arrays above."""
-        nonlocal weights_error
-        tick = time.perf_counter()
-        scores, branches = fused_retrain_scores(
-            model, train, test, metric=metric, recipe=recipe, seed=seeds[k], constants=constants,
-            units=([[]] if c == 0 else []) + [units[n] for n in chunks[c]],
-        )
-        if c == 0:  # the baseline: its score pairs with every unit of this seed; its |W| are one retrained sample
-            baselines[k] = scores[0]
-            scores = scores[1:]
-            if weights_error is None:
-                try:
-                    weights[:, k] = weight_magnitudes(branches[0], train.features)
-                except Exception as exc:  # a layer it cannot look through must not cost the ablation result
-                    weights_error = str(exc)
-        for name, score in zip(chunks[c], scores):
-            importances[row[name], k] = metric.degradation(float(baselines[k]), score)
-        seconds = round(time.perf_counter() - tick, 3)
-        timings.append({"seed": seeds[k], "units": len(chunks[c]), "baseline": c == 0, "seconds": seconds})
-        if progress is not None:
-            progress(f"seed {label}: {len(chunks[c])} ablations retrained in {seconds} s", len(timings), total)
-
-    done = 0  # batches measured with every seed
-    for c in range(len(chunks)):
-        for k in range(n_seeds):
-            retrain(k, c, f"{k + 1}/{n_seeds}", len(chunks) * n_seeds)
-        done = c + 1
-        if spent():
-            break
-    n_run, added, first_calls = n_seeds, [], len(timings)
-    measured = [name for chunk in chunks[:done] for name in chunk]
-    reason = needs_more_seeds({name: importances[row[name], :n_run] for name in measured}, relevance=relevance)
-    while reason and n_run < max_seeds and not spent():
-        added.append(reason)
-        for c in range(done):
-            retrain(n_run, c, f"{n_run + 1} (added: {reason})", first_calls + done * len(added))
-        n_run += 1
-        reason = needs_more_seeds({name: importances[row[name], :n_run] for name in measured}, relevance=relevance)
-    importances = importances[:, :n_run]
-    details = {
-        "seeds": seeds[:n_run],
-        "n_seeds": n_run,
-        "n_seeds_requested": n_seeds,
-        "max_seeds": max_seeds,
-        "seeds_added": added,
-        "seeds_note": seeds_note(n_seeds, n_run, added, reason, budget_spent=bool(reason) and n_run < max_seeds),
-        "baselines": [float(b) for b in baselines[:n_run]],
-        "timings": timings,
-        "seconds": round(time.perf_counter() - started, 3),
-        "not_ablated": [n for n in units if np.isnan(importances[row[n]]).any()],
-    }
-    return AblationRun(importances, None if weights_error else weights[:, :n_run], weights_error, details)
+    return run_ablation(plan, here, n_features=len(train.features), progress=progress)
 
 
 def needs_more_seeds(importances: Mapping[str, np.ndarray], top: int = TOP_UNITS,
@@ -400,6 +506,87 @@ def priority_order(features: list[str], priority: Any) -> list[str]:
     return list(features)
 
 
+@dataclass(frozen=True)
+class AblationSetup:
+    """What one model version's ablation needs, loaded once per process: see :func:`load_setup`."""
+
+    model: Any
+    train: Split
+    test: Split
+    metric: Metric
+    recipe: Recipe
+    constants: np.ndarray
+    measured: dict[str, list[int]]  # every unit, in unit order (features, groups, clusters)
+    clusters: list
+
+
+def load_setup(version: ModelVersion, *, seed: int = 0) -> AblationSetup:
+    """Load the model and splits, and derive the metric, recipe, constants and units (the train split must exist)."""
+    model = load_model(Path(version.model_path))
+    train = load_split(Path(version.train_path), version)
+    test = load_split(Path(version.test_path), version)
+    features = list(version.features)
+    clusters = correlated_clusters(test.X, features, random_state=seed)
+    return AblationSetup(
+        model=model, train=train, test=test,
+        metric=get_metric(version.manifest.metric, version.task, compiled_loss_name(model)),
+        recipe=Recipe.from_manifest(version.manifest.training),
+        constants=ablation_constants(train, version.categorical),
+        measured=importance_units(features, version.manifest.groups, clusters),
+        clusters=clusters,
+    )
+
+
+_SETUPS: dict[tuple, AblationSetup] = {}
+_SETUPS_LOCK = threading.Lock()
+
+
+def _cached_setup(version: ModelVersion, seed: int) -> AblationSetup:
+    """One setup per process for a version (keyed by its files' digests and sampling) and seed: jobs load once."""
+    key = (str(version.model_path), tuple(sorted(version.sha256.items())), version.test_rows, version.max_test_rows,
+           version.sample_seed, seed)
+    with _SETUPS_LOCK:
+        if key not in _SETUPS:
+            if len(_SETUPS) >= 2:  # a long-running worker audits many versions: keep the last two
+                _SETUPS.pop(next(iter(_SETUPS)))
+            _SETUPS[key] = load_setup(version, seed=seed)
+        return _SETUPS[key]
+
+
+def plan_for(version: ModelVersion, setup: AblationSetup, *, n_seeds: int = 5, max_seeds: int = MAX_SEEDS,
+             seed: int = 0, budget: Budget = Budget(), priority: Any = None) -> AblationPlan:
+    """The version's plan: features in priority order (a budget keeps the first), then groups and clusters."""
+    units = {f: setup.measured[f] for f in priority_order(list(version.features), priority)}
+    units.update({name: cols for name, cols in setup.measured.items() if name not in units})
+    return plan_ablation(units, metric=setup.metric.name, n_seeds=n_seeds, max_seeds=max_seeds, random_state=seed,
+                         budget=budget)
+
+
+def skipped(version: ModelVersion) -> list[ImportanceResult] | None:
+    """Both results skipped, saying why, when the version has no train split; else None."""
+    if version.train_path is not None:
+        return None
+    reason = f"no train split in {version.folder.name}: retraining needs train.parquet"
+    features = list(version.features)
+    return [
+        ImportanceResult.not_ok("ablation", "behavioural", features, status="skipped", reason=reason),
+        ImportanceResult.not_ok("weights_retrained", "weight-based", features, status="skipped", reason=reason),
+    ]
+
+
+def ablation_results(version: ModelVersion, setup: AblationSetup, plan: AblationPlan,
+                     run: AblationRun) -> list[ImportanceResult]:
+    """The ablation result (in unit order, groups and clusters in its details) and the retrained weights."""
+    features = list(version.features)
+    units = list(plan.units)
+    ordered = np.array([run.importances[units.index(name)] for name in setup.measured])  # back in unit order
+    return [
+        _ablation_result(ordered, run.details, setup.measured, features, setup.clusters, metric=setup.metric,
+                         recipe=setup.recipe),
+        _retrained_weights_result(run, features, setup.recipe),
+    ]
+
+
 def audit_ablation(
     version: ModelVersion,
     *,
@@ -410,39 +597,25 @@ def audit_ablation(
     priority: Any = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> list[ImportanceResult]:
-    """Drop-column importance by retraining, and the first-layer |W| of the retrained baselines: two results.
+    """Drop-column importance by retraining, and the first-layer |W| of the retrained baselines, in this process.
 
     With a ``priority`` result (permutation importance) the most important features are ablated first.
-    Without a train split both results are skipped, saying why.
+    Without a train split both results are skipped, saying why. The flow runs the same plan as
+    Prefect tasks (:func:`ablation_plan_task`, :func:`ablation_job_task`).
     """
-    features = list(version.features)
-    if version.train_path is None:
-        reason = f"no train split in {version.folder.name}: retraining needs train.parquet"
-        return [
-            ImportanceResult.not_ok("ablation", "behavioural", features, status="skipped", reason=reason),
-            ImportanceResult.not_ok("weights_retrained", "weight-based", features, status="skipped", reason=reason),
-        ]
+    if (none := skipped(version)) is not None:
+        return none
     if n_seeds < 1:
         raise FeatureAuditError(f"n_seeds={n_seeds}: retrain-ablation needs at least 1 seed (5 by default)")
-    model = load_model(Path(version.model_path))
-    train = load_split(Path(version.train_path), version)
-    test = load_split(Path(version.test_path), version)
-    metric = get_metric(version.manifest.metric, version.task, compiled_loss_name(model))
-    recipe = Recipe.from_manifest(version.manifest.training)
-    clusters = correlated_clusters(test.X, features, random_state=seed)
-    measured = importance_units(features, version.manifest.groups, clusters)
-    # Features in priority order (a budget keeps the first), then groups and clusters.
-    units = {f: measured[f] for f in priority_order(features, priority)}
-    units.update({name: cols for name, cols in measured.items() if name not in units})
-    run = ablation_importance(
-        model, train, test, metric=metric, recipe=recipe, n_seeds=n_seeds, max_seeds=max_seeds, random_state=seed,
-        units=units, constants=ablation_constants(train, version.categorical), budget=budget, progress=progress,
-    )
-    ordered = np.array([run.importances[list(units).index(name)] for name in measured])  # back in unit order
-    return [
-        _ablation_result(ordered, run.details, measured, features, clusters, metric=metric, recipe=recipe),
-        _retrained_weights_result(run, features, recipe),
-    ]
+    setup = load_setup(version, seed=seed)
+    plan = plan_for(version, setup, n_seeds=n_seeds, max_seeds=max_seeds, seed=seed, budget=budget, priority=priority)
+
+    def here(jobs: list[Job]) -> list[JobScores]:
+        return [retrain_job(setup.model, setup.train, setup.test, plan=plan, job=job, recipe=setup.recipe,
+                            constants=setup.constants) for job in jobs]
+
+    run = run_ablation(plan, here, n_features=len(version.features), progress=progress)
+    return ablation_results(version, setup, plan, run)
 
 
 def _ablation_result(
@@ -489,22 +662,32 @@ def _retrained_weights_result(run: AblationRun, features: list[str], recipe: Rec
     )
 
 
-@task(name="ablation")
-def ablation_task(
-    version: ModelVersion,
-    *,
-    n_seeds: int = 5,
-    seed: int = 0,
-    budget: Budget = Budget(),
-    priority: Any = None,
-) -> list[ImportanceResult]:
-    """Retrain-ablation importance and the retrained baselines' |W| (see :func:`audit_ablation`), logging progress."""
-    logger = get_run_logger()
+@task(name="ablation-plan")
+def ablation_plan_task(version: ModelVersion, *, n_seeds: int = 5, seed: int = 0, budget: Budget = Budget(),
+                       priority: Any = None) -> AblationPlan | None:
+    """Cut retrain-ablation into jobs (None when the version has no train split)."""
+    if version.train_path is None:
+        return None
+    return plan_for(version, _cached_setup(version, seed), n_seeds=n_seeds, seed=seed, budget=budget, priority=priority)
 
-    def progress(message: str, done: int, total: int) -> None:
-        logger.info("ablation: %s (%d/%d)", message, done, total)
 
-    results = audit_ablation(version, n_seeds=n_seeds, seed=seed, budget=budget, priority=priority, progress=progress)
-    if results[0].ok:
-        logger.info("ablation: %s", results[0].details["seeds_note"])
+def run_job(version: ModelVersion, plan: AblationPlan, job: Job, *, seed: int = 0) -> JobScores:
+    """One job in any process that reaches the version's files: the setup is loaded once per process."""
+    setup = _cached_setup(version, seed)
+    return retrain_job(setup.model, setup.train, setup.test, plan=plan, job=job, recipe=setup.recipe,
+                       constants=setup.constants)
+
+
+@task(name="ablation-job")
+def ablation_job_task(version: ModelVersion, plan: AblationPlan, job: Job, *, seed: int = 0) -> JobScores:
+    """Retrain one seed's baseline (chunk 0) and one chunk of units; runs on any worker that reaches the files."""
+    return run_job(version, plan, job, seed=seed)
+
+
+@task(name="ablation-results")
+def ablation_results_task(version: ModelVersion, plan: AblationPlan, run: AblationRun, *,
+                          seed: int = 0) -> list[ImportanceResult]:
+    """The ablation and retrained-weights results from the jobs' scores."""
+    results = ablation_results(version, _cached_setup(version, seed), plan, run)
+    get_run_logger().info("ablation: %s", results[0].details["seeds_note"])
     return results

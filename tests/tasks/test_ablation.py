@@ -74,7 +74,10 @@ def test_drivers_matter_noise_does_not_and_seeds_reproduce(embed):
     mean = run.importances.mean(axis=1)
     assert mean[0] > 1.0 and mean[1] > 0.5  # amount (variance 2.25) and region (1.25) are drivers
     assert abs(mean[2]) < 0.25 * min(mean[0], mean[1])
-    assert len(run.details["seeds"]) == 2 and [t["seconds"] > 0 for t in run.details["timings"]] == [True, True]
+    assert len(run.details["seeds"]) == 2
+    # 2 seeds × 2 jobs (the default cut of the units in two chunks; chunk 0 also trains the baseline)
+    assert [(t["units"], t["baseline"]) for t in run.details["timings"]] == [(2, True), (2, True), (1, False), (1, False)]
+    assert all(t["seconds"] > 0 for t in run.details["timings"])
     again = ablation_importance(model, train, test, **kwargs)
     np.testing.assert_array_equal(run.importances, again.importances)
     np.testing.assert_array_equal(run.weights, again.weights)
@@ -209,3 +212,24 @@ def test_priority_order_follows_permutation_ranks():
     assert priority_order(["a", "b", "c"], perm) == ["b", "c", "a"]
     assert priority_order(["a", "b", "c"], [perm]) == ["b", "c", "a"]
     assert priority_order(["a", "b", "c"], RuntimeError("permutation failed")) == ["a", "b", "c"]
+
+
+def test_jobs_give_the_same_numbers_in_any_order_and_any_process_layout(linear_registry):
+    """The flow hands the jobs to a task runner; whatever order they finish in, the numbers are the plan's."""
+    from tasks.ablation import load_setup, plan_for, run_ablation, run_job
+
+    version = resolve_version(linear_registry, "linear")
+    plan = plan_for(version, load_setup(version), n_seeds=2, max_seeds=2)
+    assert len(plan.chunks) == 2 and plan.chunks[0] + plan.chunks[1] == tuple(plan.units)
+
+    def forward(jobs):
+        return [run_job(version, plan, job) for job in jobs]
+
+    def backward(jobs):  # the last job first: chunk 1 before the baseline it is paired with
+        return [run_job(version, plan, job) for job in reversed(jobs)]
+
+    a = run_ablation(plan, forward, n_features=len(version.features))
+    b = run_ablation(plan, backward, n_features=len(version.features))
+    np.testing.assert_array_equal(a.importances, b.importances)
+    in_process, _ = audit_ablation(version, n_seeds=2, max_seeds=2)
+    np.testing.assert_array_equal(in_process.importances, a.importances[: len(version.features)])

@@ -1,0 +1,88 @@
+"""Retrain-ablation scales out: the same plan on a local Dask cluster of 1 worker, then of 2, side by side.
+
+The flow hands ablation's jobs — one per (seed, chunk of units) — to its task runner; here the same
+jobs go to a Dask cluster through ``client.submit(run_job, …)``, the plain function each Prefect job
+task runs, so the measurement is the fan-out itself without Prefect's per-task bookkeeping. Each
+worker has one thread and TensorFlow one intra-op thread (TF_NUM_INTRAOP_THREADS=1), so
+workers × threads ≈ cores. Workload: 20 features, 8,000 training rows, MLP 64-32, 10 epochs,
+4 seeds × 2 chunks = 8 jobs. Both runs start from fresh workers (each pays its own load and
+tracing). Last line: ``speed-up 2 vs 1 workers = S  identical = yes|no``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ["TF_NUM_INTRAOP_THREADS"] = "1"  # inherited by the workers
+os.environ["TF_NUM_INTEROP_THREADS"] = "1"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+warnings.filterwarnings("ignore")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from tasks.ablation import load_setup, plan_for, run_ablation, run_job  # noqa: E402
+from tasks.sources import resolve_version  # noqa: E402
+from tests.helpers import write_version  # noqa: E402
+
+N_FEATURES, N_TRAIN, N_TEST, EPOCHS, SEEDS = 20, 8_000, 2_000, 10, 4
+
+
+def registry() -> Path:
+    import keras
+
+    rng = np.random.default_rng(0)
+    coef = np.linspace(2.0, 0.0, N_FEATURES)
+    names = [f"x{j}" for j in range(N_FEATURES)]
+
+    def frame(n: int) -> pd.DataFrame:
+        X = rng.normal(size=(n, N_FEATURES)).astype(np.float32)
+        out = pd.DataFrame(X, columns=names)
+        out["y"] = (np.tanh(X) @ coef + 0.1 * rng.normal(size=n)).astype(np.float32)
+        return out
+
+    init = keras.initializers.GlorotUniform(seed=1)
+    model = keras.Sequential([keras.Input((N_FEATURES,)), keras.layers.Dense(64, activation="relu", kernel_initializer=init),
+                              keras.layers.Dense(32, activation="relu", kernel_initializer=init), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    root = Path(tempfile.mkdtemp(prefix="featureaudit-scaling-"))
+    write_version(root, "scaling", "v1", model, frame(N_TEST), frame(N_TRAIN),
+                  training={"epochs": EPOCHS, "batch_size": 256})
+    return root
+
+
+def audit_on(workers: int, version, plan) -> tuple[float, np.ndarray]:
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        client.run(lambda: None)  # workers up before the clock starts
+        tick = time.perf_counter()
+
+        def submit(jobs):
+            return client.gather([client.submit(run_job, version, plan, job, pure=False) for job in jobs])
+
+        run = run_ablation(plan, submit, n_features=N_FEATURES)
+        return time.perf_counter() - tick, run.importances
+
+
+def main() -> None:
+    version = resolve_version(registry(), "scaling")
+    plan = plan_for(version, load_setup(version), n_seeds=SEEDS, max_seeds=SEEDS)
+    print(f"workload: {N_FEATURES} features, {N_TRAIN} train rows, MLP 64-32, {EPOCHS} epochs, "
+          f"{SEEDS} seeds × {len(plan.chunks)} chunks = {SEEDS * len(plan.chunks)} jobs")
+    one, first = audit_on(1, version, plan)
+    two, second = audit_on(2, version, plan)
+    print(f"1 worker: {one:.1f} s   2 workers: {two:.1f} s")
+    identical = np.array_equal(first, second, equal_nan=True)
+    print(f"speed-up 2 vs 1 workers = {one / two:.2f}  identical = {'yes' if identical else 'no'}")
+
+
+if __name__ == "__main__":
+    main()
