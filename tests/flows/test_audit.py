@@ -121,3 +121,12 @@ def test_second_run_reports_drift_against_the_first(linear_registry, tmp_path):
     assert set(history["changes"]) == {"weights", "weights_scaled", "permutation"}
     text = re.sub(r"\s+", " ", " ".join(p.extract_text() for p in pypdf.PdfReader(second / "report.pdf").pages))
     assert "Since earlier runs" in text and first.name in text.replace(" ", "") and "seed 1 → 2" in text
+
+
+def test_an_ablation_budget_retrains_the_features_permutation_ranks_first(linear_registry, tmp_path):
+    folder = Path(audit_model(registry=str(linear_registry), model="linear", out=str(tmp_path),
+                              methods=["weights", "permutation", "ablation"], n_seeds=1, ablation_budget="2"))
+    ablation = json.loads((folder / "results.json").read_text())["methods"]["ablation"]
+    # permutation importance of y = 3a - 2b + c on scales 1, 2, 0.5: b (16) before a (9), then c and noise
+    assert ablation["status"] == "ok" and {r["feature"] for r in ablation["features"]} == {"a", "b"}
+    assert ablation["details"]["not_ablated"] == ["c", "noise"]
