@@ -1,6 +1,14 @@
 """The ``featureaudit`` command line: ``run`` audits a registered model, ``demo`` builds a demo registry and audits it.
 
-Bad input ends with one line on stderr naming the file or column, exit status 2, and no report written.
+A successful run prints its output paths on stdout and next to nothing on stderr; ``--verbose`` shows
+Prefect's INFO logs, TensorFlow's C++ log and library warnings. Every failure is one line on stderr,
+``featureaudit: error: ...``, naming the file, folder or setting, and one of these exit statuses:
+
+    0  success (a partial report, with a failed method, is a success with a warning line)
+    1  the report was written but could not be delivered (email)
+    2  bad input: registry, model, manifest, data or an option; nothing written
+    3  storage: the output folder cannot take the report, or writing it failed (disk full, read-only)
+    4  an unexpected error (a bug): ``--verbose`` adds the traceback
 """
 
 from __future__ import annotations
@@ -9,29 +17,70 @@ import argparse
 import logging
 import os
 import sys
+import traceback
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
-from tasks.errors import DeliveryError, FeatureAuditError
+from tasks.errors import DeliveryError, FeatureAuditError, StorageError
 
-EXIT_BAD_INPUT = 2
+EXIT_OK = 0
 EXIT_NOT_DELIVERED = 1
+EXIT_BAD_INPUT = 2
+EXIT_STORAGE = 3
+EXIT_UNEXPECTED = 4
 DEFAULT_MAX_ROWS = 200_000
+
+#: Set before TensorFlow or Prefect are imported, unless the user has set them. Always: Prefect's
+#: telemetry off (the server's heartbeat logs "Failed to send telemetry" offline, and its writes to
+#: the SQLite database under PREFECT_HOME print "database is locked" tracebacks when runs share it;
+#: DO_NOT_TRACK stops the client's analytics). Unless --verbose: TensorFlow's C++ log at errors only,
+#: and Prefect's console handler at warnings (its run logs still reach the Prefect API at INFO).
+ALWAYS_ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING"}
+#: Loggers whose warnings are about the machine, not the run (WeasyPrint: "Using fontTools instead of
+#: HarfBuzz-Subset"; TensorFlow and absl: graph and retracing notices): errors only unless --verbose.
+QUIET_LOGGERS = ("weasyprint", "fontTools", "tensorflow", "absl")
+#: Prefect's run loggers: on the console only with --verbose; they always reach the Prefect API (the UI).
+RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    verbose = bool(getattr(args, "verbose", False))
+    set_environment(verbose=verbose)
     try:
-        with progress_bar(sys.stderr):
+        with console(verbose=verbose), progress_bar(sys.stderr):
             return args.handler(args)
     except DeliveryError as exc:
-        print(f"featureaudit: error: {exc}", file=sys.stderr)
-        return EXIT_NOT_DELIVERED
+        return _fail(str(exc), EXIT_NOT_DELIVERED)
+    except StorageError as exc:
+        return _fail(str(exc), EXIT_STORAGE)
     except FeatureAuditError as exc:
-        print(f"featureaudit: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return _fail(str(exc), EXIT_BAD_INPUT)
+    except OSError as exc:
+        return _fail(_describe_os_error(exc, getattr(args, "out", None)), EXIT_STORAGE)
+    except Exception as exc:  # a bug: one line, and the traceback only when asked for
+        if verbose:
+            traceback.print_exc()
+        hint = "" if verbose else " (run again with --verbose for the traceback)"
+        return _fail(f"unexpected {type(exc).__name__}: {exc}{hint}", EXIT_UNEXPECTED)
+
+
+def _fail(message: str, status: int) -> int:
+    print(f"featureaudit: error: {' '.join(message.split())}", file=sys.stderr)
+    return status
+
+
+def _describe_os_error(exc: OSError, out: str | None) -> str:
+    """One line for an OS error: the report's folder when the file is under it (or unknown), else the file."""
+    reason = exc.strerror or str(exc)
+    where = Path(exc.filename) if exc.filename else None
+    if out is not None and (where is None or Path(out).absolute() in (where.absolute(), *where.absolute().parents)):
+        return f"cannot write the report under {out}: {reason}"
+    return f"{where}: {reason}" if where is not None else reason
 
 
 def run(args: argparse.Namespace) -> int:
@@ -99,6 +148,7 @@ def _audit(
     from flows.audit import with_runner
 
     flow = with_runner(dask_address)
+    start_prefect_api()
     state = flow(registry=registry, model=model, version=version, out=out, methods=methods, seed=seed,
                  ablation_budget=ablation_budget, max_test_rows=max_test_rows, email_to=email_to, return_state=True)
     folder = Path(state.result())  # a failed run raises its error here
@@ -106,7 +156,97 @@ def _audit(
         print(folder / name)
     if state.name == "Partial":
         print(f"featureaudit: warning: {state.message}", file=sys.stderr)
-    return 0
+    return EXIT_OK
+
+
+def start_prefect_api() -> None:
+    """Start Prefect's temporary server now, if no ``PREFECT_API_URL`` is set: one process at a time per PREFECT_HOME.
+
+    Temporary servers starting at once on a new PREFECT_HOME race to create and migrate its SQLite
+    database, and print tracebacks (alembic's "expected to match one row", "UNIQUE constraint
+    failed") although the runs succeed; an exclusive lock on a file in PREFECT_HOME makes the second
+    start wait for the first. The flow run then uses the server started here.
+    """
+    import fcntl
+
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, PREFECT_SERVER_EPHEMERAL_ENABLED
+
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        return
+    home = Path(PREFECT_HOME.value())
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / ".featureaudit-server-start.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed, or the process dies
+        SubprocessASGIServer().start()
+
+
+def set_environment(*, verbose: bool = False) -> None:
+    """Settings that must be in the environment before TensorFlow or Prefect are imported; the user's own win."""
+    for name, value in {**ALWAYS_ENV, **({} if verbose else QUIET_ENV)}.items():
+        os.environ.setdefault(name, value)
+
+
+@contextmanager
+def console(*, verbose: bool = False) -> Iterator[None]:
+    """While the block runs, what reaches stderr: warnings and errors only, unless ``verbose``.
+
+    Quiet: Prefect's flow and task run logs stay off the console (the Prefect API still gets them,
+    and a failure or a partial report is told in one line by ``main``), its other loggers show
+    warnings and up, library warnings about the machine are hidden, and so are Keras', TensorFlow's
+    and shap's UserWarnings. Everything is put back when the block ends.
+    """
+    if verbose:
+        import prefect.main  # noqa: F401  Prefect configures logging on import: before the run, as when quiet
+
+        yield
+        return
+    _import_tensorflow_quietly()
+    import prefect.main  # noqa: F401
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    consoles = [h for h in logging.getLogger().handlers if isinstance(h, PrefectConsoleHandler)]
+    runs = [logging.getLogger(name) for name in RUN_LOGGERS]
+    machine = [logging.getLogger(name) for name in QUIET_LOGGERS]
+    saved = ([h.level for h in consoles], [lg.propagate for lg in runs], [lg.level for lg in machine])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"(keras|tensorflow|shap)(\.|$)")
+        for handler in consoles:
+            handler.setLevel(max(handler.level, logging.WARNING))
+        for logger in runs:
+            logger.propagate = False
+        for logger in machine:
+            logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for handler, level in zip(consoles, saved[0]):
+                handler.setLevel(level)
+            for logger, propagate in zip(runs, saved[1]):
+                logger.propagate = propagate
+            for logger, level in zip(machine, saved[2]):
+                logger.setLevel(level)
+
+
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow with the process's stderr (file descriptor 2) pointed at /dev/null meanwhile.
+
+    Its C++ libraries log while they load, before TF_CPP_MIN_LOG_LEVEL is read ("All log messages
+    before absl::InitializeLog() is called are written to STDERR", "oneDNN custom operations are
+    on"), and no setting reaches that; turning oneDNN off would change the numbers. A failed import
+    still raises as usual.
+    """
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 class ProgressBar(logging.Handler):
@@ -192,6 +332,7 @@ def _parser() -> argparse.ArgumentParser:
     p_demo = commands.add_parser("demo", help="build a demo registry with known drivers and audit it")
     p_demo.add_argument("--out", default="reports", help="output folder (default: reports)")
     p_demo.add_argument("--seed", type=int, default=0)
+    _add_verbose(p_demo)
     p_demo.set_defaults(handler=demo)
     return parser
 
@@ -201,8 +342,13 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                         help=f"sample a larger test split down to this many rows, seeded (default: {DEFAULT_MAX_ROWS})")
     parser.add_argument("--email-to", action="append", metavar="ADDRESS",
                         help="email the PDF to this address (repeatable); SMTP settings from FEATUREAUDIT_SMTP_*")
+    _add_verbose(parser)
+
+
+def _add_verbose(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--verbose", action="store_true",
+                        help="show Prefect's INFO logs, TensorFlow's C++ log and library warnings on stderr")
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.exit(main())

@@ -1,4 +1,8 @@
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -89,3 +93,75 @@ def test_bar_is_attached_to_prefect_task_logs_only_on_a_terminal():
         assert all(bar.console_filter in h.filters for h in logging.getLogger().handlers)
     assert bar not in runs.handlers
     assert not any(bar.console_filter in h.filters for h in logging.getLogger().handlers)
+
+
+def featureaudit(*args: str, prefect_home: Path, cwd: Path) -> subprocess.Popen:
+    """Start ``featureaudit`` as an operator would: a fresh process, none of the test session's quieting settings."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TF_CPP_MIN_LOG_LEVEL", "PREFECT_SERVER_ANALYTICS_ENABLED", "PREFECT_API_URL", "DO_NOT_TRACK",
+                        "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL")}
+    env["PREFECT_HOME"] = str(prefect_home)
+    return subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+
+
+def finish(process: subprocess.Popen) -> tuple[int, str, str]:
+    out, err = process.communicate(timeout=300)
+    return process.returncode, out, err
+
+
+def _run_linear(registry: Path, out: Path, *extra: str, prefect_home: Path) -> subprocess.Popen:
+    return featureaudit("run", "--registry", str(registry), "--model", "linear", "--out", str(out),
+                        "--methods", "weights,permutation", *extra, prefect_home=prefect_home, cwd=out.parent)
+
+
+NOISE = ("Traceback", "telemetry", "absl", "UserWarning", "database is locked")
+
+
+def test_a_successful_run_prints_its_paths_and_at_most_three_lines_on_stderr(linear_registry, tmp_path):
+    code, out, err = finish(_run_linear(linear_registry, tmp_path / "out", prefect_home=tmp_path / "prefect"))
+    assert code == 0, err
+    assert sorted(Path(line).name for line in out.splitlines()) == ["report.html", "report.pdf", "results.json"]
+    assert len(err.splitlines()) <= 3, err
+    assert not [word for word in NOISE if word in err], err
+
+
+def test_verbose_brings_back_prefect_info_logs(linear_registry, tmp_path):
+    run = _run_linear(linear_registry, tmp_path / "out", "--verbose", prefect_home=tmp_path / "prefect")
+    code, out, err = finish(run)
+    assert code == 0, err
+    assert "INFO" in err and "Finished in state Completed" in err
+    assert "telemetry" not in err  # telemetry stays off: it is not detail about the run
+
+
+def test_runs_at_once_sharing_a_prefect_home_print_no_traceback(linear_registry, tmp_path):
+    home = tmp_path / "prefect"  # fresh: the runs' temporary servers would create and migrate its database at once
+    runs = [_run_linear(linear_registry, tmp_path / f"out{i}", prefect_home=home) for i in range(3)]
+    for code, out, err in map(finish, runs):
+        assert code == 0, err
+        assert len(out.splitlines()) == 3
+        assert not [word for word in NOISE if word in err], err
+
+
+def test_verbose_is_an_option_of_run_serve_and_demo():
+    from flows.cli import _parser
+
+    parser = _parser()
+    assert parser.parse_args(["run", "--registry", "r", "--model", "m", "--verbose"]).verbose
+    assert parser.parse_args(["serve", "--registry", "r", "--verbose"]).verbose
+    assert parser.parse_args(["demo", "--verbose"]).verbose
+    assert not parser.parse_args(["demo"]).verbose
+
+
+def test_quiet_console_is_put_back_after_the_command(monkeypatch):
+    import logging
+    import warnings
+
+    from flows import cli
+
+    runs, seen = logging.getLogger("prefect.task_runs"), []
+    monkeypatch.setattr(cli, "demo", lambda args: seen.append(runs.propagate) or 0)
+    before = (runs.propagate, logging.getLogger("weasyprint").level, list(warnings.filters))
+    assert main(["demo"]) == 0
+    assert seen == [False]  # task run logs went to the Prefect API only, not the console
+    assert (runs.propagate, logging.getLogger("weasyprint").level, list(warnings.filters)) == before

@@ -1,13 +1,19 @@
-"""Bad input through the command line: one line naming the culprit, exit 2, nothing written, earlier reports untouched."""
+"""Failures through the command line: one line naming the culprit and a documented exit status.
 
+Bad input: exit 2, nothing written, earlier reports untouched. Storage: exit 3.
+"""
+
+import errno
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from flows.cli import main
 from tests import helpers
+from tests.flows.test_cli import featureaudit, finish
 
 
 def _snapshot(out: Path) -> dict[str, bytes]:
@@ -126,3 +132,81 @@ def test_bad_email_address_and_missing_smtp_host_fail_before_the_run(linear_regi
                  "--email-to", "r@example.com"]) == 1
     assert "FEATUREAUDIT_SMTP_HOST is not set" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def _run(registry: Path, out: Path, prefect_home: Path) -> tuple[int, str, str]:
+    return finish(featureaudit("run", "--registry", str(registry), "--model", "linear", "--out", str(out),
+                               "--methods", "weights", prefect_home=prefect_home, cwd=prefect_home.parent))
+
+
+def test_an_output_folder_that_cannot_be_created_exits_3_in_one_line_naming_it(linear_registry, tmp_path):
+    (tmp_path / "plain-file").write_text("not a folder")  # permission bits do not stop root; this does
+    out = tmp_path / "plain-file" / "reports"
+    code, stdout, err = _run(linear_registry, out, tmp_path / "prefect")
+    assert code == 3, err
+    assert len(err.splitlines()) == 1 and str(out) in err and "Traceback" not in err, err
+    assert stdout == "" and (tmp_path / "plain-file").read_text() == "not a folder"
+
+
+@pytest.fixture
+def tiny_filesystem(tmp_path):
+    """A tmpfs with room for the up-front checks and the report's folders, but no inode left for its files."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=65m,nr_inodes=5", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_full_filesystem_while_writing_exits_3_in_one_line_naming_the_folder(linear_registry, tmp_path,
+                                                                               tiny_filesystem):
+    code, stdout, err = _run(linear_registry, tiny_filesystem, tmp_path / "prefect")
+    assert code == 3, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert str(tiny_filesystem) in err and "No space left on device" in err, err
+    assert stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("raised", "status", "message"),
+    [
+        (OSError(errno.ENOSPC, "No space left on device", "{out}/linear/v1/.run/report.pdf"), 3,
+         "cannot write the report under {out}: No space left on device"),
+        (OSError(errno.EROFS, "Read-only file system"), 3,
+         "cannot write the report under {out}: Read-only file system"),
+        (PermissionError(errno.EACCES, "Permission denied", "/elsewhere/model.keras"), 3,
+         "/elsewhere/model.keras: Permission denied"),
+        (RuntimeError("a bug\nover two lines"), 4, "unexpected RuntimeError: a bug over two lines"),
+    ],
+)
+def test_errors_outside_our_exception_tree_are_one_line_with_their_status(monkeypatch, tmp_path, capsys, raised, status,
+                                                                          message):
+    from flows import cli
+
+    out = str(tmp_path / "out")
+    if isinstance(raised, OSError) and raised.filename:
+        raised.filename = raised.filename.format(out=out)
+
+    def failing_run(args):
+        raise raised
+
+    monkeypatch.setattr(cli, "run", failing_run)
+    code = main(["run", "--registry", str(tmp_path), "--model", "linear", "--out", out])
+    err = capsys.readouterr().err.strip()
+    assert code == status
+    assert len(err.splitlines()) == 1 and message.format(out=out) in err, err
+
+
+def test_storage_error_exits_3_and_delivery_error_1(monkeypatch, tmp_path, capsys):
+    from flows import cli
+    from tasks.errors import DeliveryError, StorageError
+
+    for error, status in ((StorageError("output folder x is not writable"), 3), (DeliveryError("SMTP said no"), 1)):
+        monkeypatch.setattr(cli, "run", lambda args, error=error: (_ for _ in ()).throw(error))
+        assert main(["run", "--registry", str(tmp_path), "--model", "linear"]) == status
+        assert capsys.readouterr().err == f"featureaudit: error: {error}\n"
