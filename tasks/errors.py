@@ -1,7 +1,8 @@
 """The exceptions featureaudit raises on bad input.
 
 Every message names the culprit (a file, a column, an input) and says what to do.
-The command line turns any of these into one line on stderr and exit status 2.
+The command line turns any of these into one line on stderr and an exit status: 3 for
+StorageError, 1 for DeliveryError (the report is written but not sent), 2 for the rest (bad input).
 
     FeatureAuditError
     ├── RegistryError      no such registry, model or version; unsafe names
