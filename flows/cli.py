@@ -9,6 +9,8 @@ Prefect's INFO logs, TensorFlow's C++ log and library warnings. Every failure is
     2  bad input: registry, model, manifest, data or an option; nothing written
     3  storage: the output folder cannot take the report, or writing it failed (disk full, read-only)
     4  an unexpected error (a bug): ``--verbose`` adds the traceback
+  130  stopped by SIGINT, 143 stopped by SIGTERM: at once, the report folder being assembled removed
+       (see flows/lifecycle.py)
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ import sys
 import traceback
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TextIO
 
+from flows.lifecycle import stop_on_signals
 from tasks.errors import DeliveryError, FeatureAuditError, StorageError
 
 EXIT_OK = 0
@@ -51,8 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     verbose = bool(getattr(args, "verbose", False))
     set_environment(verbose=verbose)
+    stoppable = stop_on_signals(_stopped) if args.handler in (run, demo) else nullcontext()
     try:
-        with console(verbose=verbose), progress_bar(sys.stderr):
+        with stoppable, console(verbose=verbose), progress_bar(sys.stderr):
             return args.handler(args)
     except DeliveryError as exc:
         return _fail(str(exc), EXIT_NOT_DELIVERED)
@@ -67,6 +71,16 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         hint = "" if verbose else " (run again with --verbose for the traceback)"
         return _fail(f"unexpected {type(exc).__name__}: {exc}{hint}", EXIT_UNEXPECTED)
+
+
+def _stopped(received) -> str:
+    """What a stop signal leaves: the report folder being assembled is removed; the line says what exists."""
+    from tasks.output import stop_writing
+
+    written = stop_writing()
+    if written is None:
+        return f"stopped by {received.name}; no report written"
+    return f"stopped by {received.name} after writing {written}; not delivered"
 
 
 def _fail(message: str, status: int) -> int:
@@ -169,7 +183,6 @@ def start_prefect_api() -> None:
     """
     import fcntl
 
-    from prefect.server.api.server import SubprocessASGIServer
     from prefect.settings import PREFECT_API_URL, PREFECT_HOME, PREFECT_SERVER_EPHEMERAL_ENABLED
 
     if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
@@ -178,7 +191,34 @@ def start_prefect_api() -> None:
     home.mkdir(parents=True, exist_ok=True)
     with open(home / ".featureaudit-server-start.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed, or the process dies
-        SubprocessASGIServer().start()
+        _tied_server_class()().start()
+
+
+def _tied_server_class():
+    """Prefect's temporary server, started with the command Prefect 3.8.8 uses, but tied to this process.
+
+    Prefect's own ``SubprocessASGIServer`` outlives a ``kill -9`` of its parent (about 250 MB each,
+    with parent 1). This one is started by :func:`flows.lifecycle.tied_popen`, so the kernel kills it
+    with us. Prefect's engine finds it as its own (the servers are one instance per port).
+    """
+    import prefect
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import get_current_settings
+
+    from flows.lifecycle import tied_popen
+
+    class TiedServer(SubprocessASGIServer):
+        def _run_uvicorn_command(self):
+            settings = get_current_settings().to_environment_variables(exclude_unset=True)
+            return tied_popen(
+                [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent), "--factory",
+                 "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
+                 "--log-level", "error", "--lifespan", "on"],
+                env={**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
+                     "PREFECT__SERVER_FINAL": "1", **settings},
+            )
+
+    return TiedServer
 
 
 def set_environment(*, verbose: bool = False) -> None:

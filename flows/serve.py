@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from flows.lifecycle import tied_popen
 from tasks.errors import FeatureAuditError
 
 DEPLOYMENT_NAME = "nightly"
@@ -107,7 +108,7 @@ def _start_server(port: int, url: str, timeout: float) -> subprocess.Popen:
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_HOME": str(home)}
     env.pop("PREFECT_API_URL", None)
     with log_path.open("ab") as log:
-        process = subprocess.Popen(
+        process = tied_popen(  # the kernel kills it with us, even on kill -9 (flows/lifecycle.py)
             [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )

@@ -66,6 +66,20 @@ def new_run_id(started: datetime) -> str:
     return f"{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
 
 
+# Folders being assembled and folders written by this process: what a stop signal must clean up or name
+# (see stop_writing and flows/lifecycle.py).
+_ASSEMBLING: dict[Path, list[Path]] = {}
+_WRITTEN: list[Path] = []
+
+
+def stop_writing() -> Path | None:
+    """On a stop signal: remove every folder still being assembled (and parents made for it); the last one written."""
+    for staging, created in list(_ASSEMBLING.items()):
+        shutil.rmtree(staging, ignore_errors=True)
+        _remove_empty(created)
+    return _WRITTEN[-1] if _WRITTEN else None
+
+
 def write_run_folder(out: str | Path, model: str, version: str, run_id: str, files: dict[str, bytes]) -> Path:
     """Write ``files`` to ``<out>/<model>/<version>/<run_id>/`` atomically; return that folder.
 
@@ -76,10 +90,12 @@ def write_run_folder(out: str | Path, model: str, version: str, run_id: str, fil
     created = [p for p in (parent, parent.parent) if not p.exists()]  # removed again, if still empty, on failure
     # A plain mkdir, not mkdtemp (always 0o700): the kernel applies the umask, as for any folder.
     staging = parent / f".{run_id}.{uuid.uuid4().hex[:8]}"
+    _ASSEMBLING[staging] = created
     try:
         parent.mkdir(parents=True, exist_ok=True)
         staging.mkdir()
     except OSError as exc:
+        _ASSEMBLING.pop(staging, None)
         _remove_empty(created)
         raise StorageError(f"cannot create the report folder under {parent}: {exc.strerror or exc}; "
                            "check --out (writable, free space)") from None
@@ -87,6 +103,7 @@ def write_run_folder(out: str | Path, model: str, version: str, run_id: str, fil
         for name, data in files.items():
             (staging / name).write_bytes(data)
         os.rename(staging, final)
+        _WRITTEN.append(final)
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
         _remove_empty(created)
@@ -94,6 +111,8 @@ def write_run_folder(out: str | Path, model: str, version: str, run_id: str, fil
             raise StorageError(f"cannot write the report folder {final}: {exc.strerror or exc}; "
                                "check --out (writable, free space)") from None
         raise
+    finally:
+        _ASSEMBLING.pop(staging, None)
     return final
 
 
