@@ -351,7 +351,8 @@ def _parser() -> argparse.ArgumentParser:
     p_run.add_argument("--methods", default="weights,permutation,ablation,shap", help="comma-separated methods")
     p_run.add_argument("--seed", type=int, default=0, help="seed for every random choice (default: 0)")
     p_run.add_argument("--ablation-budget", help="retrain at most N features (e.g. 8) or for about N seconds (e.g. 600s), "
-                       "most important by permutation first")
+                       "most important by permutation first; 'all' for every feature (default: all, but the 50 "
+                       "most important for a model with more than 100 features)")
     p_run.add_argument("--dask-address", help="run the tasks on an existing Dask cluster, e.g. tcp://host:8786")
     _add_common(p_run)
     p_run.set_defaults(handler=run)

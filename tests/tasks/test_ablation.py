@@ -11,6 +11,7 @@ from tasks.ablation import (
     needs_more_seeds,
     retrain_score,
 )
+from tasks.errors import FeatureAuditError
 from tasks.metrics import METRICS
 from tasks.sources import Split, load_model, load_split, resolve_version
 from tests import helpers
@@ -233,3 +234,14 @@ def test_jobs_give_the_same_numbers_in_any_order_and_any_process_layout(linear_r
     np.testing.assert_array_equal(a.importances, b.importances)
     in_process, _ = audit_ablation(version, n_seeds=2, max_seeds=2)
     np.testing.assert_array_equal(in_process.importances, a.importances[: len(version.features)])
+
+
+def test_wide_models_get_a_default_budget_that_all_overrides():
+    from tasks.ablation import WIDE_BUDGET, WIDE_FEATURES, Budget
+
+    assert Budget.parse(None, n_features=WIDE_FEATURES) == Budget()
+    assert Budget.parse(None, n_features=WIDE_FEATURES + 1) == Budget(max_units=WIDE_BUDGET)
+    assert Budget.parse("all", n_features=10_000) == Budget()
+    assert Budget.parse("8", n_features=10_000) == Budget(max_units=8)
+    with pytest.raises(FeatureAuditError, match="--ablation-budget 'lots'"):
+        Budget.parse("lots")
