@@ -59,7 +59,7 @@ def audit_model(
     recipients = check_delivery_task(email_to) if email_to else None
     resolved = resolve_version_task(registry, model, version, max_test_rows=max_test_rows, seed=seed)
     check_version_task(resolved)
-    budget = Budget.parse(ablation_budget)
+    budget = Budget.parse(ablation_budget, n_features=len(resolved.features))
     futures = {}
     if "weights" in methods:
         futures["weights"] = weights_task.submit(resolved)
