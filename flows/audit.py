@@ -1,10 +1,14 @@
 """The audit flow: resolve a model version, run the importance methods concurrently, compare, render, write.
 
 Only wiring lives here; every step is a task in ``tasks/``.
+
+In the Prefect UI each model's run is named "<model> <version>"; a registry run carries a table with one
+line per model and, when a model failed, ends Failed with a message naming it (and no engine traceback).
 """
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timezone
 
 from prefect import allow_failure, flow, get_run_logger, runtime
@@ -23,9 +27,10 @@ from tasks.ablation import (
     run_ablation,
     skipped,
 )
-from tasks.artifacts import publish_artifacts_task
+from tasks.artifacts import publish_artifacts_task, publish_summary_task, report_base_url, report_summary
 from tasks.compare import compare_task
 from tasks.deliver import check_delivery_task, email_task_from_env
+from tasks.errors import FeatureAuditError
 from tasks.history import previous_runs_task
 from tasks.output import check_output_task, new_run_id, write_report_task
 from tasks.permutation import permutation_task
@@ -39,7 +44,40 @@ METHODS = ("weights", "permutation", "ablation", "shap")
 METHOD_KINDS = {"weights": "weight-based", "permutation": "behavioural", "ablation": "behavioural", "shap": "behavioural"}
 
 
-@flow(name="featureaudit", task_runner=ThreadPoolTaskRunner(max_workers=4), log_prints=False)
+class RegistryRunFailed(FeatureAuditError):
+    """Some models of a registry run failed: the message names each one and why; ``outcome`` has every model's line."""
+
+    def __init__(self, message: str, outcome: dict[str, dict[str, str | None]]):
+        super().__init__(message)
+        self.outcome = outcome
+
+    def __reduce__(self):
+        return type(self), (str(self), self.outcome)
+
+
+class _FailedAsReported(logging.Filter):
+    """Drop the engine's traceback for a registry run that failed as reported in its state message.
+
+    Run as a deployment (prefect.engine), Prefect 3.8.8 re-raises a flow's Failed final state and logs it to
+    the run as "Engine execution exited with unexpected exception" with a traceback, though the state
+    message already names every failed model; only that record, for this one exception type, is dropped.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], RegistryRunFailed))
+
+
+logging.getLogger("prefect.flow_runs").addFilter(_FailedAsReported())
+
+
+def _model_run_name() -> str:
+    """'credit-demo v3': the model and the version asked for ('latest' until the run resolves it)."""
+    parameters = runtime.flow_run.parameters
+    return f"{parameters['model']} {parameters.get('version') or 'latest'}"
+
+
+@flow(name="featureaudit", flow_run_name=_model_run_name, task_runner=ThreadPoolTaskRunner(max_workers=4),
+      log_prints=False)
 def audit_model(
     registry: str,
     model: str,
@@ -56,8 +94,11 @@ def audit_model(
     """Audit one model version and return the folder its report was written to (run state 'Partial' if a method failed)."""
     started = datetime.now(timezone.utc)
     check_output_task(out)
+    report_base_url()  # a malformed report-store URL fails now, not after the night's compute
     recipients = check_delivery_task(email_to) if email_to else None
     resolved = resolve_version_task(registry, model, version, max_test_rows=max_test_rows, seed=seed)
+    if version is None:
+        _name_run(f"{resolved.name} {resolved.version}")
     check_version_task(resolved)
     budget = Budget.parse(ablation_budget, n_features=len(resolved.features))
     futures = {}
@@ -98,6 +139,7 @@ def audit_registry(
     """Audit the newest version of each model (all in the registry by default), one flow run per model.
 
     A model that fails does not stop the others; the run fails at the end, naming every model that failed.
+    Either way the run carries a table artifact with one line per model.
     """
     names = models or list_models_task(registry)
     outcome = {}
@@ -105,6 +147,7 @@ def audit_registry(
         state = audit_model(registry=registry, model=name, out=out, methods=methods, seed=seed,
                             max_test_rows=max_test_rows, email_to=email_to, return_state=True)
         outcome[name] = _outcome(state)
+    publish_summary_task(outcome)
     return _registry_state(outcome)
 
 
@@ -156,20 +199,36 @@ def _seconds(futures: dict[str, PrefectFuture]) -> dict[str, float]:
     return timings
 
 
+def _name_run(name: str) -> None:
+    """Rename this flow run, once its version is known."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        client.update_flow_run(runtime.flow_run.id, name=name)
+
+
 def _outcome(state: State) -> dict[str, str | None]:
-    """One model's line in the registry run: status (complete, partial, failed), folder and message."""
+    """One model's line in the registry run: status (complete, partial, failed), folder, message; version, verdict
+    and report link when a report was written."""
     if not state.is_completed():
-        return {"status": "failed", "folder": None, "message": state.message}
-    return {"status": "partial" if state.name == "Partial" else "complete", "folder": state.result(),
-            "message": state.message}
+        return {"status": "failed", "folder": None, "message": state.message,
+                "version": None, "verdict": None, "report": None}
+    folder = state.result()
+    return {"status": "partial" if state.name == "Partial" else "complete", "folder": folder,
+            "message": state.message} | report_summary(folder)
 
 
 def _registry_state(outcome: dict[str, dict[str, str | None]]) -> dict[str, dict[str, str | None]] | State:
-    """The outcome; a Failed state naming the failed models, or 'Partial' when some report is partial."""
+    """The outcome; a Failed state naming the failed models, or 'Partial' when some report is partial.
+
+    A Failed state's data must be an exception: Prefect raises it where the run's result is asked for (a
+    deployment's engine always asks), and a dict there became "TypeError: Unexpected result for failed state".
+    """
     failed = {name: o["message"] for name, o in outcome.items() if o["status"] == "failed"}
     if failed:
         reasons = "; ".join(f"{name}: {message}" for name, message in failed.items())
-        return Failed(data=outcome, message=f"{len(failed)} of {len(outcome)} models failed: {reasons}")
+        message = f"{len(failed)} of {len(outcome)} models failed: {reasons}"
+        return Failed(data=RegistryRunFailed(message, outcome), message=message)
     if any(o["status"] == "partial" for o in outcome.values()):
         return Completed(data=outcome, name="Partial", message="some reports are partial: " + ", ".join(
             name for name, o in outcome.items() if o["status"] == "partial"))

@@ -7,6 +7,9 @@ of :mod:`tasks.errors`; past it, the rest of the code trusts the types.
 
 A model folder, version folder or file that is a symbolic link must resolve inside the registry;
 one that leads outside it is refused unless ``FEATUREAUDIT_ALLOW_EXTERNAL_LINKS=1`` is set.
+
+A model file is checked before Keras reads it (:func:`check_model_file`), so a decompression bomb
+costs a directory listing, not the machine's memory.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import hashlib
 import json
 import os
 import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -31,6 +35,20 @@ MODEL_FILES = ("model.keras", "model.h5")
 #: Set to 1 to follow symbolic links that lead out of the registry (refused by default).
 ALLOW_EXTERNAL_LINKS = "FEATUREAUDIT_ALLOW_EXTERNAL_LINKS"
 _MANIFEST_KEYS = {"target", "task", "features", "categorical", "groups", "training", "metric"}
+
+#: Set to a number of bytes to change :data:`MAX_MODEL_BYTES`.
+MAX_MODEL_BYTES_ENV = "FEATUREAUDIT_MAX_MODEL_BYTES"
+#: Largest model accepted: a ``.keras`` archive's members uncompressed, in all, or a ``.h5`` file's size.
+#: Keras stores archive members uncompressed, so a real archive inflates to about its own size; 4 GiB is
+#: more than a model this audit can load and retrain on one machine, and bounds what loading may allocate.
+MAX_MODEL_BYTES = 4 * 2**30
+#: A member over :data:`RATIO_CHECKED_BYTES` that inflates more than this many times its stored size is a
+#: bomb: Keras' own members are stored (1:1), float weights deflate barely (~1.1:1) and JSON ~10:1, while
+#: a run of zeros deflates ~1000:1.
+MAX_MEMBER_RATIO = 200
+RATIO_CHECKED_BYTES = 10 * 2**20
+#: A Keras archive holds a handful of members (config, metadata, weights, assets).
+MAX_MEMBERS = 10_000
 
 
 @dataclass(frozen=True)
@@ -276,11 +294,12 @@ def load_split(path: Path, version: ModelVersion) -> Split:
 
 
 def load_model(path: Path):
-    """Load a Keras model in safe mode; never run code stored in the file."""
-    import keras
-
+    """Load a Keras model in safe mode, after :func:`check_model_file`; never run code stored in the file."""
     if not path.is_file():
         raise ModelLoadError(f"model file {path} does not exist")
+    check_model_file(path)
+    import keras
+
     try:
         return keras.saving.load_model(path, safe_mode=True, compile=True)
     except Exception as exc:  # Keras raises many types for corrupt files
@@ -291,6 +310,64 @@ def load_model(path: Path):
                 "code that would run on load; rebuild the model from built-in layers"
             ) from None
         raise ModelLoadError(f"{path.name} could not be loaded as a Keras model ({type(exc).__name__}: {text[:200]})") from None
+
+
+def check_model_file(path: Path, *, max_bytes: int | None = None) -> None:
+    """Refuse a model file that would take too much memory to load, from its size and zip directory alone.
+
+    A ``.keras`` file must be a zip archive of at most :data:`MAX_MEMBERS` members whose uncompressed
+    sizes sum to at most ``max_bytes`` (default :data:`MAX_MODEL_BYTES`, or ``FEATUREAUDIT_MAX_MODEL_BYTES``),
+    none inflating more than :data:`MAX_MEMBER_RATIO` times. The sizes come from the zip's directory;
+    Python's zipfile, which Keras reads with, never returns more than a member declares. A ``.h5`` file's
+    own size must be at most ``max_bytes``.
+    """
+    limit = _max_model_bytes() if max_bytes is None else max_bytes
+    if path.suffix == ".h5":
+        size = path.stat().st_size
+        if size > limit:
+            raise ModelLoadError(f"{path} is {_size(size)}, over the limit of {_size(limit)} for a model file; "
+                                 f"set {MAX_MODEL_BYTES_ENV} to a larger number of bytes if it is genuine")
+        return
+    if path.suffix != ".keras":
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ModelLoadError(f"{path} could not be loaded as a Keras model: not a Keras archive (a .keras file is "
+                             f"a zip; {exc}); save the model again with model.save('model.keras')") from None
+    if len(members) > MAX_MEMBERS:
+        raise ModelLoadError(f"{path} holds {len(members):,} files, over the limit of {MAX_MEMBERS:,} "
+                             "for a Keras archive; refused without loading")
+    for member in members:
+        ratio = member.file_size / max(member.compress_size, 1)
+        if member.file_size > RATIO_CHECKED_BYTES and ratio > MAX_MEMBER_RATIO:
+            raise ModelLoadError(
+                f"{path} member {member.filename} inflates {ratio:,.0f}:1 ({_size(member.compress_size)} to "
+                f"{_size(member.file_size)}), over the limit of {MAX_MEMBER_RATIO}:1: a decompression bomb, "
+                "refused without loading")
+    total = sum(member.file_size for member in members)
+    if total > limit:
+        raise ModelLoadError(f"{path} inflates to {_size(total)}, over the limit of {_size(limit)} for a model; "
+                             f"refused without loading (set {MAX_MODEL_BYTES_ENV} to a larger number of bytes "
+                             "if it is genuine)")
+
+
+def _max_model_bytes() -> int:
+    raw = os.environ.get(MAX_MODEL_BYTES_ENV, "").strip()
+    if not raw:
+        return MAX_MODEL_BYTES
+    if not raw.isdigit() or int(raw) < 1:
+        raise FeatureAuditError(f"{MAX_MODEL_BYTES_ENV}={raw!r} must be a positive number of bytes, "
+                                f"such as {MAX_MODEL_BYTES} (4 GiB, the default)")
+    return int(raw)
+
+
+def _size(n_bytes: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:,.1f} {unit}"
+    return f"{n_bytes:,} bytes"
 
 
 def sha256_file(path: Path) -> str:

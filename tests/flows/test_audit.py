@@ -130,3 +130,31 @@ def test_an_ablation_budget_retrains_the_features_permutation_ranks_first(linear
     # permutation importance of y = 3a - 2b + c on scales 1, 2, 0.5: b (16) before a (9), then c and noise
     assert ablation["status"] == "ok" and {r["feature"] for r in ablation["features"]} == {"a", "b"}
     assert ablation["details"]["not_ablated"] == ["c", "noise"]
+
+
+@pytest.mark.parametrize("version", [None, "v1"])
+def test_a_run_is_named_after_model_and_version_and_links_its_report(linear_registry, tmp_path, monkeypatch, version):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    monkeypatch.setenv("FEATUREAUDIT_REPORT_BASE_URL", "https://reports.example.com/featureaudit/")
+    folder = Path(audit_model(registry=str(linear_registry), model="linear", version=version, out=str(tmp_path),
+                              methods=["weights"]))
+    flow_run_id = json.loads((folder / "results.json").read_text())["run"]["flow_run_id"]
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(flow_run_id)
+        (link,) = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(
+            any_=["featureaudit-linear-report"]), flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
+    assert run.name == "linear v1"  # with no version asked for, the newest is resolved and named
+    url = f"https://reports.example.com/featureaudit/linear/v1/{folder.name}/report.pdf"
+    assert link.data == f"[linear v1 report]({url})"
+
+
+def test_a_malformed_report_base_url_is_refused_before_computing(linear_registry, tmp_path, monkeypatch):
+    from tasks.errors import FeatureAuditError
+
+    monkeypatch.setenv("FEATUREAUDIT_REPORT_BASE_URL", "reports.example.com/featureaudit")
+    with pytest.raises(FeatureAuditError, match="FEATUREAUDIT_REPORT_BASE_URL='reports.example.com/featureaudit' is "
+                                                "not a base URL"):
+        audit_model(registry=str(linear_registry), model="linear", out=str(tmp_path / "out"), methods=["weights"])
+    assert not (tmp_path / "out" / "linear").exists()

@@ -1,6 +1,7 @@
 """Scheduling: the registry flow, prefect.yaml, and `featureaudit serve` against a real local Prefect server."""
 
 import inspect
+import json
 import os
 import shutil
 import signal
@@ -14,9 +15,11 @@ import yaml
 
 from flows.audit import audit_registry
 from flows.serve import server_is_up
+from tasks.errors import FeatureAuditError
 from tests.smtp import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
+NOT_A_ZIP = "model.keras could not be loaded as a Keras model: not a Keras archive"
 
 
 def test_prefect_yaml_declares_the_nightly_deployment():
@@ -28,18 +31,101 @@ def test_prefect_yaml_declares_the_nightly_deployment():
     assert set(nightly["parameters"]) <= set(inspect.signature(audit_registry.fn).parameters)
 
 
-def test_one_failing_model_does_not_stop_the_others(linear_registry, tmp_path):
+@pytest.fixture
+def one_broken(linear_registry, tmp_path):
+    """A registry of two models: 'linear', and 'broken', whose model.keras is not a zip."""
     registry = tmp_path / "registry"
     shutil.copytree(linear_registry, registry)
     shutil.copytree(registry / "linear", registry / "broken")
     (registry / "broken" / "v1" / "model.keras").write_bytes(b"not a zip file")
-    state = audit_registry(registry=str(registry), out=str(tmp_path / "out"), methods=["weights"], return_state=True)
+    return registry
+
+
+def test_one_failing_model_does_not_stop_the_others(one_broken, tmp_path):
+    state = audit_registry(registry=str(one_broken), out=str(tmp_path / "out"), methods=["weights"], return_state=True)
     assert state.is_failed()
-    assert "1 of 2 models failed: broken:" in state.message and "model.keras" in state.message
-    outcome = state.result(raise_on_failure=False)
+    assert "1 of 2 models failed: broken:" in state.message and NOT_A_ZIP in state.message
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, FeatureAuditError) and str(error) == state.message
+    outcome = error.outcome
     assert outcome["broken"]["status"] == "failed" and outcome["linear"]["status"] == "complete"
     assert (Path(outcome["linear"]["folder"]) / "report.pdf").is_file()
     assert not (tmp_path / "out" / "broken").exists()
+
+
+def test_a_failed_registry_run_ends_failed_with_its_message_and_no_traceback(one_broken, tmp_path):
+    """Run as a deployment runs it (prefect.engine: run_flow with the run's logger), then read its logs back."""
+    from prefect.client.orchestration import get_client
+    from prefect.flow_engine import run_flow
+    from prefect.logging.loggers import flow_run_logger
+
+    parameters = {"registry": str(one_broken), "out": str(tmp_path / "out"), "methods": ["weights"]}
+    with get_client(sync_client=True) as client:
+        flow_run = client.create_flow_run(audit_registry, parameters=parameters)
+    with pytest.raises(FeatureAuditError, match=f"1 of 2 models failed: broken: .*{NOT_A_ZIP}"):
+        run_flow(audit_registry, flow_run=flow_run, error_logger=flow_run_logger(flow_run))
+    state = _read_run(flow_run.id).state
+    assert state.is_failed() and state.message.startswith("1 of 2 models failed: broken: ")
+    logs = _run_logs(flow_run.id)
+    assert [log for log in logs if log.startswith("Finished in state Failed(") and "models failed: broken:" in log]
+    assert not [log for log in logs if "Traceback" in log or "Engine execution exited" in log], logs
+
+
+def test_registry_runs_are_named_and_summarised_in_the_ui(one_broken, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    state = audit_registry(registry=str(one_broken), out=str(tmp_path / "out"), methods=["weights"], return_state=True)
+    outcome = state.result(raise_on_failure=False).outcome
+    parent = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        children = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent])))
+    assert sorted(run.name for run in children) == ["broken v1", "linear v1"]  # 'latest' resolved to v1
+
+    (summary,) = _artifacts(parent, "featureaudit-registry-summary")
+    assert summary.type == "table"
+    rows = {row["model"]: row for row in json.loads(summary.data)}
+    folder = Path(outcome["linear"]["folder"])
+    report = (folder / "report.pdf").resolve().as_uri()
+    verdict = json.loads((folder / "results.json").read_text())["verdict"]
+    assert rows["linear"] == {"model": "linear", "version": "v1", "verdict": verdict, "status": "complete",
+                              "report": report, "message": ""}
+    assert rows["broken"]["status"] == "failed" and NOT_A_ZIP in rows["broken"]["message"]
+    assert rows["broken"]["report"] == "" and rows["broken"]["verdict"] == ""
+    assert outcome["linear"]["report"] == report and outcome["linear"]["version"] == "v1"
+
+    (linear,) = [run for run in children if run.name == "linear v1"]
+    (link,) = _artifacts(linear.id, "featureaudit-linear-report")
+    assert link.type == "markdown" and link.data == f"[linear v1 report]({report})"  # Prefect's type for links
+
+
+def _read_run(flow_run_id):
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(flow_run_id)
+
+
+def _run_logs(flow_run_id) -> list[str]:
+    """Every log line of a flow run as the UI shows it, tracebacks included."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()  # logs reach the API from a background worker
+    with get_client(sync_client=True) as client:
+        return [log.message for log in client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(
+            any_=[flow_run_id])))]
+
+
+def _artifacts(flow_run_id, key: str):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=[key]), flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
 
 
 @pytest.mark.timeout(600)

@@ -1,6 +1,19 @@
 import numpy as np
+import pytest
 
-from tasks.artifacts import artifact_key, escape_markdown, ranking_rows, verdict_markdown
+from tasks.artifacts import (
+    REPORT_BASE_URL,
+    SUMMARY_KEY,
+    artifact_key,
+    escape_markdown,
+    ranking_rows,
+    report_base_url,
+    report_url,
+    slug,
+    summary_rows,
+    verdict_markdown,
+)
+from tasks.errors import FeatureAuditError
 from tasks.compare import compare
 from tasks.result import ImportanceResult
 
@@ -18,3 +31,37 @@ def test_markdown_shows_feature_names_as_literal_text():
     assert "[click](http://x)" not in text and escape_markdown("[click](http://x)") in text
     assert "Verdict on the weight-based ranking" in text
     assert ranking_rows([weights, perm])[0] == {"feature": "[click](http://x)", "weights": 4, "permutation": 1}
+
+
+def test_report_url_is_a_file_url_or_under_the_report_store(tmp_path, monkeypatch):
+    folder = tmp_path / "out" / "credit demo" / "v3" / "20260101T020000Z-abc123"
+    monkeypatch.delenv(REPORT_BASE_URL, raising=False)
+    assert report_url(folder, "credit demo", "v3") == (folder / "report.pdf").as_uri()
+    assert report_url(folder, "credit demo", "v3").startswith("file:///") and "credit%20demo" in report_url(
+        folder, "credit demo", "v3")
+    monkeypatch.setenv(REPORT_BASE_URL, "https://reports.example.com/fa/")
+    assert report_url(folder, "credit demo", "v3") == (
+        "https://reports.example.com/fa/credit%20demo/v3/20260101T020000Z-abc123/report.pdf")
+
+
+@pytest.mark.parametrize("base", ["reports.example.com", "/srv/reports", "https://x.example.com/?a=1"])
+def test_a_report_base_url_must_be_a_url(monkeypatch, base):
+    monkeypatch.setenv(REPORT_BASE_URL, base)
+    with pytest.raises(FeatureAuditError, match=f"{REPORT_BASE_URL}=.* is not a base URL such as https://"):
+        report_base_url()
+
+
+def test_summary_rows_have_one_line_per_model_and_no_nulls():
+    outcome = {
+        "credit": {"status": "complete", "folder": "/r/credit/v3/x", "message": None, "version": "v3",
+                   "verdict": "agree", "report": "file:///r/credit/v3/x/report.pdf"},
+        "churn": {"status": "failed", "folder": None, "message": "Flow run encountered an exception: ModelLoadError",
+                  "version": None, "verdict": None, "report": None},
+    }
+    rows = summary_rows(outcome)
+    assert list(rows[0]) == ["model", "version", "verdict", "status", "report", "message"]
+    assert rows[0] == {"model": "credit", "version": "v3", "verdict": "agree", "status": "complete",
+                       "report": "file:///r/credit/v3/x/report.pdf", "message": ""}
+    assert rows[1] == {"model": "churn", "version": "", "verdict": "", "status": "failed", "report": "",
+                       "message": "Flow run encountered an exception: ModelLoadError"}
+    assert SUMMARY_KEY == slug(SUMMARY_KEY)  # a valid artifact key

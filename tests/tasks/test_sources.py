@@ -1,6 +1,8 @@
 import json
 import re
+import resource
 import shutil
+import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -11,7 +13,15 @@ from tasks.compare import compare
 from tasks.errors import DataError, FeatureAuditError, ManifestError, ModelLoadError, RegistryError
 from tasks.render import RunInfo, results_document
 from tasks.result import ImportanceResult
-from tasks.sources import check_version, load_split, natural_key, resolve_version
+from tasks.sources import (
+    MAX_MEMBERS,
+    check_model_file,
+    check_version,
+    load_model,
+    load_split,
+    natural_key,
+    resolve_version,
+)
 from tests import helpers
 
 
@@ -224,3 +234,76 @@ def test_links_inside_the_registry_are_followed_and_their_targets_reach_results_
     document = results_document(version, [weights], compare([weights]), run)
     assert document["model"]["paths"] == {name: str((v1 / name).resolve())
                                           for name in ("model.keras", "test.parquet", "train.parquet")}
+
+
+def _bomb(path: Path, *, mib: int) -> Path:
+    """A .keras zip whose config.json is ``mib`` MiB of zeros, deflated ~1000:1, written in 1 MiB chunks."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
+        with archive.open("config.json", "w", force_zip64=True) as member:
+            for _ in range(mib):
+                member.write(bytes(2**20))
+    return path
+
+
+def test_a_zip_bomb_is_refused_in_one_line_without_loading(linear_registry, tmp_path, monkeypatch):
+    import keras
+
+    root, v1 = _copy(linear_registry, tmp_path)
+    _bomb(v1 / "model.keras", mib=512)
+    assert (v1 / "model.keras").stat().st_size < 2**20
+    monkeypatch.setattr(keras.saving, "load_model", lambda *a, **k: pytest.fail("the bomb reached Keras"))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    with pytest.raises(ModelLoadError, match=re.escape(f"{v1 / 'model.keras'} member config.json inflates")) as info:
+        check_version(resolve_version(root, "linear"))
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert "over the limit of 200:1" in str(info.value) and "512.0 MiB" in str(info.value)
+    assert "\n" not in str(info.value)
+    assert grown_mib < 200
+
+
+def test_an_archive_over_the_size_limit_is_refused(linear_registry, tmp_path, monkeypatch):
+    root, v1 = _copy(linear_registry, tmp_path)
+    with zipfile.ZipFile(v1 / "model.keras", "w") as archive:  # stored, as Keras writes: 1:1, no bomb
+        archive.writestr("model.weights.h5", np.random.default_rng(0).bytes(2 * 2**20))
+    monkeypatch.setenv("FEATUREAUDIT_MAX_MODEL_BYTES", str(2**20))
+    message = f"{v1 / 'model.keras'} inflates to 2.0 MiB, over the limit of 1.0 MiB for a model"
+    with pytest.raises(ModelLoadError, match=re.escape(message)) as info:
+        check_model_file(v1 / "model.keras")
+    assert "FEATUREAUDIT_MAX_MODEL_BYTES" in str(info.value)
+    monkeypatch.setenv("FEATUREAUDIT_MAX_MODEL_BYTES", str(4 * 2**20))
+    check_model_file(v1 / "model.keras")  # under the limit: passed on to Keras
+    monkeypatch.setenv("FEATUREAUDIT_MAX_MODEL_BYTES", "lots")
+    with pytest.raises(FeatureAuditError, match="FEATUREAUDIT_MAX_MODEL_BYTES='lots' must be a positive number"):
+        check_model_file(v1 / "model.keras")
+
+
+def test_an_archive_of_too_many_members_is_refused(tmp_path):
+    path = tmp_path / "model.keras"
+    with zipfile.ZipFile(path, "w") as archive:
+        for i in range(MAX_MEMBERS + 1):
+            archive.writestr(f"assets/{i}", b"")
+    with pytest.raises(ModelLoadError, match=re.escape(f"{path} holds 10,001 files, over the limit of 10,000")):
+        check_model_file(path)
+
+
+def test_a_keras_file_that_is_not_a_zip_is_not_a_keras_archive(tmp_path):
+    path = tmp_path / "model.keras"
+    path.write_bytes(b"not a zip file")
+    with pytest.raises(ModelLoadError, match=re.escape(f"{path} could not be loaded as a Keras model: not a Keras "
+                                                       "archive (a .keras file is a zip")):
+        load_model(path)
+
+
+def test_an_h5_model_is_checked_by_its_size(tmp_path, monkeypatch):
+    path = tmp_path / "model.h5"
+    path.write_bytes(bytes(3000))
+    monkeypatch.setenv("FEATUREAUDIT_MAX_MODEL_BYTES", "2048")
+    with pytest.raises(ModelLoadError, match=re.escape(f"{path} is 2.9 KiB, over the limit of 2.0 KiB")):
+        load_model(path)
+
+
+def test_a_real_model_passes_the_archive_checks(linear_registry):
+    path = linear_registry / "linear" / "v1" / "model.keras"
+    check_model_file(path)
+    with zipfile.ZipFile(path) as archive:  # Keras stores its members: they inflate 1:1
+        assert sum(m.file_size for m in archive.infolist()) <= 1.01 * path.stat().st_size
