@@ -105,6 +105,11 @@ def run(args: argparse.Namespace) -> int:
 
     methods = _methods(args.methods)
     Budget.parse(args.ablation_budget)
+    if args.dask_address and not os.environ.get("PREFECT_API_URL"):
+        raise FeatureAuditError(
+            "--dask-address needs PREFECT_API_URL: point it (here and on every Dask worker) at a Prefect server the "
+            "workers can reach, e.g. one started with 'prefect server start'; without it each worker starts a "
+            "temporary server of its own and the run's task logs never reach it")
     email_to = check_delivery(args.email_to) if args.email_to else None
     version = resolve_version(args.registry, args.model, args.version, max_test_rows=args.max_rows, seed=args.seed)
     check_version(version)  # fail fast, before Prefect starts

@@ -134,6 +134,15 @@ def test_bad_email_address_and_missing_smtp_host_fail_before_the_run(linear_regi
     assert not (tmp_path / "out").exists()
 
 
+def test_a_dask_cluster_needs_a_prefect_server_the_workers_can_reach(linear_registry, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    assert main(["run", "--registry", str(linear_registry), "--model", "linear", "--out", str(tmp_path / "out"),
+                 "--dask-address", "tcp://127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--dask-address needs PREFECT_API_URL" in err
+    assert not (tmp_path / "out").exists()
+
+
 def _run(registry: Path, out: Path, prefect_home: Path) -> tuple[int, str, str]:
     return finish(featureaudit("run", "--registry", str(registry), "--model", "linear", "--out", str(out),
                                "--methods", "weights", prefect_home=prefect_home, cwd=prefect_home.parent))
