@@ -30,7 +30,7 @@ from tasks.ablation import (
 from tasks.artifacts import publish_artifacts_task, publish_summary_task, report_base_url, report_summary
 from tasks.compare import compare_task
 from tasks.deliver import check_delivery_task, email_task_from_env
-from tasks.errors import FeatureAuditError
+from tasks.errors import RegistryRunFailed
 from tasks.history import previous_runs_task
 from tasks.output import check_output_task, new_run_id, write_report_task
 from tasks.permutation import permutation_task
@@ -42,17 +42,6 @@ from tasks.weights import weights_task
 
 METHODS = ("weights", "permutation", "ablation", "shap")
 METHOD_KINDS = {"weights": "weight-based", "permutation": "behavioural", "ablation": "behavioural", "shap": "behavioural"}
-
-
-class RegistryRunFailed(FeatureAuditError):
-    """Some models of a registry run failed: the message names each one and why; ``outcome`` has every model's line."""
-
-    def __init__(self, message: str, outcome: dict[str, dict[str, str | None]]):
-        super().__init__(message)
-        self.outcome = outcome
-
-    def __reduce__(self):
-        return type(self), (str(self), self.outcome)
 
 
 class _FailedAsReported(logging.Filter):

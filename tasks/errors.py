@@ -10,7 +10,8 @@ StorageError, 1 for DeliveryError (the report is written but not sent), 2 for th
     ├── ModelLoadError     model file missing, corrupt or refused by Keras safe mode
     ├── DataError          a split missing columns, with bad dtypes, NaN/inf or no rows
     ├── StorageError       the output folder is not writable, or the disk is (nearly) full
-    └── DeliveryError      the report could not be sent
+    ├── DeliveryError      the report could not be sent
+    └── RegistryRunFailed  some models of a registry run failed (the flow's Failed state carries it)
 """
 
 from __future__ import annotations
@@ -44,6 +45,17 @@ class StorageError(FeatureAuditError):
 
 class DeliveryError(FeatureAuditError):
     """The report could not be written or delivered."""
+
+
+class RegistryRunFailed(FeatureAuditError):
+    """Some models of a registry run failed: the message names each one and why; ``outcome`` has every model's line."""
+
+    def __init__(self, message: str, outcome: dict[str, dict[str, str | None]]):
+        super().__init__(message)
+        self.outcome = outcome
+
+    def __reduce__(self):
+        return type(self), (str(self), self.outcome)
 
 
 def retry_unless_bad_input(task: Any, task_run: Any, state: Any) -> bool:
