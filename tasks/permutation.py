@@ -2,18 +2,27 @@
 
 Many permuted copies go through the model per forward call (one compiled function, large
 batches). The work is cut into pieces — one unit, one repeat, one run of rows — and pieces are
-packed into blocks of at most ``rows_per_call`` rows, so a small test split puts many units'
-copies into one call and a large one is streamed in bounded chunks. Each unit (a feature, or a
-group of features permuted jointly) draws its permutations from its own child of one
-``SeedSequence``, spawned in unit order (features first, then manifest groups, then correlated
-clusters), so serial, threaded and distributed runs give identical numbers, and adding groups
-or clusters never changes a feature's numbers.
+packed into blocks, so a small test split puts many units' copies into one call and a large one
+is streamed in bounded chunks. Each unit (a feature, or a group of features permuted jointly)
+draws its permutations from its own child of one ``SeedSequence``, spawned in unit order
+(features first, then manifest groups, then correlated clusters), so serial, threaded and
+distributed runs give identical numbers, and adding groups or clusters never changes a feature's
+numbers. Block boundaries never change them either.
 
-Memory, beyond the test split itself: one block of ``rows_per_call × n_features`` float32
-(50 MiB for the default 262,144 rows and 50 features) with its targets and predictions, the
+Memory is bounded by bytes, not rows: a block holds as many rows as the memory budget allows
+(:func:`tasks.modeling.memory_budget`, ``FEATUREAUDIT_MEMORY_MB``, default 256 MiB) at
+``n_features`` float32 each, at most 262,144 rows (the pre-budget size, kept for narrow models).
+Beyond the test split itself, memory holds one block with its targets and predictions, the
 permutation indices of the units in the current block (``n_repeats × n_rows`` int64 each, 40 MiB
-for 1,000,000 rows and 5 repeats), and the model's activations for one batch of
-``Forward.batch_rows`` rows. Nothing scales with ``n_units × n_repeats × n_rows``.
+for 1,000,000 rows and 5 repeats), when a repeat spans several blocks the per-row losses of one
+unit (``n_metrics × n_repeats × n_rows`` float64), and the model's activations for one forward
+batch, itself sized by the budget. Nothing scales with ``n_units × n_repeats × n_rows``.
+
+A wide model whose input feeds one Dense layer alone (:attr:`tasks.modeling.Forward.first_layer`)
+is permuted after that layer: a permuted copy is the layer's pre-activations of the original rows
+plus the change of the permuted columns times their kernel rows, a block row holds the layer's
+width instead of every feature, and the work grows linearly with the features instead of as their
+square. The numbers are those of the whole model up to float32 rounding.
 """
 
 from __future__ import annotations
@@ -31,12 +40,12 @@ from tasks.artifacts import slug
 from tasks.clusters import DEFAULT_THRESHOLD, Cluster, correlated_clusters, importance_units, unit_records
 from tasks.compare import top_k_for
 from tasks.metrics import METRICS, Metric, get_metric
-from tasks.modeling import Forward, compiled_loss_name
+from tasks.modeling import Forward, compiled_loss_name, memory_budget, rows_for
 from tasks.ranking import ranking_evidence
 from tasks.result import ImportanceResult
 from tasks.sources import ModelVersion, load_model, load_split
 
-DEFAULT_ROWS_PER_CALL = 262_144
+DEFAULT_ROWS_PER_CALL = 262_144  # the most rows of one block, whatever the budget (the pre-budget value)
 NOTES = (
     "Measures the degradation of the test metric when one feature's values are shuffled across rows.",
     "Correlated features share their importance: shuffling one leaves its partner to carry the signal. "
@@ -80,23 +89,26 @@ def permutation_importance(
     n_repeats: int = 5,
     random_state: int | None = None,
     units: dict[str, list[int]] | None = None,
-    rows_per_call: int = DEFAULT_ROWS_PER_CALL,
+    rows_per_call: int | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> PermutationScores:
     """Degradation of ``metric`` (and of each of ``extra_metrics``) per unit and repeat.
 
     ``units`` maps a name to the columns permuted together; without it every column is its
     own unit, named by its index. ``progress(name, done, total)`` is called as each unit finishes.
+    ``rows_per_call`` (rows of one block) defaults to :func:`block_rows` of the memory budget.
     """
     if n_repeats < 1:
         raise ValueError("n_repeats must be at least 1")
-    if rows_per_call < 1:
+    if rows_per_call is not None and rows_per_call < 1:
         raise ValueError("rows_per_call must be at least 1")
     X = np.asarray(X, dtype=np.float32)
+    copies = _Copies.of(forward, X)
+    rows_per_call = rows_per_call or block_rows(copies.width, memory_budget())
     y = np.asarray(y)
     units = units or {str(j): [j] for j in range(X.shape[1])}
     metrics = (metric, *extra_metrics)
-    pred = forward(X)
+    pred = copies.forward(copies.base)  # the unpermuted rows, evaluated as the copies are
     baselines = {m.name: m(y, pred) for m in metrics}
     del pred
     seeds = np.random.SeedSequence(random_state).spawn(len(units))
@@ -107,9 +119,14 @@ def permutation_importance(
         if progress is not None:
             progress(names[u], done, len(names))
 
-    losses = _mean_permuted_losses(forward, X, y, metrics, columns, seeds, n_repeats, rows_per_call, unit_done)
+    losses = _mean_permuted_losses(copies, y, metrics, columns, seeds, n_repeats, rows_per_call, unit_done)
     by_metric = {m.name: np.asarray(m.degradation(baselines[m.name], losses[k])) for k, m in enumerate(metrics)}
     return PermutationScores(names, tuple(m.name for m in metrics), by_metric, baselines)
+
+
+def block_rows(width: int, budget_bytes: int) -> int:
+    """Rows of one block of permuted copies ``width`` float32 wide: what the budget allows, at most 262,144."""
+    return rows_for(width, budget_bytes, cap=DEFAULT_ROWS_PER_CALL)
 
 
 def _permutations(seed: np.random.SeedSequence, n_rows: int, n_repeats: int) -> np.ndarray:
@@ -121,9 +138,39 @@ def _permutations(seed: np.random.SeedSequence, n_rows: int, n_repeats: int) -> 
     return perms
 
 
+@dataclass(frozen=True, eq=False)
+class _Copies:
+    """Permuted copies as the model reads them: whole feature rows, or a wide model's first-layer pre-activations."""
+
+    X: np.ndarray
+    forward: Callable[[np.ndarray], np.ndarray]  # the model on a block of copies
+    base: np.ndarray  # the unpermuted rows as a block row holds them: X, or X's pre-activations
+    kernel: np.ndarray | None  # the first layer's kernel when copies are pre-activations
+
+    @classmethod
+    def of(cls, forward: Callable[[np.ndarray], np.ndarray], X: np.ndarray) -> _Copies:
+        first = forward.first_layer if isinstance(forward, Forward) else None
+        if first is None:
+            return cls(X, forward, X, None)
+        return cls(X, forward.after_first_layer, first.pre_activations(X), first.kernel)
+
+    @property
+    def width(self) -> int:
+        return self.base.shape[1]
+
+    def write(self, out: np.ndarray, start: int, stop: int, rows: np.ndarray, cols: np.ndarray) -> None:
+        """Rows ``start:stop`` with the columns ``cols`` taken from rows ``rows`` instead, into ``out``."""
+        out[:] = self.base[start:stop]
+        if self.kernel is not None:
+            out += (self.X[np.ix_(rows, cols)] - self.X[start:stop, cols]) @ self.kernel[cols]
+        elif len(cols) == 1:
+            out[:, cols[0]] = self.X[rows, cols[0]]
+        else:
+            out[:, cols] = self.X[np.ix_(rows, cols)]
+
+
 def _mean_permuted_losses(
-    forward: Callable[[np.ndarray], np.ndarray],
-    X: np.ndarray,
+    copies: _Copies,
     y: np.ndarray,
     metrics: tuple[Metric, ...],
     columns: list[np.ndarray],
@@ -135,24 +182,34 @@ def _mean_permuted_losses(
     """Mean per-row loss of every permuted copy, shape ``(n_metrics, n_units, n_repeats)``.
 
     Pieces (unit, repeat, rows) are packed into blocks of at most ``rows_per_call`` rows; each
-    block is one call of ``forward``.
+    block is one call of the model. A repeat whose rows span several blocks keeps its per-row
+    losses until its last piece is scored and is then summed as a whole, exactly as when it fits in
+    one block: block boundaries never change the numbers, not even in the last bit.
     """
-    n_rows, n_features = X.shape
+    n_rows = len(copies.X)
     capacity = min(rows_per_call, len(columns) * n_repeats * n_rows)
-    block = np.empty((capacity, n_features), dtype=np.float32)
+    block = np.empty((capacity, copies.width), dtype=np.float32)
     targets = np.empty(capacity, dtype=y.dtype)
     sums = np.zeros((len(metrics), len(columns), n_repeats))
-    pending: list[tuple[int, int, int]] = []  # (unit, repeat, offset in block)
+    split = np.empty((len(metrics), n_repeats, n_rows)) if capacity < n_rows else None  # one unit's per-row losses
+    pending: list[tuple[int, int, int, int]] = []  # (unit, repeat, offset in block, first row)
     packed: list[int] = []  # units whose every piece is in the block or already scored
     finished = 0
 
     def flush(fill: int) -> None:
         nonlocal finished
-        pred = forward(block[:fill])
+        pred = copies.forward(block[:fill])
         offsets = np.array([p[2] for p in pending], dtype=np.intp)
         index = (np.array([p[0] for p in pending]), np.array([p[1] for p in pending]))
         for k, metric in enumerate(metrics):
-            np.add.at(sums[k], index, np.add.reduceat(metric.per_row(targets[:fill], pred), offsets))
+            per_row = metric.per_row(targets[:fill], pred)
+            if split is None:
+                np.add.at(sums[k], index, np.add.reduceat(per_row, offsets))
+                continue
+            for (u, r, offset, start), length in zip(pending, np.diff(offsets, append=fill)):
+                split[k, r, start : start + length] = per_row[offset : offset + length]
+                if start + length == n_rows:
+                    sums[k, u, r] = np.add.reduceat(split[k, r], [0])[0]
         pending.clear()
         for u in packed:
             finished += 1
@@ -163,7 +220,6 @@ def _mean_permuted_losses(
     piece = min(n_rows, capacity)
     for u, cols in enumerate(columns):
         perms = _permutations(seeds[u], n_rows, n_repeats)
-        single = int(cols[0]) if len(cols) == 1 else None
         for start in range(0, n_rows, piece):
             stop = min(start + piece, n_rows)
             length = stop - start
@@ -171,14 +227,9 @@ def _mean_permuted_losses(
                 if filled + length > capacity:
                     flush(filled)
                     filled = 0
-                rows = perms[r, start:stop]
-                block[filled : filled + length] = X[start:stop]
-                if single is not None:
-                    block[filled : filled + length, single] = X[rows, single]
-                else:
-                    block[filled : filled + length, cols] = X[np.ix_(rows, cols)]
+                copies.write(block[filled : filled + length], start, stop, perms[r, start:stop], cols)
                 targets[filled : filled + length] = y[start:stop]
-                pending.append((u, r, filled))
+                pending.append((u, r, filled, start))
                 filled += length
         del perms
         packed.append(u)

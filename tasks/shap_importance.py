@@ -21,10 +21,24 @@ feature's global importance, stated in the report beside the bootstrap interval 
   running concurrently in the same process.
 
 The background is a seeded sample of the training split, else of the test split.
+
+Memory and work. A chain of ``n_features + 1`` model evaluations is built per explained row and
+background pair, so the evaluations of one row grow with the features and their inputs with the
+square of them. The chains' inputs are built in blocks of at most the memory budget
+(:func:`tasks.modeling.memory_budget`; at most 262,144 evaluations, the pre-budget size, so narrow
+models keep their numbers), one explained row's chains in several blocks when they do not fit in
+one. The work is capped at :data:`SHAP_WORK_BUDGET` input values (model evaluations × the values
+each reads): above it :func:`shap_plan` explains fewer rows, then uses fewer background rows, never
+below :data:`MIN_SHAP_ROWS` and :data:`MIN_BACKGROUND`, and the result says what was reduced and
+why. A wide model whose input feeds one Dense layer alone is evaluated after that layer
+(:attr:`tasks.modeling.Forward.first_layer`): each switch of a chain adds one kernel row to the
+layer's pre-activations, so an evaluation reads the layer's width instead of every feature.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +47,7 @@ import numpy as np
 from prefect import get_run_logger, task
 
 from tasks.metrics import METRICS, Metric, get_metric
-from tasks.modeling import Forward, compiled_loss_name
+from tasks.modeling import Forward, compiled_loss_name, memory_budget, rows_for
 from tasks.result import ImportanceResult
 from tasks.sources import ModelVersion, load_model, load_split
 
@@ -52,8 +66,92 @@ REASON = (
     "named inputs), and its attributions add up exactly to the model's output; gradient explainers "
     "(shap.GradientExplainer) missed additivity by 18-28% of the output's std on every probe"
 )
+SHAP_WORK_BUDGET = 10_000_000_000
+"""The most input values (model evaluations × the values each reads) one SHAP run may feed the model.
+
+Both ways of evaluating a chain (whole rows; a wide model after its first Dense layer) cost about
+the same per input value: measured 1.3–1.6·10⁸ values per second on 2 shared cores for an F-64-1
+MLP, so the cap is about a minute. It counts values rather than evaluations because an evaluation
+of whole rows costs in proportion to the features. It leaves the default run (1,000 rows plus 8
+local ones, 100 background rows) unchanged up to 222 features; wider models explain fewer rows,
+then use fewer background rows."""
+MIN_SHAP_ROWS = 50  # the bootstrap over rows still gives a usable interval
+MIN_BACKGROUND = 20  # two pairs for each of the N_GROUPS groups the bootstrap resamples, and a Monte Carlo error
+MAX_EVALUATIONS_PER_CALL = 262_144  # the most evaluations in one block, whatever the budget (the pre-budget value)
+_PLAIN_BYTES = 5  # per input value of a block of chains: float32 input and its bool switch mask
+_FIRST_LAYER_BYTES = 4  # per pre-activation: the float32 block, in which the running sum is built in place
 _BEESWARM_ROWS = 400
 _BEESWARM_FEATURES = 20
+
+
+@dataclass(frozen=True)
+class ShapPlan:
+    """How many test rows and background rows one SHAP run explains, and why fewer than asked.
+
+    ``width`` is how many values one model evaluation reads: the features, or the width of the
+    first Dense layer when the model is evaluated after it.
+    """
+
+    n_features: int
+    width: int
+    rows_asked: int
+    rows: int
+    background_asked: int
+    background: int
+    n_extra: int  # rows explained for the local explanations, beside the sampled ones
+    max_work: int
+
+    @property
+    def evaluations_per_row(self) -> int:
+        """Model evaluations per explained row: one chain per order and per reverse order of each pair."""
+        return 2 * self.background * (self.n_features + 1)
+
+    @property
+    def work(self) -> int:
+        return (self.rows + self.n_extra) * self.evaluations_per_row * self.width
+
+    @property
+    def reduced(self) -> bool:
+        return self.rows < self.rows_asked or self.background < self.background_asked
+
+    def note(self) -> str | None:
+        """One sentence on what was reduced and why; ``None`` when nothing was."""
+        if not self.reduced:
+            return None
+        reads = (f"each reading all {self.width:,} features" if self.width == self.n_features else
+                 f"each reading the {self.width:,} pre-activations of the first Dense layer")
+        note = (f"Work capped: explained {self.rows:,} of {self.rows_asked:,} rows with {self.background:,} of "
+                f"{self.background_asked:,} background rows (one pair of orders each): {self.n_features:,} features "
+                f"make each row cost 2·{self.background:,}·{self.n_features + 1:,} = {self.evaluations_per_row:,} "
+                f"model evaluations ({reads}), and SHAP's work is capped at {self.max_work:,} input values. "
+                "Fewer rows widen the bootstrap interval; fewer background rows raise the Monte Carlo error.")
+        if self.work > self.max_work:
+            note += (f" Even at the minimums ({MIN_SHAP_ROWS} rows, {MIN_BACKGROUND} background rows) the run "
+                     f"took {self.work:,} input values.")
+        return note
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"rows_asked": self.rows_asked, "rows": self.rows, "background_asked": self.background_asked,
+                "background": self.background, "extra_rows": self.n_extra,
+                "evaluations_per_row": self.evaluations_per_row, "values_per_evaluation": self.width,
+                "work": self.work, "max_work": self.max_work, "reduced": self.reduced, "reason": self.note()}
+
+
+def shap_plan(n_features: int, width: int, *, rows: int, background: int, n_extra: int = 0,
+              max_work: int = SHAP_WORK_BUDGET) -> ShapPlan:
+    """How many rows and background rows fit in ``max_work`` input values.
+
+    Rows go first (down to :data:`MIN_SHAP_ROWS`), then background rows (down to
+    :data:`MIN_BACKGROUND`): fewer rows only widen the bootstrap interval over rows, while fewer
+    background pairs make each |φ| noisier, which also biases mean |φ| upwards.
+    """
+    per_row_pair = 2 * (n_features + 1) * width
+    n_rows, n_background = rows, background
+    if (n_rows + n_extra) * n_background * per_row_pair > max_work:
+        n_rows = min(rows, max(MIN_SHAP_ROWS, max_work // (n_background * per_row_pair) - n_extra))
+    if (n_rows + n_extra) * n_background * per_row_pair > max_work:
+        n_background = min(background, max(MIN_BACKGROUND, max_work // ((n_rows + n_extra) * per_row_pair)))
+    return ShapPlan(n_features, width, rows, n_rows, background, n_background, n_extra, max_work)
 
 
 @dataclass(frozen=True, eq=False)
@@ -76,6 +174,7 @@ class ShapValues:
     max_deviation: float
     output_std: float
     n_background: int
+    plan: ShapPlan | None = None  # how many rows and background rows were explained, and why (shap_importance)
 
     @property
     def relative_deviation(self) -> float:
@@ -107,7 +206,7 @@ def sampling_shap(
     background: np.ndarray,
     *,
     random_state: int | None = None,
-    max_batch_rows: int = 262_144,
+    max_batch_rows: int | None = None,
     n_groups: int = N_GROUPS,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Interventional Shapley values by antithetic permutation sampling, one permutation pair per background row.
@@ -130,6 +229,9 @@ def sampling_shap(
     each group's mean is returned: resampling groups resamples the background rows and the orders,
     which is how :func:`shap_importance` puts that error into its bootstrap interval.
 
+    The model is evaluated in blocks of at most ``max_batch_rows`` evaluations, by default
+    :func:`block_evaluations` of the memory budget; the blocks never change the numbers.
+
     Returns ``(values, base, mc_se, groups)``; ``values`` and ``mc_se`` have shape
     (rows, features[, classes]), ``groups`` (rows, groups, features[, classes]).
     """
@@ -139,7 +241,9 @@ def sampling_shap(
     n_rows, n_features = X.shape
     n_chains = len(Z)
     n_pairs = n_chains // 2
-    per_call = max(1, max_batch_rows // (n_chains * (n_features + 1)))
+    chains = _Chains.of(forward, Z)
+    capacity = max_batch_rows or block_evaluations(chains.width, memory_budget(), first_layer=chains.kernel is not None)
+    per_call = max(1, capacity // (n_chains * (n_features + 1)))
     steps = np.arange(n_features + 1)[None, None, :, None]
     chunks, errors, grouped = [], [], []
     n_groups = max(1, min(n_groups, n_pairs))
@@ -149,10 +253,14 @@ def sampling_shap(
         orders = rng.permuted(np.tile(np.arange(n_features), (len(x), n_pairs, 1)), axis=2)
         orders = np.concatenate([orders, orders[..., ::-1]], axis=1)
         position = np.argsort(orders, axis=2)  # where each feature is switched in each chain
-        switched = position[:, :, None, :] < steps  # (rows, chains, n_features + 1, n_features)
-        inputs = np.where(switched, x[:, None, None, :], Z[None, :, None, :])
-        out = forward(inputs.reshape(-1, n_features))
-        out = out.reshape(len(x), n_chains, n_features + 1, -1)
+        if chains.kernel is None and len(x) * n_chains * (n_features + 1) <= capacity:  # all in one block
+            switched = position[:, :, None, :] < steps  # (rows, chains, n_features + 1, n_features)
+            inputs = np.where(switched, x[:, None, None, :], Z[None, :, None, :])
+            out = forward(inputs.reshape(-1, n_features))
+            out = out.reshape(len(x), n_chains, n_features + 1, -1)
+            del switched, inputs
+        else:
+            out = chains.outputs(x, orders, position, capacity)
         steps_gain = np.diff(out, axis=2)  # gain of the i-th switch in each chain
         gains = np.take_along_axis(steps_gain, position[..., None], axis=2).astype(np.float64)
         pairs = (gains[:, :n_pairs] + gains[:, n_pairs:]) / 2  # chain c and its reverse c + n_pairs
@@ -168,6 +276,85 @@ def sampling_shap(
     return values, base, mc_se, groups
 
 
+def block_evaluations(width: int, budget_bytes: int, *, first_layer: bool = False) -> int:
+    """Model evaluations in one block of chains ``width`` values wide: what the budget allows, at most 262,144."""
+    return rows_for(width, budget_bytes, cap=MAX_EVALUATIONS_PER_CALL,
+                    bytes_per_value=_FIRST_LAYER_BYTES if first_layer else _PLAIN_BYTES)
+
+
+@dataclass(frozen=True, eq=False)
+class _Chains:
+    """Shapley chains as the model reads them: whole feature rows, or a wide model's first-layer pre-activations.
+
+    A chain starts at its background row and switches features to the explained row's values one
+    at a time, in its order; step ``s`` has the first ``s`` features of the order switched.
+    """
+
+    Z: np.ndarray  # the background row of each chain
+    forward: Callable[[np.ndarray], np.ndarray]  # the model on a block of steps
+    start: np.ndarray  # each chain's first step as a block row holds it: Z, or Z's pre-activations
+    kernel: np.ndarray | None  # the first layer's kernel when steps are pre-activations
+
+    @classmethod
+    def of(cls, forward: Callable[[np.ndarray], np.ndarray], Z: np.ndarray) -> _Chains:
+        first = forward.first_layer if isinstance(forward, Forward) else None
+        if first is None:
+            return cls(Z, forward, Z, None)
+        return cls(Z, forward.after_first_layer, first.pre_activations(Z), first.kernel)
+
+    @property
+    def width(self) -> int:
+        return self.start.shape[1]
+
+    def outputs(self, x: np.ndarray, orders: np.ndarray, position: np.ndarray, capacity: int) -> np.ndarray:
+        """The model at every step of every chain of the rows ``x``, ``(rows, chains, n_features + 1, outputs)``,
+        evaluated in blocks of at most ``capacity`` steps (one chain may span several blocks)."""
+        n_x, n_chains, n_features = orders.shape
+        total = n_x * n_chains * (n_features + 1)
+        block = np.empty((min(capacity, total), self.width), dtype=np.float32)
+        flat: np.ndarray | None = None
+        done = filled = 0
+        for r in range(n_x):
+            for c in range(n_chains):
+                step, carry = 0, self.start[c]
+                while step <= n_features:
+                    n = min(n_features + 1 - step, len(block) - filled)
+                    carry = self._write(block[filled : filled + n], x[r], orders[r, c], position[r, c], c, step, carry)
+                    filled += n
+                    step += n
+                    if filled == len(block) or done + filled == total:
+                        pred = np.asarray(self.forward(block[:filled]))
+                        if flat is None:
+                            flat = np.empty((total, *pred.shape[1:]))
+                        flat[done : done + filled] = pred
+                        done, filled = done + filled, 0
+        return flat.reshape(n_x, n_chains, n_features + 1, -1)
+
+    def _write(self, out: np.ndarray, x: np.ndarray, order: np.ndarray, position: np.ndarray, c: int, step: int,
+               carry: np.ndarray) -> np.ndarray:
+        """Steps ``step … step + len(out) - 1`` of chain ``c`` into ``out``; returns the next step's pre-activations.
+
+        After the first layer the steps are a running sum from the chain's start, each switch adding
+        its kernel row times the change of its feature, accumulated in order (``np.cumsum`` adds
+        sequentially), so block boundaries never change them.
+        """
+        stop = step + len(out)
+        if self.kernel is None:
+            out[:] = self.Z[c]
+            np.copyto(out, x, where=position[None, :] < np.arange(step, stop)[:, None])
+            return carry
+        switch = order[step : min(stop, len(order))]  # the features switched on the way to the next steps
+        change = x[switch] - self.Z[c, switch]
+        out[0] = carry
+        inner = len(out) - 1  # switches between the steps written here
+        np.take(self.kernel, switch[:inner], axis=0, out=out[1:], mode="clip")  # "clip": unbuffered
+        out[1:] *= change[:inner, None]
+        np.cumsum(out, axis=0, out=out)
+        if len(switch) > inner:  # the chain goes on in the next block
+            return out[-1] + change[inner] * self.kernel[switch[inner]]
+        return out[-1]
+
+
 def shap_importance(
     model,
     features: tuple[str, ...],
@@ -180,6 +367,7 @@ def shap_importance(
     random_state: int | None = None,
     extra_rows: np.ndarray | None = None,
     forward: Forward | None = None,
+    max_work: int = SHAP_WORK_BUDGET,
 ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], ShapValues, np.ndarray]:
     """Bootstrap draws of mean |SHAP| per feature ``(n_features, n_bootstrap)``, their 95% interval, the values, the rows.
 
@@ -190,16 +378,23 @@ def shap_importance(
 
     ``extra_rows`` (indices into ``X``) are explained as well, after the sampled rows, but are
     left out of the global importance: the local explanations use them.
+
+    A wide model explains fewer rows, then uses fewer background rows, so that the work stays
+    within ``max_work`` input values (:func:`shap_plan`); ``values.plan`` says what was reduced.
     """
+    forward = forward or Forward(model, features)
+    extra = np.asarray([] if extra_rows is None else extra_rows, dtype=int)
+    plan = shap_plan(len(features), forward.evaluation_width, rows=min(n_rows, len(X)),
+                     background=min(n_background, len(background_pool)), n_extra=len(extra), max_work=max_work)
     rng = np.random.default_rng(random_state)
-    rows = np.sort(rng.choice(len(X), size=min(n_rows, len(X)), replace=False))
-    background = background_pool[rng.choice(len(background_pool), size=min(n_background, len(background_pool)), replace=False)]
+    rows = np.sort(rng.choice(len(X), size=plan.rows, replace=False))
+    background = background_pool[rng.choice(len(background_pool), size=plan.background, replace=False)]
     explain_seed = int(rng.integers(0, 2**31 - 1))
     bootstrap = rng.integers(0, len(rows), size=(n_bootstrap, len(rows)))
     group_seed = int(rng.integers(0, 2**31 - 1))
-    extra = np.asarray([] if extra_rows is None else extra_rows, dtype=int)
     raw = explain(model, features, X[np.concatenate([rows, extra])], background,
                   random_state=explain_seed, forward=forward)
+    raw = dataclasses.replace(raw, plan=plan)
     groups = raw.groups[: len(rows)]
     picks = np.random.default_rng(group_seed).integers(0, groups.shape[1], size=(n_bootstrap, groups.shape[1]))
     draws = np.stack([global_magnitude(groups[b][:, g].mean(axis=1)).mean(axis=0) for b, g in zip(bootstrap, picks)],
@@ -303,8 +498,12 @@ def beeswarm_data(features: tuple[str, ...], values: np.ndarray, X: np.ndarray, 
 
 
 def shap_audit(version: ModelVersion, *, seed: int = 0, n_rows: int = 1000, n_worst: int = 5,
-               n_random: int = 3) -> ImportanceResult:
-    """Global SHAP importance with a bootstrap interval, plus local explanations of the worst and some random rows."""
+               n_random: int = 3, max_work: int = SHAP_WORK_BUDGET) -> ImportanceResult:
+    """Global SHAP importance with a bootstrap interval, plus local explanations of the worst and some random rows.
+
+    A wide model explains fewer rows (then background rows) to stay within ``max_work`` input values; the
+    result's notes and ``details["work"]`` say what was reduced and why.
+    """
     model = load_model(Path(version.model_path))
     test = load_split(Path(version.test_path), version)
     pool_split = load_split(Path(version.train_path), version) if version.train_path else test
@@ -316,6 +515,7 @@ def shap_audit(version: ModelVersion, *, seed: int = 0, n_rows: int = 1000, n_wo
     draws, interval, raw, rows = shap_importance(
         model, version.features, test.X, pool_split.X, n_rows=n_rows,
         random_state=int(rng.integers(0, 2**31 - 1)), extra_rows=np.concatenate([worst, random_rows]), forward=forward,
+        max_work=max_work,
     )
     details, notes = shap_details(version.features, test, raw, rows, draws, loss, metric,
                                   n_global=len(rows) - len(worst) - len(random_rows), n_worst=len(worst),
@@ -347,6 +547,8 @@ def shap_details(features, split, raw: ShapValues, rows, draws, loss, metric, *,
     multiclass = raw.values.ndim == 3
     notes = [f"Explainer: {raw.explainer}, because {raw.reason}.",
              f"Background: {n_background} rows sampled from the {background_source} split; {n_global} test rows explained."]
+    if raw.plan is not None and raw.plan.reduced:
+        notes.append(raw.plan.note())
     if multiclass:
         notes.append(MULTICLASS_NOTE)
     additive = raw.relative_deviation <= tolerance
@@ -364,6 +566,7 @@ def shap_details(features, split, raw: ShapValues, rows, draws, loss, metric, *,
         "n_rows": int(n_global),
         "n_background": n_background,
         "background_source": background_source,
+        "work": raw.plan.as_dict() if raw.plan is not None else None,
         "base_value": raw.base_value.tolist(),
         "additivity": {"max_deviation": raw.max_deviation, "relative": raw.relative_deviation,
                        "tolerance": tolerance, "ok": bool(additive)},

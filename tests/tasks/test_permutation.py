@@ -292,3 +292,57 @@ def test_repeats_double_until_the_top_k_is_verified(linear_registry, tmp_path):
     # the first five repeats of the longer run are the shorter run's
     [short] = audit_permutation(resolve_version(tmp_path, "tied"), n_repeats=5, max_repeats=5, seed=0)
     np.testing.assert_allclose(tied.importances[:, :5], short.importances, rtol=1e-9)
+
+
+# --- memory bounded by bytes: blocks from the budget, wide models after their first layer ---------------------------
+
+
+def test_block_rows_follow_the_memory_budget():
+    from tasks.permutation import DEFAULT_ROWS_PER_CALL, block_rows
+
+    mib = 2**20
+    assert block_rows(50, 256 * mib) == DEFAULT_ROWS_PER_CALL  # narrow: the pre-budget block, numbers unchanged
+    assert block_rows(256, 256 * mib) == DEFAULT_ROWS_PER_CALL
+    assert block_rows(10_000, 256 * mib) == 256 * mib // 40_000 == 6_710  # wide: the budget, flat in bytes
+    assert block_rows(20_000, 256 * mib) == 3_355
+    assert block_rows(10_000, 1) == 1  # at least one row
+
+
+def test_a_tiny_memory_budget_gives_identical_numbers(linear, monkeypatch):
+    """Blocks of a few rows, forward batches of a few rows, repeats split over blocks: the same numbers, bit for bit."""
+    forward, test = linear
+    kwargs = dict(metric=METRICS["mse"], extra_metrics=(METRICS["mae"],), n_repeats=3, random_state=5)
+    default = permutation_importance(forward, test.X, test.y, **kwargs)
+    monkeypatch.setenv("FEATUREAUDIT_MEMORY_MB", "0.002")  # 2 KiB: 131 rows of 4 float32 features
+    tiny_forward = Forward(forward.model, helpers.LINEAR_FEATURES)
+    assert tiny_forward.batch_rows == 131
+    tiny = permutation_importance(tiny_forward, test.X, test.y, **kwargs)
+    for name in default.metrics:
+        np.testing.assert_array_equal(tiny.by_metric[name], default.by_metric[name])
+    assert tiny.baselines == default.baselines
+
+
+@pytest.fixture(scope="module")
+def wide_mlp():
+    """An untrained MLP 600-16-1 (ReLU) on random rows: wide enough to be evaluated after its first layer."""
+    import keras
+
+    init = keras.initializers.GlorotUniform(seed=1)
+    model = keras.Sequential([keras.Input((600,)), keras.layers.Dense(16, activation="relu", kernel_initializer=init),
+                              keras.layers.Dense(1, kernel_initializer=init)])
+    X = np.random.default_rng(2).standard_normal((80, 600), dtype=np.float32)
+    return Forward(model, tuple(f"x{j}" for j in range(600))), X
+
+
+def test_wide_model_is_permuted_after_its_first_layer_with_the_same_numbers(wide_mlp, linear):
+    forward, X = wide_mlp
+    assert forward.first_layer is not None and forward.first_layer.width == 16 and forward.evaluation_width == 16
+    assert linear[0].first_layer is None  # narrow models are fed whole rows, as before
+    y = forward(X) + np.random.default_rng(3).normal(size=len(X)) * 0.1
+    kwargs = dict(metric=METRICS["mse"], n_repeats=2, random_state=0)
+    after = permutation_importance(forward, X, y, **kwargs)
+    whole = permutation_importance(lambda Z: forward(Z), X, y, **kwargs)  # a plain callable: whole rows
+    scale = np.abs(whole.importances).max()
+    np.testing.assert_allclose(after.importances, whole.importances, rtol=0, atol=1e-5 * scale)
+    small_blocks = permutation_importance(forward, X, y, rows_per_call=50, **kwargs)
+    np.testing.assert_array_equal(small_blocks.importances, after.importances)

@@ -174,3 +174,111 @@ def test_a_rerun_with_another_seed_lands_inside_the_bootstrap_interval(linear, s
         outside += int(((estimate < low) | (estimate > high)).sum())
         total += len(features)
     assert outside <= 0.1 * total, f"{outside} of {total} reruns fell outside the 95% interval"
+
+
+# --- memory bounded by bytes, work capped for wide models ------------------------------------------------------------
+
+
+def test_block_evaluations_follow_the_memory_budget():
+    from tasks.shap_importance import MAX_EVALUATIONS_PER_CALL, block_evaluations
+
+    mib = 2**20
+    assert block_evaluations(20, 256 * mib) == MAX_EVALUATIONS_PER_CALL  # narrow: the pre-budget block
+    assert block_evaluations(10_000, 256 * mib) == 256 * mib // (10_000 * 5)  # float32 input and its bool mask
+    assert block_evaluations(64, 256 * mib, first_layer=True) == MAX_EVALUATIONS_PER_CALL
+    assert block_evaluations(10_000, 1) == 1
+
+
+def test_shap_plan_reduces_rows_then_background_and_never_below_the_minimums():
+    from tasks.shap_importance import MIN_BACKGROUND, MIN_SHAP_ROWS, SHAP_WORK_BUDGET, shap_plan
+
+    narrow = shap_plan(20, 20, rows=1000, background=100, n_extra=8)
+    assert not narrow.reduced and narrow.note() is None and narrow.work <= SHAP_WORK_BUDGET
+    assert not shap_plan(222, 222, rows=1000, background=100, n_extra=8).reduced
+    assert shap_plan(223, 223, rows=1000, background=100, n_extra=8).reduced
+
+    rows_only = shap_plan(500, 500, rows=1000, background=100, n_extra=8)  # fewer rows, every background row
+    assert (rows_only.rows, rows_only.background) == (191, 100)
+    assert rows_only.work <= SHAP_WORK_BUDGET < (rows_only.rows + 9) * rows_only.evaluations_per_row * 500
+
+    both = shap_plan(1_000, 1_000, rows=1000, background=100, n_extra=8)  # rows down to the minimum, then background
+    assert (both.rows, both.background) == (MIN_SHAP_ROWS, 86) and both.work <= SHAP_WORK_BUDGET
+    assert both.note().startswith("Work capped: explained 50 of 1,000 rows with 86 of 100 background rows")
+    assert "1,000 features make each row cost 2·86·1,001 = 172,172 model evaluations" in both.note()
+    assert "Even at the minimums" not in both.note()
+
+    floor = shap_plan(10_000, 10_000, rows=1000, background=100, n_extra=8)
+    assert (floor.rows, floor.background) == (MIN_SHAP_ROWS, MIN_BACKGROUND) and floor.work > SHAP_WORK_BUDGET
+    assert "Even at the minimums" in floor.note()
+    small = shap_plan(10_000, 10_000, rows=30, background=10)  # fewer than the minimums asked: kept as asked
+    assert (small.rows, small.background) == (30, 10)
+
+
+def test_a_tiny_memory_budget_gives_identical_values(softmax_model, monkeypatch):
+    """One explained row's chains cut into blocks of a few evaluations: the same values, bit for bit."""
+    model, features, X = softmax_model
+    forward = Forward(model, features)
+    default = shap_importance(model, features, X[:40], X[100:300], n_rows=30, n_background=20, random_state=4,
+                              extra_rows=np.array([35, 36]), forward=forward)
+    monkeypatch.setenv("FEATUREAUDIT_MEMORY_MB", "0.0005")  # 524 bytes: 26 evaluations of 4 features per block
+    tiny_forward = Forward(model, features)
+    tiny = shap_importance(model, features, X[:40], X[100:300], n_rows=30, n_background=20, random_state=4,
+                           extra_rows=np.array([35, 36]), forward=tiny_forward)
+    np.testing.assert_array_equal(tiny[0], default[0])
+    for name in ("values", "mc_se", "groups", "base_value", "outputs"):
+        np.testing.assert_array_equal(getattr(tiny[2], name), getattr(default[2], name))
+
+
+def test_wide_model_is_explained_after_its_first_layer_with_the_same_values():
+    import keras
+
+    init = keras.initializers.GlorotUniform(seed=2)
+    model = keras.Sequential([keras.Input((600,)), keras.layers.Dense(16, activation="tanh", kernel_initializer=init),
+                              keras.layers.Dense(3, activation="softmax", kernel_initializer=init)])
+    X = np.random.default_rng(6).standard_normal((12, 600), dtype=np.float32)
+    forward = Forward(model, tuple(f"x{j}" for j in range(600)))
+    assert forward.first_layer is not None
+    after = sampling_shap(forward, X[:2], X[2:12], random_state=0)
+    whole = sampling_shap(lambda Z: forward(Z), X[:2], X[2:12], random_state=0)  # a plain callable: whole rows
+    np.testing.assert_allclose(after[0], whole[0], rtol=0, atol=1e-5 * np.abs(whole[0]).max())
+    np.testing.assert_allclose(after[0].sum(axis=1) + after[1], forward(X[:2]), atol=1e-5)  # additive
+    blocks = sampling_shap(forward, X[:2], X[2:12], random_state=0, max_batch_rows=777)  # chains across blocks
+    for a, b in zip(blocks, after):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_many_features_explain_fewer_rows_and_say_why(tmp_path):
+    """400 features: the work cap explains fewer rows, then fewer background rows, and the notes say so."""
+    import keras
+    import pandas as pd
+
+    n_features = 400
+    init = keras.initializers.GlorotUniform(seed=0)
+    model = keras.Sequential([keras.Input((n_features,)),
+                              keras.layers.Dense(8, activation="relu", kernel_initializer=init),
+                              keras.layers.Dense(1, kernel_initializer=init)])
+    model.compile(optimizer="adam", loss="mse")
+    columns = [f"x{j}" for j in range(n_features)]
+    rng = np.random.default_rng(0)
+    frames = []
+    for n in (200, 150):
+        frame = pd.DataFrame(rng.standard_normal((n, n_features), dtype=np.float32), columns=columns)
+        frame["y"] = frame["x0"] + frame["x1"]
+        frames.append(frame)
+    helpers.write_version(tmp_path, "wide", "v1", model, *frames)
+    version = resolve_version(tmp_path, "wide")
+
+    result = shap_audit(version, seed=0, max_work=400_000_000)
+    work = result.details["work"]
+    assert work["reduced"] and (work["rows"], work["background"]) == (50, 21)
+    assert (work["rows_asked"], work["background_asked"], work["extra_rows"]) == (200, 100, 8)
+    assert work["work"] <= work["max_work"] == 400_000_000
+    assert result.details["n_rows"] == 50 and result.details["n_background"] == 21
+    [note] = [n for n in result.notes if n.startswith("Work capped")]
+    assert note.startswith("Work capped: explained 50 of 200 rows with 21 of 100 background rows")
+    assert ("400 features make each row cost 2·21·401 = 16,842 model evaluations (each reading all 400 features)"
+            in note)
+    assert work["reason"] == note
+    # the interval machinery works with fewer rows and background rows
+    assert (result.low <= result.importances_mean).all() and (result.importances_mean <= result.high).all()
+    assert np.isfinite(result.details["mc_se"]).all()
