@@ -100,6 +100,7 @@ def _describe_os_error(exc: OSError, out: str | None) -> str:
 def run(args: argparse.Namespace) -> int:
     from tasks.ablation import Budget
     from tasks.deliver import check_delivery
+    from tasks.modeling import memory_budget
     from tasks.output import check_output
     from tasks.sources import check_version, resolve_version
 
@@ -114,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
     version = resolve_version(args.registry, args.model, args.version, max_test_rows=args.max_rows, seed=args.seed)
     check_version(version)  # fail fast, before Prefect starts
     check_output(args.out)
+    memory_budget()  # FEATUREAUDIT_MEMORY_MB, refused now rather than when a method starts
     return _audit(args.registry, version.name, version.version, args.out, methods, args.seed,
                   ablation_budget=args.ablation_budget, dask_address=args.dask_address,
                   max_test_rows=args.max_rows, email_to=email_to)

@@ -134,6 +134,14 @@ def test_bad_email_address_and_missing_smtp_host_fail_before_the_run(linear_regi
     assert not (tmp_path / "out").exists()
 
 
+def test_a_bad_memory_budget_is_refused_before_the_run(linear_registry, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("FEATUREAUDIT_MEMORY_MB", "lots")
+    assert main(["run", "--registry", str(linear_registry), "--model", "linear", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "FEATUREAUDIT_MEMORY_MB" in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_dask_cluster_needs_a_prefect_server_the_workers_can_reach(linear_registry, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     assert main(["run", "--registry", str(linear_registry), "--model", "linear", "--out", str(tmp_path / "out"),
