@@ -312,3 +312,16 @@ def input_name(tensor) -> str:
     """A model input's name as the data's column would be named (without a ':0' suffix)."""
     name = getattr(tensor, "name", "") or ""
     return name.split(":")[0]
+
+
+def first_layer_view(forward, X: np.ndarray):
+    """How blocks built from the rows ``X`` reach the model: ``(function on a block, X as a block holds it, kernel)``.
+
+    Whole rows through ``forward`` (kernel None), or, for a wide model whose input feeds one Dense
+    layer, that layer's pre-activations through ``forward.after_first_layer`` — a changed column then
+    costs one row of the kernel instead of a whole row of inputs.
+    """
+    first = forward.first_layer if isinstance(forward, Forward) else None
+    if first is None:
+        return forward, X, None
+    return forward.after_first_layer, first.pre_activations(X), first.kernel

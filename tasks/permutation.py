@@ -40,7 +40,7 @@ from tasks.artifacts import slug
 from tasks.clusters import DEFAULT_THRESHOLD, Cluster, correlated_clusters, importance_units, unit_records
 from tasks.compare import top_k_for
 from tasks.metrics import METRICS, Metric, get_metric
-from tasks.modeling import Forward, compiled_loss_name, memory_budget, rows_for
+from tasks.modeling import Forward, compiled_loss_name, first_layer_view, memory_budget, rows_for
 from tasks.ranking import ranking_evidence
 from tasks.result import ImportanceResult
 from tasks.sources import ModelVersion, load_model, load_split
@@ -149,10 +149,7 @@ class _Copies:
 
     @classmethod
     def of(cls, forward: Callable[[np.ndarray], np.ndarray], X: np.ndarray) -> _Copies:
-        first = forward.first_layer if isinstance(forward, Forward) else None
-        if first is None:
-            return cls(X, forward, X, None)
-        return cls(X, forward.after_first_layer, first.pre_activations(X), first.kernel)
+        return cls(X, *first_layer_view(forward, X))
 
     @property
     def width(self) -> int:

@@ -47,7 +47,7 @@ import numpy as np
 from prefect import get_run_logger, task
 
 from tasks.metrics import METRICS, Metric, get_metric
-from tasks.modeling import Forward, compiled_loss_name, memory_budget, rows_for
+from tasks.modeling import Forward, compiled_loss_name, first_layer_view, memory_budget, rows_for
 from tasks.result import ImportanceResult
 from tasks.sources import ModelVersion, load_model, load_split
 
@@ -297,10 +297,7 @@ class _Chains:
 
     @classmethod
     def of(cls, forward: Callable[[np.ndarray], np.ndarray], Z: np.ndarray) -> _Chains:
-        first = forward.first_layer if isinstance(forward, Forward) else None
-        if first is None:
-            return cls(Z, forward, Z, None)
-        return cls(Z, forward.after_first_layer, first.pre_activations(Z), first.kernel)
+        return cls(Z, *first_layer_view(forward, Z))
 
     @property
     def width(self) -> int:
