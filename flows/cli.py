@@ -53,7 +53,7 @@ RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     verbose = bool(getattr(args, "verbose", False))
-    set_environment(verbose=verbose)
+    added = set_environment(verbose=verbose)
     stoppable = stop_on_signals(_stopped) if args.handler in (run, demo) else nullcontext()
     try:
         with stoppable, console(verbose=verbose), progress_bar(sys.stderr):
@@ -71,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         hint = "" if verbose else " (run again with --verbose for the traceback)"
         return _fail(f"unexpected {type(exc).__name__}: {exc}{hint}", EXIT_UNEXPECTED)
+    finally:
+        for name in added:  # an in-process caller (a test, a notebook) keeps its own environment
+            os.environ.pop(name, None)
 
 
 def _stopped(received) -> str:
@@ -228,10 +231,17 @@ def _tied_server_class():
     return TiedServer
 
 
-def set_environment(*, verbose: bool = False) -> None:
-    """Settings that must be in the environment before TensorFlow or Prefect are imported; the user's own win."""
+def set_environment(*, verbose: bool = False) -> list[str]:
+    """Settings that must be in the environment before TensorFlow or Prefect are imported; the user's own win.
+
+    Returns the names it set, so an in-process caller can take them back (see ``main``).
+    """
+    added = []
     for name, value in {**ALWAYS_ENV, **({} if verbose else QUIET_ENV)}.items():
-        os.environ.setdefault(name, value)
+        if name not in os.environ:
+            os.environ[name] = value
+            added.append(name)
+    return added
 
 
 @contextmanager

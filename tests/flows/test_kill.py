@@ -30,8 +30,9 @@ def _ours(home: Path) -> list[int]:
 def _start_mid_run(registry: Path, tmp_path: Path) -> tuple[subprocess.Popen, Path, Path]:
     """A run with retraining, stopped once its ablation jobs are under way (its task-run logs say so)."""
     out, home = tmp_path / "out", tmp_path / "prefect-home"
-    env = {**os.environ, "PREFECT_HOME": str(home), "PYTHONPATH": str(REPO)}
-    env.pop("PREFECT_API_URL", None)  # its own temporary server, not the tests' harness
+    quiet = ("TF_CPP_MIN_LOG_LEVEL", "PREFECT_API_URL", "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL")
+    env = {k: v for k, v in os.environ.items() if k not in quiet}  # its own server; its own --verbose console
+    env.update(PREFECT_HOME=str(home), PYTHONPATH=str(REPO))
     process = subprocess.Popen(
         [sys.executable, "-m", "flows.cli", "run", "--registry", str(registry), "--model", "linear",
          "--out", str(out), "--methods", "weights,permutation,ablation", "--verbose"],
