@@ -164,7 +164,9 @@ def _ablation(resolved, *, n_seeds: int, seed: int, budget: Budget, priority) ->
             running = [ablation_job_task.submit(resolved, plan, job, seed=seed) for job in jobs]
             return [future.result() for future in running]
 
-        run = run_ablation(plan, submit, n_features=len(resolved.features))
+        logger = get_run_logger()
+        run = run_ablation(plan, submit, n_features=len(resolved.features),
+                           progress=lambda message, done, total: logger.info("ablation: %s (%d/%d)", message, done, total))
         return ablation_results_task(resolved, plan, run, seed=seed)
     except Exception as exc:  # the method's own error, shown in the report; the other methods still count
         reason = f"{type(exc).__name__}: {exc}"

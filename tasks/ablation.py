@@ -613,8 +613,6 @@ def audit_ablation(
     """
     if (none := skipped(version)) is not None:
         return none
-    if n_seeds < 1:
-        raise FeatureAuditError(f"n_seeds={n_seeds}: retrain-ablation needs at least 1 seed (5 by default)")
     setup = load_setup(version, seed=seed)
     plan = plan_for(version, setup, n_seeds=n_seeds, max_seeds=max_seeds, seed=seed, budget=budget, priority=priority)
 
@@ -672,10 +670,8 @@ def _retrained_weights_result(run: AblationRun, features: list[str], recipe: Rec
 
 @task(name="ablation-plan")
 def ablation_plan_task(version: ModelVersion, *, n_seeds: int = 5, seed: int = 0, budget: Budget = Budget(),
-                       priority: Any = None) -> AblationPlan | None:
-    """Cut retrain-ablation into jobs (None when the version has no train split)."""
-    if version.train_path is None:
-        return None
+                       priority: Any = None) -> AblationPlan:
+    """Cut retrain-ablation into jobs (the version has a train split: see :func:`skipped`)."""
     return plan_for(version, _cached_setup(version, seed), n_seeds=n_seeds, seed=seed, budget=budget, priority=priority)
 
 

@@ -48,15 +48,6 @@ def previous_runs(out: str | Path, model: str, version: str) -> dict[str, dict[s
     return found
 
 
-def previous_results(out: str | Path, model: str) -> dict[str, Any] | None:
-    """The newest earlier ``results.json`` of ``model`` under ``out``, whatever its version, or None."""
-    root = Path(out) / model
-    if not root.is_dir():
-        return None
-    documents = [d for d in (_newest(p) for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if d]
-    return max(documents, key=lambda d: d.get("run", {}).get("id", ""), default=None)
-
-
 def intervals_separate(before: dict[str, Any], now: dict[str, Any]) -> bool:
     """True when the two 95% intervals do not overlap: the change is beyond both runs' noise."""
     try:

@@ -85,7 +85,7 @@ def build_context(
         "sampling": version.test_sampling()["note"],
         "warnings": [f.message for f in comparison.findings],
         "summary": _summary(version, comparison, results),
-        "evidence": [{"method": e.method, "summary": e.summary(), "test": e.test, "threshold": e.threshold}
+        "evidence": [{"method": e.method, "summary": e.summary(), "test": e.test}
                      for e in comparison.evidence],
         "weight_stability": comparison.weight_stability,
         "methods": [_method(r) for r in results],
