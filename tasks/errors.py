@@ -7,7 +7,8 @@ StorageError, 1 for DeliveryError (the report is written but not sent), 2 for th
     FeatureAuditError
     ├── RegistryError      no such registry, model or version; unsafe names
     ├── ManifestError      manifest.json unreadable or incomplete
-    ├── ModelLoadError     model file missing, corrupt or refused by Keras safe mode
+    ├── ModelLoadError     model file missing, corrupt, refused by Keras safe mode, or using an unregistered class
+    ├── ModuleImportError  a module named by --import (the flows' ``imports``) could not be imported
     ├── DataError          a split missing columns, with bad dtypes, NaN/inf or no rows
     ├── StorageError       the output folder is not writable, or the disk is (nearly) full
     ├── DeliveryError      the report could not be sent
@@ -33,6 +34,10 @@ class ManifestError(FeatureAuditError):
 
 class ModelLoadError(FeatureAuditError):
     """The model file cannot be loaded safely, or does not match the features."""
+
+
+class ModuleImportError(FeatureAuditError):
+    """A module the operator named to register custom Keras objects could not be imported."""
 
 
 class DataError(FeatureAuditError):

@@ -10,6 +10,10 @@ one that leads outside it is refused unless ``FEATUREAUDIT_ALLOW_EXTERNAL_LINKS=
 
 A model file is checked before Keras reads it (:func:`check_model_file`), so a decompression bomb
 costs a directory listing, not the machine's memory.
+
+Keras loads in safe mode only (:func:`load_keras_model`). Custom classes are found through the modules the
+operator names (``--import``, carried by :attr:`ModelVersion.imports`), never through a module the file
+names; a legacy ``.h5`` whose compiled loss Keras 3 cannot read is compiled with the loss of its task.
 """
 
 from __future__ import annotations
@@ -27,7 +31,15 @@ import numpy as np
 import pandas as pd
 from prefect import task
 
-from tasks.errors import DataError, FeatureAuditError, ManifestError, ModelLoadError, RegistryError, retry_unless_bad_input
+from tasks.errors import (
+    DataError,
+    FeatureAuditError,
+    ManifestError,
+    ModelLoadError,
+    ModuleImportError,
+    RegistryError,
+    retry_unless_bad_input,
+)
 
 TaskType = Literal["regression", "binary", "multiclass"]
 TASK_TYPES: tuple[str, ...] = ("regression", "binary", "multiclass")
@@ -81,6 +93,7 @@ class ModelVersion:
     test_rows: int = 0
     max_test_rows: int | None = None
     sample_seed: int = 0
+    imports: tuple[str, ...] = ()  # modules the operator named (--import) to register custom Keras objects
 
     @property
     def folder(self) -> Path:
@@ -128,11 +141,13 @@ def natural_key(name: str) -> tuple[tuple[int, Any], ...]:
 
 
 def resolve_version(
-    registry: str | Path, name: str, version: str | None = None, *, max_test_rows: int | None = None, seed: int = 0
+    registry: str | Path, name: str, version: str | None = None, *, max_test_rows: int | None = None, seed: int = 0,
+    imports: tuple[str, ...] = (),
 ) -> ModelVersion:
     """Find the newest (or the named) version of ``name`` and read its manifest.
 
-    A test split over ``max_test_rows`` rows is sampled (seeded by ``seed``) wherever it is loaded.
+    A test split over ``max_test_rows`` rows is sampled (seeded by ``seed``) wherever it is loaded; the modules
+    ``imports`` are imported wherever the model is loaded (:func:`load_keras_model`).
     """
     registry = Path(registry)
     if max_test_rows is not None and (isinstance(max_test_rows, bool) or max_test_rows < 1):
@@ -183,6 +198,7 @@ def resolve_version(
         test_rows=test_rows,
         max_test_rows=max_test_rows,
         sample_seed=seed,
+        imports=tuple(imports),
     )
 
 
@@ -293,23 +309,136 @@ def load_split(path: Path, version: ModelVersion) -> Split:
     return Split(X=X, y=y, features=version.features)
 
 
-def load_model(path: Path):
-    """Load a Keras model in safe mode, after :func:`check_model_file`; never run code stored in the file."""
+def load_keras_model(path: Path, *, task: TaskType | None, imports: tuple[str, ...] = ()) -> tuple[Any, tuple[str, ...]]:
+    """Load a Keras model in safe mode, after :func:`check_model_file`; the model and notes for the report.
+
+    ``imports`` (the operator's ``--import``) are imported first, so the custom classes they register
+    can be found; nothing named by the model file is ever imported, and stored code never runs. A model
+    whose compiled loss does not deserialize (a legacy ``.h5`` compiled with ``"mse"``, a custom loss
+    nobody registered), or that was saved without one, is compiled with the loss ``task`` implies and a
+    default Adam optimizer, and a note says so (``task=None``: such a file is refused).
+    """
     if not path.is_file():
         raise ModelLoadError(f"model file {path} does not exist")
     check_model_file(path)
+    import_modules(imports)
     import keras
 
     try:
-        return keras.saving.load_model(path, safe_mode=True, compile=True)
+        model, unread = keras.saving.load_model(path, safe_mode=True, compile=True), None
     except Exception as exc:  # Keras raises many types for corrupt files
-        text = str(exc).replace("\n", " ")
-        if "safe_mode" in text or "Lambda" in text:
-            raise ModelLoadError(
-                f"{path.name} was refused by Keras safe mode: it contains a Python Lambda layer or custom "
-                "code that would run on load; rebuild the model from built-in layers"
-            ) from None
-        raise ModelLoadError(f"{path.name} could not be loaded as a Keras model ({type(exc).__name__}: {text[:200]})") from None
+        if _refused_by_safe_mode(exc):
+            raise _load_error(path, exc) from None
+        try:  # loads without the compiled loss: then the loss (or its metrics) was what failed
+            model, unread = keras.saving.load_model(path, safe_mode=True, compile=False), exc
+        except Exception as again:
+            raise _load_error(path, again) from None
+    if unread is None and getattr(model, "loss", None) is not None:
+        return model, ()
+    if task is None:
+        raise ModelLoadError(f"{path.name} has no compiled loss Keras 3 can read; the task is needed to choose one")
+    loss, loss_name = _task_loss(model, task)
+    model.compile(optimizer=keras.optimizers.Adam(), loss=loss)
+    if unread is None:
+        why = f"{path.name} was saved without a compiled loss; compiled with {loss_name}"
+    else:
+        missing = _missing_custom(unread)
+        read = (f"uses a custom {missing[0]} '{missing[1]}' that is not registered (pass --import with the module "
+                "that registers it to keep it)" if missing else "could not be read by Keras 3")
+        why = f"{path.name}'s compiled loss {read}; loaded without it and compiled with {loss_name}"
+    return model, (f"{why}, the loss the task implies, and a default Adam optimizer for retraining.",)
+
+
+def load_model(path: Path, *, task: TaskType | None = None, imports: tuple[str, ...] = ()):
+    """:func:`load_keras_model`'s model alone, for the present callers (the task from the manifest beside the file)."""
+    if task is None and (path.parent / "manifest.json").is_file():
+        task = read_manifest(path.parent / "manifest.json").task
+    return load_keras_model(path, task=task, imports=imports)[0]
+
+
+def import_modules(names: tuple[str, ...] | list[str]) -> None:
+    """Import the modules the operator named (``--import``), which register custom Keras objects; one line if one fails."""
+    import importlib
+
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            raise ModuleImportError(f"--import {name}: {exc}") from None
+        except Exception as exc:  # the module itself raised while importing
+            raise ModuleImportError(f"--import {name}: {type(exc).__name__}: {exc}") from None
+
+
+#: The loss a task implies, for a model whose own cannot be read: (loss class, its name in notes).
+_TASK_LOSSES = {
+    "regression": ("MeanSquaredError", "mean squared error"),
+    "binary": ("BinaryCrossentropy", "binary cross-entropy"),
+    "multiclass": ("SparseCategoricalCrossentropy", "sparse categorical cross-entropy"),
+}
+
+
+def _task_loss(model, task: TaskType) -> tuple[Any, str]:
+    """The task's loss, on logits when a classifier's last layer has no sigmoid or softmax (the predictions squash them)."""
+    import keras
+
+    class_name, name = _TASK_LOSSES[task]
+    if task == "regression":
+        return keras.losses.MeanSquaredError(), name
+    activation = getattr(getattr(model.layers[-1], "activation", None), "__name__", None) if model.layers else None
+    logits = activation == "linear"
+    loss = getattr(keras.losses, class_name)(from_logits=logits)
+    return loss, f"{name} on logits (the last layer has no {'sigmoid' if task == 'binary' else 'softmax'})" if logits else name
+
+
+def _refused_by_safe_mode(exc: BaseException) -> bool:
+    text = str(exc)
+    return "safe_mode" in text or "Lambda" in text
+
+
+def _load_error(path: Path, exc: BaseException) -> ModelLoadError:
+    """One line for a model Keras refused: safe mode, an unregistered custom class named in full, or Keras' reason."""
+    if _refused_by_safe_mode(exc):
+        return ModelLoadError(
+            f"{path.name} was refused by Keras safe mode: it contains a Python Lambda layer or custom "
+            "code that would run on load; rebuild the model from built-in layers")
+    missing = _missing_custom(exc)
+    if missing is not None:
+        kind, name, module = missing
+        where = f"; the file says it was defined in module '{module}'" if module else ""
+        return ModelLoadError(
+            f"{path.name} uses a custom {kind} '{name}' that is not registered; pass --import with the module "
+            f"that registers it (@keras.saving.register_keras_serializable){where}")
+    text = str(exc).replace("\n", " ")
+    return ModelLoadError(f"{path.name} could not be loaded as a Keras model ({type(exc).__name__}: {text[:200]})")
+
+
+#: Keras 3's words for a class or function it cannot find: in a ``.keras`` archive ("Could not locate class
+#: 'ScaledDense'. … Full object config: {'module': …, 'registered_name': 'my_pkg>ScaledDense', …}"), and in
+#: a legacy ``.h5`` file ("Unknown layer: 'my_pkg>ScaledDense'").
+_NOT_LOCATED = re.compile(r"Could not locate (class|function) '([^']+)'")
+_UNKNOWN = re.compile(r"Unknown (layer|object|optimizer|initializer|regularizer|constraint|(?:loss|metric|activation) "
+                      r"function): '([^']+)'")
+
+
+def _missing_custom(exc: BaseException) -> tuple[str, str, str | None] | None:
+    """The unregistered custom object Keras could not find, from its error or the errors it was raised from:
+    (``class`` or ``function``, its registered name in full, the module it was defined in where the file says)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        text = str(exc)
+        if found := _NOT_LOCATED.search(text):
+            kind, name = found.groups()
+            config = text[found.end():]
+            registered = re.search(r"'registered_name': '([^']*>" + re.escape(name) + ")'", config)
+            module = re.match(r"[^{]*\{'module': '([^']+)', 'class_name': '" + re.escape(name) + "'", config)
+            module_name = module.group(1) if module and module.group(1).split(".")[0] not in ("keras", "builtins") else None
+            return kind, registered.group(1) if registered else name, module_name
+        if found := _UNKNOWN.search(text):
+            what, name = found.groups()
+            return ("function" if what.endswith("function") else "class"), name, None
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def check_model_file(path: Path, *, max_bytes: int | None = None) -> None:
@@ -380,10 +509,11 @@ def sha256_file(path: Path) -> str:
 
 @task(name="resolve-version", retries=2, retry_delay_seconds=2, retry_condition_fn=retry_unless_bad_input)
 def resolve_version_task(
-    registry: str, name: str, version: str | None = None, *, max_test_rows: int | None = None, seed: int = 0
+    registry: str, name: str, version: str | None = None, *, max_test_rows: int | None = None, seed: int = 0,
+    imports: tuple[str, ...] = (),
 ) -> ModelVersion:
     """Resolve the model version to audit and hash its files."""
-    return resolve_version(registry, name, version, max_test_rows=max_test_rows, seed=seed)
+    return resolve_version(registry, name, version, max_test_rows=max_test_rows, seed=seed, imports=imports)
 
 
 def _check_name(what: str, value: str) -> None:

@@ -307,3 +307,95 @@ def test_a_real_model_passes_the_archive_checks(linear_registry):
     check_model_file(path)
     with zipfile.ZipFile(path) as archive:  # Keras stores its members: they inflate 1:1
         assert sum(m.file_size for m in archive.infolist()) <= 1.01 * path.stat().st_size
+
+
+def _legacy_h5(tmp_path):
+    """A registry version whose model is a legacy model.h5 compiled with the string loss "mse"."""
+    folder = helpers.write_version(tmp_path, "legacy", "v1", helpers.linear_model(), helpers.linear_frame(200, seed=1),
+                                   helpers.linear_frame(200, seed=2))
+    model = helpers.linear_model(np.array([1.0, 2.0, -1.0, 0.5]))
+    model.save(folder / "model.h5")
+    (folder / "model.keras").unlink()
+    return folder / "model.h5", model
+
+
+def legacy_note(file_name: str) -> str:
+    return (f"{file_name}'s compiled loss could not be read by Keras 3; loaded without it and compiled with mean "
+            "squared error, the loss the task implies, and a default Adam optimizer for retraining.")
+
+
+def test_a_legacy_h5_compiled_with_mse_loads_with_the_task_loss_and_retrains(tmp_path):
+    import keras
+
+    from tasks.ablation import _fresh_optimizer, seeded_clone
+    from tasks.sources import load_keras_model
+
+    path, saved = _legacy_h5(tmp_path)
+    with pytest.raises(Exception, match="Could not deserialize 'keras.metrics.mse'"):  # Keras 3 alone fails
+        keras.saving.load_model(path)
+    model, notes = load_keras_model(path, task="regression")
+    assert notes == (legacy_note("model.h5"),)
+    X = helpers.linear_frame(64, seed=3)[list(helpers.LINEAR_FEATURES)].to_numpy(np.float32)
+    np.testing.assert_allclose(model.predict_on_batch(X), saved.predict_on_batch(X), rtol=1e-6)
+    fresh = seeded_clone(model, 0)  # as ablation retrains: a fresh optimizer like the compiled one, the compiled loss
+    fresh.compile(optimizer=_fresh_optimizer(model), loss=model.loss)
+    history = fresh.fit(X, X @ np.array([1.0, 2.0, -1.0, 0.5], np.float32), epochs=1, batch_size=32, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    assert load_model(path).loss.name == model.loss.name == "mean_squared_error"  # the task from the manifest beside it
+
+
+@pytest.mark.parametrize(("task", "activation", "loss"), [
+    ("regression", None, "mean squared error"),
+    ("binary", "sigmoid", "binary cross-entropy"),
+    ("binary", None, "binary cross-entropy on logits (the last layer has no sigmoid)"),
+    ("multiclass", "softmax", "sparse categorical cross-entropy"),
+])
+def test_a_model_saved_without_compiling_gets_the_loss_its_task_implies(tmp_path, task, activation, loss):
+    import keras
+
+    from tasks.sources import load_keras_model
+
+    units = 3 if task == "multiclass" else 1
+    path = tmp_path / "model.keras"
+    keras.Sequential([keras.Input((4,)), keras.layers.Dense(units, activation=activation)]).save(path)
+    model, notes = load_keras_model(path, task=task)
+    assert notes == (f"model.keras was saved without a compiled loss; compiled with {loss}, the loss the task "
+                     "implies, and a default Adam optimizer for retraining.",)
+    assert model.optimizer.__class__.__name__ == "Adam"
+    assert getattr(model.loss, "from_logits", False) == ("logits" in loss)
+    with pytest.raises(ModelLoadError, match="model.keras has no compiled loss Keras 3 can read; the task is needed"):
+        load_keras_model(path, task=None)
+
+
+@pytest.mark.parametrize("file_name", ["model.keras", "model.h5"])
+def test_an_unregistered_custom_layer_is_named_in_full_and_loads_with_its_import(tmp_path, monkeypatch, file_name):
+    from tasks.sources import load_keras_model
+    from tests import custom_layers
+
+    path = tmp_path / file_name
+    saved = custom_layers.scaled_linear_model(helpers.LINEAR_WEIGHTS)
+    saved.save(path)
+    custom_layers.forget(monkeypatch)
+    message = (f"{file_name} uses a custom class 'featureaudit_test>ScaledDense' that is not registered; pass --import "
+               "with the module that registers it (@keras.saving.register_keras_serializable)")
+    with pytest.raises(ModelLoadError, match=re.escape(message)) as refused:
+        load_keras_model(path, task="regression")
+    if file_name == "model.keras":  # the archive records the module; never imported on its word
+        assert str(refused.value).endswith("; the file says it was defined in module 'tests.custom_layers'")
+    model, notes = load_keras_model(path, task="regression", imports=("tests.custom_layers",))
+    X = helpers.linear_frame(32, seed=5)[list(helpers.LINEAR_FEATURES)].to_numpy(np.float32)
+    assert type(model.layers[0]).__name__ == "ScaledDense"
+    assert notes == (() if file_name == "model.keras" else (legacy_note("model.h5"),))  # .h5: compiled with "mse"
+    np.testing.assert_allclose(model.predict_on_batch(X), saved.predict_on_batch(X), rtol=1e-6)
+
+
+def test_an_import_that_fails_is_one_line_naming_the_module(linear_registry):
+    import pickle
+
+    from tasks.errors import ModuleImportError
+    from tasks.sources import import_modules
+
+    with pytest.raises(ModuleImportError, match=re.escape("--import no.such.module: No module named 'no'")):
+        import_modules(("tests.custom_layers", "no.such.module"))
+    version = resolve_version(linear_registry, "linear", imports=("tests.custom_layers",))
+    assert pickle.loads(pickle.dumps(version)).imports == ("tests.custom_layers",)  # travels to Dask workers
