@@ -2,8 +2,21 @@ import numpy as np
 import pytest
 
 from tasks.sources import load_model, load_split, resolve_version
-from tasks.weights import SCALED_NOTE, effective_magnitudes, weight_importance, weight_magnitudes
+from tasks.weights import (
+    SCALED_NOTE,
+    Unattributable,
+    effective_magnitudes,
+    feature_sources,
+    input_reaches,
+    weight_importance,
+    weight_magnitudes,
+)
 from tests import helpers
+
+
+def _importance(model, features, X, **options):
+    """weight_importance for a model fed the plain way, each column scaled by its standard deviation in ``X``."""
+    return weight_importance(model, features, feature_sources(model, features), X.std(axis=0), **options)
 
 
 def test_linear_model_weights_are_the_coefficients(linear_registry):
@@ -16,7 +29,7 @@ def test_scale_aware_weights_multiply_by_the_feature_std(linear_registry):
     version = resolve_version(linear_registry, "linear")
     model = load_model(version.model_path)
     test = load_split(version.test_path, version)
-    naive, scaled = weight_importance(model, version.features, test.X)
+    naive, scaled = _importance(model, version.features, test.X)
     assert naive.method == "weights" and scaled.method == "weights_scaled"
     assert naive.kind == scaled.kind == "weight-based"
     np.testing.assert_allclose(scaled.importances_mean, np.abs(helpers.LINEAR_WEIGHTS) * test.X.std(axis=0), rtol=1e-5)
@@ -83,7 +96,7 @@ def _std_reaching_dense(model, X: np.ndarray) -> np.ndarray:
 def test_normalized_model_ranks_by_standardized_effect_not_raw_scale():
     model, norm = _normalized_model()
     X = _scaled_columns(2000, seed=6)
-    naive, scaled = weight_importance(model, SCALED_FEATURES, X)
+    naive, scaled = _importance(model, SCALED_FEATURES, X)
 
     # The naive magnitudes are still the |W| rows; the effective ones divide by the adapted std.
     np.testing.assert_allclose(weight_magnitudes(model, SCALED_FEATURES), STANDARDIZED_COEFS, rtol=1e-6)
@@ -107,8 +120,10 @@ def test_normalized_model_ranks_by_standardized_effect_not_raw_scale():
 
 def test_normalization_gain_survives_saving(tmp_path):
     model, _ = _normalized_model()
+    import keras
+
     model.save(tmp_path / "model.keras")
-    loaded = load_model(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
     np.testing.assert_allclose(
         effective_magnitudes(loaded, SCALED_FEATURES), effective_magnitudes(model, SCALED_FEATURES), rtol=1e-6
     )
@@ -125,7 +140,7 @@ def test_rescaling_gain_is_the_absolute_scale():
     per_column = _dense_behind([keras.layers.Rescaling([-2.0, 1.0, 0.5])], weights)
     np.testing.assert_allclose(effective_magnitudes(per_column, ("p", "q", "r")), [2.0, 2.0, 1.5], rtol=1e-6)
     X = _scaled_columns(500, seed=7)[:, :3]
-    _, scaled = weight_importance(per_column, ("p", "q", "r"), X)
+    _, scaled = _importance(per_column, ("p", "q", "r"), X)
     np.testing.assert_allclose(scaled.importances_mean, [2.0, 2.0, 1.5] * X.std(axis=0), rtol=1e-5)
 
 
@@ -164,7 +179,7 @@ def _stacked():
 def test_scale_aware_weights_use_the_std_reaching_the_first_dense_layer(preprocess):
     model = _dense_behind(preprocess(), STANDARDIZED_COEFS)
     X = _scaled_columns(1000, seed=8)
-    _, scaled = weight_importance(model, SCALED_FEATURES, X)
+    _, scaled = _importance(model, SCALED_FEATURES, X)
     np.testing.assert_allclose(scaled.importances_mean, STANDARDIZED_COEFS * _std_reaching_dense(model, X), rtol=1e-3)
     np.testing.assert_allclose(weight_magnitudes(model, SCALED_FEATURES), STANDARDIZED_COEFS, rtol=1e-6)
 
@@ -190,7 +205,7 @@ def test_gain_follows_each_named_input_through_concatenate():
         effective_magnitudes(model, features), [kernel[0].sum() / 10.0, table.sum(), 3.0 * kernel[4].sum()], rtol=1e-5
     )
     X = np.column_stack([np.linspace(-50, 50, 200), np.arange(200) % 4, np.linspace(-1, 1, 200)])
-    _, scaled = weight_importance(model, features, X, categorical=("region",))
+    _, scaled = _importance(model, features, X, categorical=("region",))
     np.testing.assert_allclose(scaled.importances_mean[1], table.sum(), rtol=1e-6)  # categoricals unscaled
     assert (
         "Scale-aware weights account for the model's own Normalization layer 'amount_norm' and Rescaling layer 'x3'."
@@ -204,5 +219,5 @@ def test_models_without_rescaling_layers_get_no_extra_note(linear_registry):
     np.testing.assert_allclose(
         effective_magnitudes(model, version.features), weight_magnitudes(model, version.features), rtol=1e-12
     )
-    _, scaled = weight_importance(model, version.features, load_split(version.test_path, version).X)
+    _, scaled = _importance(model, version.features, load_split(version.test_path, version).X)
     assert scaled.notes[0] == SCALED_NOTE and not any("account for the model's own" in n for n in scaled.notes)
