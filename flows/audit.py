@@ -79,13 +79,18 @@ def audit_model(
     ablation_budget: str | None = None,
     max_test_rows: int | None = 200_000,
     email_to: list[str] | None = None,
+    imports: list[str] | None = None,
 ) -> str:
-    """Audit one model version and return the folder its report was written to (run state 'Partial' if a method failed)."""
+    """Audit one model version and return the folder its report was written to (run state 'Partial' if a method failed).
+
+    ``imports`` names modules that register the model's custom Keras objects; they are imported wherever it is loaded.
+    """
     started = datetime.now(timezone.utc)
     check_output_task(out)
     report_base_url()  # a malformed report-store URL fails now, not after the night's compute
     recipients = check_delivery_task(email_to) if email_to else None
-    resolved = resolve_version_task(registry, model, version, max_test_rows=max_test_rows, seed=seed)
+    resolved = resolve_version_task(registry, model, version, max_test_rows=max_test_rows, seed=seed,
+                                    imports=tuple(imports or ()))
     if version is None:
         _name_run(f"{resolved.name} {resolved.version}")
     check_version_task(resolved)
@@ -124,6 +129,7 @@ def audit_registry(
     seed: int = 0,
     max_test_rows: int | None = 200_000,
     email_to: list[str] | None = None,
+    imports: list[str] | None = None,
 ) -> dict[str, dict[str, str | None]]:
     """Audit the newest version of each model (all in the registry by default), one flow run per model.
 
@@ -134,7 +140,7 @@ def audit_registry(
     outcome = {}
     for name in names:
         state = audit_model(registry=registry, model=name, out=out, methods=methods, seed=seed,
-                            max_test_rows=max_test_rows, email_to=email_to, return_state=True)
+                            max_test_rows=max_test_rows, email_to=email_to, imports=imports, return_state=True)
         outcome[name] = _outcome(state)
     publish_summary_task(outcome)
     return _registry_state(outcome)

@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     from tasks.deliver import check_delivery
     from tasks.modeling import memory_budget
     from tasks.output import check_output
-    from tasks.sources import check_version, resolve_version
+    from tasks.sources import check_version, import_modules, resolve_version
 
     methods = _methods(args.methods)
     Budget.parse(args.ablation_budget)
@@ -114,14 +114,17 @@ def run(args: argparse.Namespace) -> int:
             "--dask-address needs PREFECT_API_URL: point it (here and on every Dask worker) at a Prefect server the "
             "workers can reach, e.g. one started with 'prefect server start'; without it each worker starts a "
             "temporary server of its own and the run's task logs never reach it")
+    imports = tuple(args.imports or ())
+    import_modules(imports)  # the operator's modules register custom Keras objects before any model loads
     email_to = check_delivery(args.email_to) if args.email_to else None
-    version = resolve_version(args.registry, args.model, args.version, max_test_rows=args.max_rows, seed=args.seed)
+    version = resolve_version(args.registry, args.model, args.version, max_test_rows=args.max_rows, seed=args.seed,
+                              imports=imports)
     check_version(version)  # fail fast, before Prefect starts
     check_output(args.out)
     memory_budget()  # FEATUREAUDIT_MEMORY_MB, refused now rather than when a method starts
     return _audit(args.registry, version.name, version.version, args.out, methods, args.seed,
                   ablation_budget=args.ablation_budget, dask_address=args.dask_address,
-                  max_test_rows=args.max_rows, email_to=email_to)
+                  max_test_rows=args.max_rows, email_to=email_to, imports=list(imports))
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -129,9 +132,10 @@ def serve(args: argparse.Namespace) -> int:
     from flows.serve import serve as serve_deployment
     from tasks.deliver import check_delivery
     from tasks.errors import RegistryError
-    from tasks.sources import list_models
+    from tasks.sources import import_modules, list_models
 
     methods = _methods(args.methods)
+    import_modules(args.imports or ())  # a module that does not import fails now, not every night
     email_to = check_delivery(args.email_to) if args.email_to else None
     present = list_models(args.registry)  # fail fast on names; each model's files are checked at each run
     missing = [name for name in args.model or [] if name not in present]
@@ -139,7 +143,8 @@ def serve(args: argparse.Namespace) -> int:
         raise RegistryError(f"registry {args.registry} has no model '{missing[0]}'; models present: {', '.join(present)}")
     deployment = registry_deployment(registry=str(Path(args.registry).resolve()), models=args.model, cron=args.cron,
                                      timezone=args.timezone, out=str(Path(args.out).resolve()), email_to=email_to,
-                                     methods=methods, max_test_rows=args.max_rows, name=args.name)
+                                     methods=methods, max_test_rows=args.max_rows, name=args.name,
+                                     imports=args.imports)
     serve_deployment(deployment, port=args.port)
     return 0
 
@@ -167,14 +172,15 @@ def demo(args: argparse.Namespace) -> int:
 def _audit(
     registry: str, model: str, version: str | None, out: str, methods: list[str], seed: int,
     *, ablation_budget: str | None = None, dask_address: str | None = None,
-    max_test_rows: int | None = DEFAULT_MAX_ROWS, email_to: list[str] | None = None,
+    max_test_rows: int | None = DEFAULT_MAX_ROWS, email_to: list[str] | None = None, imports: list[str] | None = None,
 ) -> int:
     from flows.audit import with_runner
 
     flow = with_runner(dask_address)
     start_prefect_api()
     state = flow(registry=registry, model=model, version=version, out=out, methods=methods, seed=seed,
-                 ablation_budget=ablation_budget, max_test_rows=max_test_rows, email_to=email_to, return_state=True)
+                 ablation_budget=ablation_budget, max_test_rows=max_test_rows, email_to=email_to, imports=imports,
+                 return_state=True)
     folder = Path(state.result())  # a failed run raises its error here
     for name in ("report.pdf", "report.html", "results.json"):
         print(folder / name)
@@ -400,6 +406,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                         help=f"sample a larger test split down to this many rows, seeded (default: {DEFAULT_MAX_ROWS})")
     parser.add_argument("--email-to", action="append", metavar="ADDRESS",
                         help="email the PDF to this address (repeatable); SMTP settings from FEATUREAUDIT_SMTP_*")
+    parser.add_argument("--import", dest="imports", action="append", metavar="MODULE",
+                        help="import this module before loading models, to register the custom Keras objects they use "
+                             "(@keras.saving.register_keras_serializable; repeatable)")
     _add_verbose(parser)
 
 

@@ -73,7 +73,7 @@ def prefect_api(port: int = DEFAULT_PORT, *, timeout: float = STARTUP_TIMEOUT_S)
 def registry_deployment(
     *, registry: str, models: list[str] | None = None, cron: str = DEFAULT_CRON, timezone: str | None = None,
     out: str = "reports", email_to: list[str] | None = None, methods: list[str] | None = None,
-    max_test_rows: int | None = 200_000, name: str = DEPLOYMENT_NAME,
+    max_test_rows: int | None = 200_000, name: str = DEPLOYMENT_NAME, imports: list[str] | None = None,
 ):
     """The nightly deployment of the registry flow: one run per night, one subflow per model."""
     from prefect.schedules import Cron
@@ -82,7 +82,7 @@ def registry_deployment(
 
     parameters: dict[str, Any] = {"registry": registry, "models": models or None, "out": out,
                                   "methods": list(methods or METHODS), "max_test_rows": max_test_rows,
-                                  "email_to": email_to or None}
+                                  "email_to": email_to or None, "imports": list(imports or []) or None}
     try:
         schedule = Cron(cron, timezone=timezone)
         return audit_registry.to_deployment(name=name, schedules=[schedule], parameters=parameters)

@@ -165,3 +165,30 @@ def test_quiet_console_is_put_back_after_the_command(monkeypatch):
     assert main(["demo"]) == 0
     assert seen == [False]  # task run logs went to the Prefect API only, not the console
     assert (runs.propagate, logging.getLogger("weasyprint").level, list(warnings.filters)) == before
+
+
+def test_an_import_that_fails_exits_2_with_one_line(linear_registry, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["run", "--registry", str(linear_registry), "--model", "linear", "--out", str(out),
+                 "--import", "no.such.module"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err == "featureaudit: error: --import no.such.module: No module named 'no'"
+    assert not out.exists()
+
+
+def test_import_registers_a_custom_layer_for_the_run(tmp_path, capsys, monkeypatch):
+    from tests import custom_layers, helpers
+
+    registry = tmp_path / "registry"
+    helpers.write_version(registry, "custom", "v1", custom_layers.scaled_linear_model(helpers.LINEAR_WEIGHTS),
+                          helpers.linear_frame(400, seed=1))
+    custom_layers.forget(monkeypatch)
+    run = ["run", "--registry", str(registry), "--model", "custom", "--out", str(tmp_path / "out"),
+           "--methods", "permutation"]  # weights cannot look through a custom layer: a partial report
+    assert main(run) == 2
+    assert "custom class 'featureaudit_test>ScaledDense' that is not registered" in capsys.readouterr().err
+    assert main([*run, "--import", "tests.custom_layers"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and sorted(Path(p).name for p in captured.out.split()) == [
+        "report.html", "report.pdf", "results.json"]
