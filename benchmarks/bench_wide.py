@@ -4,7 +4,9 @@ Workload: an untrained Dense MLP F-64-1 (ReLU, seeded initialisers) on random da
 and 500 background-pool rows. For each width, each method runs in a fresh subprocess through the
 plain functions the audit uses:
 
-    permutation   tasks.permutation.permutation_importance on a tasks.modeling.Forward, 5 repeats, MSE
+    permutation   tasks.clusters.correlated_clusters on the test rows (the clustering step the permutation
+                  and ablation tasks run first), then tasks.permutation.permutation_importance on a
+                  tasks.modeling.Forward, 5 repeats, MSE
     shap          tasks.shap_importance.shap_importance with the audit's defaults (up to 1,000 rows,
                   100 background rows, the default work budget)
 
@@ -12,14 +14,17 @@ Time is the method's wall time in the child (the Forward built and traced, then 
 TensorFlow is imported and the data made. Peak memory is the child's VmHWM (peak resident set,
 TensorFlow included) from /proc. The memory budget is the default unless FEATUREAUDIT_MEMORY_MB
 is set. The table says how each model was evaluated (whole rows, or after its first Dense layer)
-and what SHAP reduced.
+and what SHAP reduced; the permutation row also says what its clustering step found, its time
+(included in the row's) and its own peak above the memory it started from.
 
 This MLP's input feeds one Dense layer, so from 512 features both methods evaluate it after that
 layer. A model that cannot be (a Normalization layer first, named inputs) is fed whole rows, whose
 work grows as the square of the features (permutation: 10,000 units × 2,500 copies × 10,000
 values): far too long to run here at 10,000 features, so two probes measure that path's memory
 only, on a slice of the work: permutation of the first 100 units, and one explained row's chains
-against 10 background rows. They count in the peak of the last line, not in its time ratio.
+against 10 background rows. A third probe is clustering's worst case: every feature correlated with
+every other (one factor plus a little noise), so all 10,000 form one group and complete linkage
+runs on all of them. They count in the peak of the last line, not in its time ratio.
 
 The last line: the largest peak at 10,000 features (probes included) and the ratio of the total
 time of both methods at 10,000 features to that at 1,000 (10 would be linear in the features).
@@ -42,17 +47,46 @@ sys.path.insert(0, str(ROOT))
 
 WIDTHS = (100, 1_000, 10_000)
 METHODS = ("permutation", "shap")
-PROBES = ("permutation, whole rows", "shap, whole rows")  # at the widest width: memory of the general path
+PROBES = ("permutation, whole rows", "shap, whole rows",  # at the widest width: memory of the general path
+          "clusters, one group")  # and of clustering when every feature correlates with every other
 PROBE_UNITS, PROBE_BACKGROUND = 100, 10
 N_TEST, N_POOL, HIDDEN, N_REPEATS, SEED = 500, 500, 64, 5, 0
 
 
-def peak_rss_bytes() -> int:
-    """This process's peak resident set size (VmHWM)."""
+_PEAK_BEFORE_RESET = [0]  # the peak this process had reached when reset_peak_rss last reset the kernel's count
+
+
+def status_bytes(field: str) -> int:
+    """A size from /proc/self/status (VmHWM: the peak resident set since the last reset; VmRSS: now)."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size, counting what it reached before a reset."""
+    return max(status_bytes("VmHWM"), _PEAK_BEFORE_RESET[0])
+
+
+def reset_peak_rss() -> int:
+    """Reset the kernel's peak resident set to the current size (clear_refs), keeping the peak so far for
+    :func:`peak_rss_bytes`; return the current size."""
+    _PEAK_BEFORE_RESET[0] = peak_rss_bytes()
+    Path("/proc/self/clear_refs").write_text("5")
+    return status_bytes("VmRSS")
+
+
+def clustering(X, features) -> str:
+    """Run the methods' clustering step; say what it found, its time and its own peak above where it started."""
+    from tasks.clusters import correlated_clusters
+
+    start_rss, tick = reset_peak_rss(), time.perf_counter()
+    clusters = correlated_clusters(X, features, random_state=SEED)
+    seconds, extra = time.perf_counter() - tick, status_bytes("VmHWM") - start_rss
+    largest = max((len(c.columns) for c in clusters), default=0)
+    return (f"clusters: {len(clusters)} (largest {largest}) in {seconds:.1f} s, "
+            f"+{extra / 1e9:.2f} GB")
 
 
 def child(method: str, n_features: int) -> dict:
@@ -75,11 +109,15 @@ def child(method: str, n_features: int) -> dict:
     features = tuple(f"x{j}" for j in range(n_features))
     y = X[:, :5].sum(axis=1)
     start = time.perf_counter()
+    if method == PROBES[2]:  # before the model: the clustering step on strongly correlated columns
+        factor = rng.standard_normal((N_TEST, 1), dtype=np.float32)
+        did = clustering(factor + np.float32(0.1) * X, features)
+        return {"seconds": time.perf_counter() - start, "peak": peak_rss_bytes(), "path": "-", "did": did}
+    did = clustering(X, features) if method == "permutation" else ""
     forward = Forward(model, features)
     path = "whole rows" if forward.first_layer is None else f"after first layer ({forward.first_layer.width})"
     if method == "permutation":
         permutation_importance(forward, X, y, metric=METRICS["mse"], n_repeats=N_REPEATS, random_state=SEED)
-        did = ""
     elif method == "shap":
         _, _, raw, _ = shap_importance(model, features, X, pool, random_state=SEED, forward=forward)
         plan = raw.plan
