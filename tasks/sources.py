@@ -391,8 +391,9 @@ def _task_loss(model, task: TaskType) -> tuple[Any, str]:
 
 
 def _refused_by_safe_mode(exc: BaseException) -> bool:
+    """Keras' safe-mode refusal (a ``Lambda`` layer, stored code); not a missing class whose name says "Lambda"."""
     text = str(exc)
-    return "safe_mode" in text or "Lambda" in text
+    return ("safe_mode" in text or "Lambda" in text) and _missing_custom(exc) is None
 
 
 def _load_error(path: Path, exc: BaseException) -> ModelLoadError:
