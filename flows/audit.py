@@ -37,7 +37,8 @@ from tasks.permutation import permutation_task
 from tasks.render import RunInfo, render_task, run_status
 from tasks.result import ImportanceResult
 from tasks.shap_importance import shap_task
-from tasks.sources import check_version_task, list_models_task, resolve_version_task
+from tasks.sources import list_models_task, resolve_version_task
+from tasks.subject import check_version_task
 from tasks.weights import weights_task
 
 METHODS = ("weights", "permutation", "ablation", "shap")

@@ -105,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
     from tasks.deliver import check_delivery
     from tasks.modeling import memory_budget
     from tasks.output import check_output
-    from tasks.sources import check_version, import_modules, resolve_version
+    from tasks.sources import import_modules, resolve_version
+    from tasks.subject import check_version
 
     methods = _methods(args.methods)
     Budget.parse(args.ablation_budget)

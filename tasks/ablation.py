@@ -19,20 +19,21 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from prefect import get_run_logger, task
 from scipy import stats
 
-from tasks.clusters import correlated_clusters, importance_units, unit_records
+from tasks.adapter import Adapter, head_loss, head_model, numeric_adapter
+from tasks.clusters import unit_records
 from tasks.errors import FeatureAuditError
-from tasks.metrics import METRICS, Metric, get_metric
-from tasks.modeling import as_predictions, compiled_loss_name, input_layout, model_feed, tensor_feed
+from tasks.metrics import METRICS, Metric
+from tasks.modeling import as_predictions, output_squash
 from tasks.ranking import RELEVANCE
 from tasks.result import ImportanceResult
-from tasks.sources import ModelVersion, Split, load_model, load_split
+from tasks.sources import ModelVersion, Split
+from tasks.subject import load_subject, subject_key
 from tasks.weights import weight_magnitudes
 
 NOTES = (
@@ -108,20 +109,23 @@ def retrain_score(
     seed: int,
     ablate: list[int] | None = None,
     constants: np.ndarray | None = None,
+    adapter: Adapter | None = None,
 ) -> float:
     """One retrain, one ``fit``: a seeded fresh copy with columns ``ablate`` held constant; its test metric.
 
-    The reference the fused trainer must reproduce; it pays Keras' per-fit overhead every time.
+    ``model`` has one output (see :func:`tasks.adapter.head_model`); ``adapter`` feeds it (by default,
+    numeric columns as they are). The reference the fused trainer must reproduce; it pays Keras'
+    per-fit overhead every time.
     """
+    adapter = adapter or numeric_adapter(model, test.features)
     fresh = seeded_clone(model, seed)
     fresh.compile(optimizer=_fresh_optimizer(model), loss=model.loss)
-    layout = input_layout(model, test.features)
     order = epoch_order(train.n_rows, recipe.epochs, seed)
     X_train = ablated(train.X, ablate, constants)
-    fresh.fit(model_feed(layout, X_train[order]), train.y[order],
+    fresh.fit(adapter.feed(X_train[order]), train.y[order],
               batch_size=recipe.batch_size, epochs=1, shuffle=False, verbose=0)
-    raw = fresh.predict_on_batch(model_feed(layout, ablated(test.X, ablate, constants)))
-    return metric(test.y, as_predictions(raw, model))
+    raw = fresh.predict_on_batch(adapter.feed(ablated(test.X, ablate, constants)))
+    return metric(test.y, as_predictions(raw, output_squash(head_loss(model, adapter))))
 
 
 def fused_retrain_scores(
@@ -134,6 +138,7 @@ def fused_retrain_scores(
     seed: int,
     units: list[list[int]],
     constants: np.ndarray,
+    adapter: Adapter | None = None,
 ) -> tuple[np.ndarray, list]:
     """Test metric of every unit's retrain for one seed, all trained together in one compiled loop; and the branches.
 
@@ -146,7 +151,7 @@ def fused_retrain_scores(
     """
     import tensorflow as tf
 
-    layout = input_layout(model, test.features)
+    adapter = adapter or numeric_adapter(model, test.features)
     branches = []
     for _ in units:
         branch = seeded_clone(model, seed)
@@ -168,18 +173,19 @@ def fused_retrain_scores(
             with tf.GradientTape() as tape:
                 total = 0.0
                 for b, branch in enumerate(branches):
-                    pred = branch(tensor_feed(layout, xb * keep[b] + fill[b]), training=True)
+                    pred = branch(adapter.tensor_feed(xb * keep[b] + fill[b]), training=True)
                     total += branch.compute_loss(x=None, y=yb, y_pred=pred, training=True)
             optimizer.apply(tape.gradient(total, variables), variables)
 
     @tf.function
     def predict_all(X):
-        return [branch(tensor_feed(layout, X * keep[b] + fill[b]), training=False) for b, branch in enumerate(branches)]
+        return [branch(adapter.tensor_feed(X * keep[b] + fill[b]), training=False) for b, branch in enumerate(branches)]
 
     order = epoch_order(train.n_rows, recipe.epochs, seed)
     train_all(tf.constant(train.X[order]), tf.constant(train.y[order]))
     raw = predict_all(tf.constant(test.X))
-    return np.array([metric(test.y, as_predictions(out.numpy(), model)) for out in raw]), branches
+    squash = output_squash(head_loss(model, adapter))
+    return np.array([metric(test.y, as_predictions(out.numpy(), squash)) for out in raw]), branches
 
 
 @dataclass(frozen=True)
@@ -282,13 +288,14 @@ def plan_ablation(
 
 
 def retrain_job(model, train: Split, test: Split, *, plan: AblationPlan, job: Job, recipe: Recipe,
-                constants: np.ndarray) -> JobScores:
+                constants: np.ndarray, adapter: Adapter | None = None) -> JobScores:
     """Retrain one job's branches in one fused loop; the baseline's |W| when it trains the baseline."""
     tick = time.perf_counter()
     baseline = job.chunk == 0
     scores, branches = fused_retrain_scores(
         model, train, test, metric=METRICS[plan.metric], recipe=recipe, seed=plan.seeds[job.seed_index],
         constants=constants, units=([[]] if baseline else []) + [plan.units[n] for n in plan.chunks[job.chunk]],
+        adapter=adapter,
     )
     weights, error = None, None
     if baseline:  # its score pairs with every unit of this seed; its |W| are one retrained sample
@@ -473,16 +480,32 @@ def ablation_seeds(n_seeds: int, random_state: int | None) -> list[int]:
 
 
 def seeded_clone(model, seed: int):
-    """A fresh, uncompiled copy of ``model`` whose initialisers and dropout draw from ``seed``."""
+    """A fresh, uncompiled copy of ``model`` whose initialisers and dropout draw from ``seed``.
+
+    Preprocessing layers (lookups, normalization, discretization, a FeatureSpace) are shared with the
+    model, not cloned: a clone built from their config would lose the vocabularies and statistics they
+    were adapted with, and they hold no trainable weights.
+    """
     import keras
 
     counter = itertools.count()
 
     def clone_layer(layer):
+        if isinstance(layer, _preprocessing_layers()):
+            return layer
         config = _seed_config(layer.get_config(), seed, counter)
         return layer.__class__.from_config(config)
 
     return keras.models.clone_model(model, clone_function=clone_layer)
+
+
+def _preprocessing_layers() -> tuple[type, ...]:
+    """The Keras layers whose state comes from ``adapt`` or a vocabulary, not from training."""
+    import keras
+
+    names = ("StringLookup", "IntegerLookup", "Hashing", "HashedCrossing", "CategoryEncoding", "Normalization",
+             "Discretization", "TextVectorization")
+    return tuple(getattr(keras.layers, n) for n in names if hasattr(keras.layers, n)) + (keras.utils.FeatureSpace,)
 
 
 def _fresh_optimizer(model):
@@ -516,32 +539,30 @@ def priority_order(features: list[str], priority: Any) -> list[str]:
 
 @dataclass(frozen=True)
 class AblationSetup:
-    """What one model version's ablation needs, loaded once per process: see :func:`load_setup`."""
+    """What one model version's ablation needs, derived once per process from its subject: see :func:`load_setup`."""
 
-    model: Any
+    model: Any  # the model with the audited output only (tasks.adapter.head_model)
+    adapter: Adapter
     train: Split
     test: Split
     metric: Metric
     recipe: Recipe
     constants: np.ndarray
-    measured: dict[str, list[int]]  # every unit, in unit order (features, groups, clusters)
+    measured: dict[str, list[int]]  # every unit, in unit order (features, block inputs, groups, clusters)
     clusters: list
 
 
 def load_setup(version: ModelVersion, *, seed: int = 0) -> AblationSetup:
-    """Load the model and splits, and derive the metric, recipe, constants and units (the train split must exist)."""
-    model = load_model(Path(version.model_path))
-    train = load_split(Path(version.train_path), version)
-    test = load_split(Path(version.test_path), version)
-    features = list(version.features)
-    clusters = correlated_clusters(test.X, features, random_state=seed)
+    """The subject's model (audited output only), splits, metric and units, with the recipe and constants (the
+    train split must exist)."""
+    subject = load_subject(version)
     return AblationSetup(
-        model=model, train=train, test=test,
-        metric=get_metric(version.manifest.metric, version.task, compiled_loss_name(model)),
+        model=head_model(subject.model, subject.adapter), adapter=subject.adapter,
+        train=subject.train, test=subject.test, metric=subject.metric,
         recipe=Recipe.from_manifest(version.manifest.training),
-        constants=ablation_constants(train, version.categorical),
-        measured=importance_units(features, version.manifest.groups, clusters),
-        clusters=clusters,
+        constants=ablation_constants(subject.train, subject.categorical),
+        measured=subject.units(seed=seed),
+        clusters=subject.clusters(seed=seed),
     )
 
 
@@ -550,9 +571,8 @@ _SETUPS_LOCK = threading.Lock()
 
 
 def _cached_setup(version: ModelVersion, seed: int) -> AblationSetup:
-    """One setup per process for a version (keyed by its files' digests and sampling) and seed: jobs load once."""
-    key = (str(version.model_path), tuple(sorted(version.sha256.items())), version.test_rows, version.max_test_rows,
-           version.sample_seed, seed)
+    """One setup per process for a version (keyed as its subject is) and seed: jobs load once."""
+    key = (subject_key(version), seed)
     with _SETUPS_LOCK:
         if key not in _SETUPS:
             if len(_SETUPS) >= 2:  # a long-running worker audits many versions: keep the last two
@@ -618,7 +638,7 @@ def audit_ablation(
 
     def here(jobs: list[Job]) -> list[JobScores]:
         return [retrain_job(setup.model, setup.train, setup.test, plan=plan, job=job, recipe=setup.recipe,
-                            constants=setup.constants) for job in jobs]
+                            constants=setup.constants, adapter=setup.adapter) for job in jobs]
 
     run = run_ablation(plan, here, n_features=len(version.features), progress=progress)
     return ablation_results(version, setup, plan, run)
@@ -679,7 +699,7 @@ def run_job(version: ModelVersion, plan: AblationPlan, job: Job, *, seed: int = 
     """One job in any process that reaches the version's files: the setup is loaded once per process."""
     setup = _cached_setup(version, seed)
     return retrain_job(setup.model, setup.train, setup.test, plan=plan, job=job, recipe=setup.recipe,
-                       constants=setup.constants)
+                       constants=setup.constants, adapter=setup.adapter)
 
 
 @task(name="ablation-job")

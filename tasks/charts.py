@@ -92,7 +92,7 @@ def shap_waterfall(features: list[str], values: list[float], phi: list[float], b
     """One prediction as a waterfall: from the base value, each feature's SHAP value in turn, to the model's output."""
     shown = list(zip(features, values, phi))[:max_features]
     rest = float(sum(phi[max_features:]))
-    labels = [f"{name} = {value:.3g}" for name, value, _ in shown]
+    labels = [f"{name} = {value}" if isinstance(value, str) else f"{name} = {value:.3g}" for name, value, _ in shown]
     steps = [p for _, _, p in shown]
     if len(phi) > max_features:
         labels.append(f"{len(phi) - max_features} other features")

@@ -1,9 +1,8 @@
-"""How featureaudit calls a Keras model: one float matrix in feature order, whatever the model's inputs.
+"""How featureaudit calls a Keras model: one coded float matrix in feature order, whatever the model's inputs.
 
-A model takes either one input matrix (columns in feature order) or one named input per
-feature (input name = column name; integer inputs feed an Embedding). :func:`input_layout`
-checks the model against the features once; :class:`Forward` then runs the model through a
-single compiled function on large batches, which costs a small fraction of ``model.predict``.
+:class:`tasks.adapter.Adapter` says how the coded matrix becomes the model's inputs and which output
+is audited; :class:`Forward` runs the model through a single compiled function on large batches,
+which costs a small fraction of ``model.predict``, and returns predictions of the audited output.
 
 Memory is bounded by bytes, not rows. :func:`memory_budget` (``FEATUREAUDIT_MEMORY_MB``, default
 256 MiB, read here and nowhere else) caps every block of model input a method builds and every
@@ -28,7 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tasks.errors import FeatureAuditError, ModelLoadError
+from tasks.adapter import Adapter, head_loss, input_name, numeric_adapter  # noqa: F401 (input_name: re-exported)
+from tasks.errors import FeatureAuditError
 
 MEMORY_SETTING = "FEATUREAUDIT_MEMORY_MB"
 DEFAULT_MEMORY_MB = 256  # MiB: one block of model input (permutation copies, Shapley chains, a forward batch)
@@ -64,54 +64,6 @@ def rows_for(n_values: int, budget_bytes: int, *, cap: int | None = None, bytes_
     return rows if cap is None else max(1, min(rows, cap))
 
 
-@dataclass(frozen=True)
-class InputLayout:
-    """How the columns of the feature matrix map onto the model's inputs."""
-
-    named: bool
-    names: tuple[str, ...]  # the model's input names, in model.inputs order
-    columns: tuple[int, ...]  # for named inputs: which feature column feeds each input
-    dtypes: tuple[str, ...]
-    ranks: tuple[int, ...]  # 1 for shape (None,), 2 for (None, 1)
-
-
-def input_layout(model, features: tuple[str, ...]) -> InputLayout:
-    """Check that the model's inputs match the features and say how to feed them."""
-    inputs = list(model.inputs)
-    names = tuple(input_name(t) for t in inputs)
-    if len(inputs) == 1:
-        shape = tuple(inputs[0].shape)
-        width = shape[-1] if len(shape) == 2 else None
-        if len(features) == 1 and names[0] == features[0] and len(shape) in (1, 2):
-            width = len(features)
-        if width != len(features):
-            raise ModelLoadError(
-                f"the model takes one input of shape {shape}, but the manifest lists {len(features)} features; "
-                "list the model's input columns, in order, under 'features' in manifest.json"
-            )
-        return InputLayout(False, names, (), (str(inputs[0].dtype),), (len(shape),))
-    missing = [n for n in names if n not in features]
-    if missing:
-        raise ModelLoadError(
-            f"the model has an input named '{missing[0]}' but the data has no such feature column; "
-            f"model inputs: {', '.join(names)}"
-        )
-    unused = [f for f in features if f not in names]
-    if unused:
-        raise ModelLoadError(f"feature column '{unused[0]}' feeds none of the model's inputs ({', '.join(names)})")
-    for tensor, name in zip(inputs, names):
-        shape = tuple(tensor.shape)
-        if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
-            raise ModelLoadError(f"model input '{name}' has shape {shape}; named inputs must take one column each")
-    return InputLayout(
-        named=True,
-        names=names,
-        columns=tuple(features.index(n) for n in names),
-        dtypes=tuple(str(t.dtype) for t in inputs),
-        ranks=tuple(len(t.shape) for t in inputs),
-    )
-
-
 @dataclass(frozen=True, eq=False)
 class FirstLayer:
     """A wide model's first Dense layer, which the feature matrix feeds alone: ``X @ kernel + bias``."""
@@ -141,26 +93,26 @@ class Forward:
     runs the rest of the model on its pre-activations (``None`` otherwise).
     """
 
-    def __init__(self, model, features: tuple[str, ...], *, batch_rows: int | None = None):
+    def __init__(self, model, adapter: Adapter | tuple[str, ...] | list[str], *, batch_rows: int | None = None):
         import tensorflow as tf
 
         self.model = model
-        self.layout = input_layout(model, features)
-        self.n_features = len(features)
+        self.adapter = adapter if isinstance(adapter, Adapter) else numeric_adapter(model, adapter)
+        self.squash = output_squash(head_loss(model, self.adapter))
+        self.n_features = len(self.adapter.features)
         budget = memory_budget()
         widest = _widest_activation(model)
         self.batch_rows = batch_rows or rows_for(max(self.n_features, widest), budget, cap=DEFAULT_BATCH_ROWS)
-        layout = self.layout
+        adapter = self.adapter
 
         def call(x):
-            out = model(tensor_feed(layout, x), training=False)
-            return out[0] if isinstance(out, (list, tuple)) else out
+            return adapter.pick(model(adapter.tensor_feed(x), training=False))
 
         spec = tf.TensorSpec(shape=(None, self.n_features), dtype=tf.float32)
         self._call = tf.function(call, input_signature=[spec], reduce_retracing=True)
         self.first_layer: FirstLayer | None = None
         self._after = None
-        if self.n_features >= WIDE_FEATURES and not layout.named:
+        if self.n_features >= WIDE_FEATURES and adapter.plain and adapter.n_outputs == 1:
             split = _first_dense_split(model)
             if split is not None and split[0].width < self.n_features:
                 first, rest = split
@@ -189,7 +141,7 @@ class Forward:
 
     def _batched(self, call, X: np.ndarray, rows: int) -> np.ndarray:
         outputs = [call(X[start : start + rows]).numpy() for start in range(0, len(X), rows)]
-        return as_predictions(np.concatenate(outputs, axis=0) if outputs else np.zeros((0, 1)), self.model)
+        return as_predictions(np.concatenate(outputs, axis=0) if outputs else np.zeros((0, 1)), self.squash)
 
     def _agrees(self, first: FirstLayer) -> bool:
         """Whether the model evaluated after its first layer matches the model itself on a few probe rows."""
@@ -253,34 +205,10 @@ def _widest_activation(model) -> int:
     return widest
 
 
-def tensor_feed(layout: InputLayout, x):
-    """Inside a compiled function: a float32 feature tensor as the model's inputs."""
-    import tensorflow as tf
-
-    if not layout.named:
-        return x
-    feed = {}
-    for name, col, dtype, rank in zip(layout.names, layout.columns, layout.dtypes, layout.ranks):
-        column = tf.cast(x[:, col], dtype)
-        feed[name] = column if rank == 1 else column[:, None]
-    return feed
-
-
-def model_feed(layout: InputLayout, X: np.ndarray):
-    """The feature matrix as the model's inputs: the matrix itself, or one named column per input."""
-    if not layout.named:
-        return X
-    return {
-        name: X[:, col].astype(dtype) if rank == 1 else X[:, col : col + 1].astype(dtype)
-        for name, col, dtype, rank in zip(layout.names, layout.columns, layout.dtypes, layout.ranks)
-    }
-
-
-def as_predictions(raw: np.ndarray, model) -> np.ndarray:
-    """Raw model outputs as predictions: probabilities for classifiers (a logit output squashed when the compiled
-    loss says ``from_logits``), ``(n,)`` for one output, float64."""
+def as_predictions(raw: np.ndarray, squash: str | None = None) -> np.ndarray:
+    """Raw model outputs as predictions: probabilities for classifiers (a logit output squashed as
+    :func:`output_squash` says: "sigmoid", "softmax" or None), ``(n,)`` for one output, float64."""
     out = np.asarray(raw, dtype=np.float64)
-    squash = _output_squash(model)
     if squash == "sigmoid":
         out = 1.0 / (1.0 + np.exp(-out))
     elif squash == "softmax":
@@ -289,9 +217,8 @@ def as_predictions(raw: np.ndarray, model) -> np.ndarray:
     return out[:, 0] if out.ndim == 2 and out.shape[1] == 1 else out
 
 
-def compiled_loss_name(model) -> str | None:
-    """The name of the loss the model was compiled with, if any."""
-    loss = getattr(model, "loss", None)
+def compiled_loss_name(loss) -> str | None:
+    """The name of a compiled loss (a string or a loss object; see :func:`tasks.adapter.head_loss`), if any."""
     if loss is None:
         return None
     if isinstance(loss, str):
@@ -300,18 +227,13 @@ def compiled_loss_name(model) -> str | None:
     return str(name)
 
 
-def _output_squash(model) -> str | None:
-    loss = getattr(model, "loss", None)
+def output_squash(loss) -> str | None:
+    """How a head compiled with ``loss`` turns its output into probabilities: "sigmoid" or "softmax" when the loss
+    says ``from_logits``; None when the output already is what the task predicts."""
     if loss is None or isinstance(loss, str) or not getattr(loss, "from_logits", False):
         return None
-    name = compiled_loss_name(model).lower()
+    name = compiled_loss_name(loss).lower()
     return "sigmoid" if "binary" in name else "softmax"
-
-
-def input_name(tensor) -> str:
-    """A model input's name as the data's column would be named (without a ':0' suffix)."""
-    name = getattr(tensor, "name", "") or ""
-    return name.split(":")[0]
 
 
 def first_layer_view(forward, X: np.ndarray):

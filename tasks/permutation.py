@@ -30,20 +30,20 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from tasks.artifacts import slug
-from tasks.clusters import DEFAULT_THRESHOLD, Cluster, correlated_clusters, importance_units, unit_records
+from tasks.clusters import DEFAULT_THRESHOLD, Cluster, unit_records
 from tasks.compare import top_k_for
-from tasks.metrics import METRICS, Metric, get_metric
-from tasks.modeling import Forward, compiled_loss_name, first_layer_view, memory_budget, rows_for
+from tasks.metrics import METRICS, Metric
+from tasks.modeling import first_layer_view, memory_budget, rows_for
 from tasks.ranking import ranking_evidence
 from tasks.result import ImportanceResult
-from tasks.sources import ModelVersion, load_model, load_split
+from tasks.sources import ModelVersion
+from tasks.subject import load_subject
 
 DEFAULT_ROWS_PER_CALL = 262_144  # the most rows of one block, whatever the budget (the pre-budget value)
 NOTES = (
@@ -51,8 +51,9 @@ NOTES = (
     "Correlated features share their importance: shuffling one leaves its partner to carry the signal. "
     "Clusters of strongly correlated features are therefore also permuted jointly and reported as one unit.",
     "Shuffling builds rows the model never saw (extrapolation), most of all for correlated features.",
-    "A categorical feature is permuted as its one integer column, embedding or not; shuffling whole categories "
-    "(each with its own learned embedding) tends to over-rate an embedded categorical against numeric features.",
+    "A categorical feature is permuted as its one raw column (codes or strings), embedding or not; shuffling whole "
+    "categories (each with its own learned embedding) tends to over-rate an embedded categorical against numeric "
+    "features.",
 )
 ACCURACY_NOTE = "Accuracy degradation: the drop in the share of correct predictions; coarse for confident models."
 
@@ -275,14 +276,13 @@ def audit_permutation(
     Adaptive: while the top-k set (k as the verdict uses it) is not verified at 95%, the repeats
     double, up to ``max_repeats``. The first repeats of a longer run are those of the shorter one.
     """
-    model = load_model(Path(version.model_path))
-    test = load_split(Path(version.test_path), version)
-    metric = get_metric(version.manifest.metric, version.task, compiled_loss_name(model))
+    subject = load_subject(version)
+    test, metric = subject.test, subject.metric
     extra = (METRICS["accuracy"],) if version.task != "regression" and metric.name != "accuracy" else ()
-    features = list(version.features)
-    clusters = correlated_clusters(test.X, features, threshold=cluster_threshold, random_state=seed)
-    units = importance_units(features, version.manifest.groups, clusters)
-    forward = Forward(model, version.features)
+    features = list(subject.features)
+    clusters = subject.clusters(cluster_threshold, seed=seed)
+    units = subject.units(cluster_threshold, seed=seed)
+    forward = subject.forward()
     k = top_k_for(len(features))
     repeats, history = n_repeats, []
     while True:

@@ -183,8 +183,10 @@ def run_status(results: list[ImportanceResult]) -> str:
     return "partial" if any(r.status == "failed" for r in results) else "complete"
 
 
-def format_number(value: float | None, digits: int = 3) -> str:
-    """Compact numbers for tables: 3 significant digits, '—' for missing."""
+def format_number(value: float | str | None, digits: int = 3) -> str:
+    """Compact numbers for tables: 3 significant digits, '—' for missing; a string value (a category) as it is."""
+    if isinstance(value, str):
+        return value
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "—"
     return f"{value:.{digits}g}"

@@ -40,16 +40,16 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from prefect import get_run_logger, task
 
-from tasks.metrics import METRICS, Metric, get_metric
-from tasks.modeling import Forward, compiled_loss_name, first_layer_view, memory_budget, rows_for
+from tasks.metrics import METRICS, Metric
+from tasks.modeling import Forward, first_layer_view, memory_budget, rows_for
 from tasks.result import ImportanceResult
-from tasks.sources import ModelVersion, load_model, load_split
+from tasks.sources import ModelVersion
+from tasks.subject import load_subject
 
 NOTES = (
     "Mean |SHAP value| over explained test rows: how far, on average, each feature moves a single prediction.",
@@ -442,8 +442,12 @@ def local_explanations(
     outputs: np.ndarray,
     loss: np.ndarray,
     rows: dict[str, np.ndarray],
+    columns: tuple | None = None,
 ) -> list[dict[str, Any]]:
     """One waterfall record per row: feature values and SHAP values (largest |φ| first), base, prediction, label, loss.
+
+    ``columns`` (the adapter's :class:`~tasks.adapter.Column` per feature) decode coded values back to the raw
+    ones a reader knows (a category's string rather than its code).
 
     ``rows`` maps a selection name ("highest loss", "random") to row indices into ``X``; ``values``
     and ``outputs`` are aligned with ``X``. For multiclass models the explained class is the true
@@ -468,7 +472,8 @@ def local_explanations(
                 "explained_output": explained,
                 "base_value": base,
                 "loss": float(loss[i]),
-                "features": [{"feature": features[j], "value": float(X[i, j]), "phi": float(phi[j])} for j in order],
+                "features": [{"feature": features[j], "value": _raw_value(X[i, j], columns[j] if columns else None),
+                              "phi": float(phi[j])} for j in order],
             })
     return records
 
@@ -501,23 +506,23 @@ def shap_audit(version: ModelVersion, *, seed: int = 0, n_rows: int = 1000, n_wo
     A wide model explains fewer rows (then background rows) to stay within ``max_work`` input values; the
     result's notes and ``details["work"]`` say what was reduced and why.
     """
-    model = load_model(Path(version.model_path))
-    test = load_split(Path(version.test_path), version)
-    pool_split = load_split(Path(version.train_path), version) if version.train_path else test
-    metric = get_metric(version.manifest.metric, version.task, compiled_loss_name(model))
-    forward = Forward(model, version.features)
+    subject = load_subject(version)
+    model, test, metric, features = subject.model, subject.test, subject.metric, subject.features
+    pool_split = subject.train if subject.train is not None else test
+    forward = subject.forward()
     worst, loss = highest_loss_rows(test.y, forward(test.X), metric, n_worst)
     rng = np.random.default_rng(seed)
     random_rows = np.sort(rng.choice(len(test.X), size=min(n_random, len(test.X)), replace=False))
     draws, interval, raw, rows = shap_importance(
-        model, version.features, test.X, pool_split.X, n_rows=n_rows,
+        model, features, test.X, pool_split.X, n_rows=n_rows,
         random_state=int(rng.integers(0, 2**31 - 1)), extra_rows=np.concatenate([worst, random_rows]), forward=forward,
         max_work=max_work,
     )
-    details, notes = shap_details(version.features, test, raw, rows, draws, loss, metric,
+    details, notes = shap_details(features, test, raw, rows, draws, loss, metric,
                                   n_global=len(rows) - len(worst) - len(random_rows), n_worst=len(worst),
-                                  background_source="training" if version.train_path else "test")
-    return ImportanceResult.from_samples("shap", "behavioural", version.features, draws, interval=interval,
+                                  background_source="training" if subject.train is not None else "test",
+                                  columns=subject.adapter.columns)
+    return ImportanceResult.from_samples("shap", "behavioural", features, draws, interval=interval,
                                          notes=(*NOTES, *notes), details=details, sampling="bootstrap")
 
 
@@ -531,14 +536,15 @@ def shap_task(version: ModelVersion, *, seed: int = 0, n_rows: int = 1000) -> Im
 
 
 def shap_details(features, split, raw: ShapValues, rows, draws, loss, metric, *, n_global: int, n_worst: int,
-                 background_source: str, tolerance: float = 0.05) -> tuple[dict[str, Any], list[str]]:
+                 background_source: str, tolerance: float = 0.05, columns: tuple | None = None
+                 ) -> tuple[dict[str, Any], list[str]]:
     """The JSON-able details and report notes of one SHAP run."""
     n_background = raw.n_background
     local_at = np.arange(n_global, len(rows))
     selections = {"highest loss": local_at[:n_worst], "random": local_at[n_worst:]}
     X_explained = split.X[rows]
     local = local_explanations(features, X_explained, split.y[rows], raw.values, raw.base_value, raw.outputs,
-                               loss[rows], selections)
+                               loss[rows], selections, columns)
     for record in local:
         record["row"] = int(rows[record["row"]])
     multiclass = raw.values.ndim == 3
@@ -595,6 +601,14 @@ def _checked(values: np.ndarray, mc_se: np.ndarray, groups: np.ndarray, base: np
     spread = float(np.std(outputs)) if len(outputs) else 0.0
     return ShapValues(values=values, mc_se=mc_se, groups=groups, base_value=base, outputs=outputs, explainer=EXPLAINER,
                       reason=REASON, max_deviation=deviation, output_std=spread, n_background=n_background)
+
+
+def _raw_value(code: float, column) -> float | str | int:
+    """A coded value as the split holds it: the number, or the vocabulary entry it codes."""
+    if column is None or column.vocabulary is None:
+        return float(code)
+    value = column.vocabulary[int(code)]
+    return value if isinstance(value, str) else int(value)
 
 
 def _rounded(values: np.ndarray) -> list[float]:

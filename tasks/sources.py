@@ -46,7 +46,7 @@ TASK_TYPES: tuple[str, ...] = ("regression", "binary", "multiclass")
 MODEL_FILES = ("model.keras", "model.h5")
 #: Set to 1 to follow symbolic links that lead out of the registry (refused by default).
 ALLOW_EXTERNAL_LINKS = "FEATUREAUDIT_ALLOW_EXTERNAL_LINKS"
-_MANIFEST_KEYS = {"target", "task", "features", "categorical", "groups", "training", "metric"}
+_MANIFEST_KEYS = {"target", "task", "features", "categorical", "groups", "training", "metric", "inputs", "output"}
 
 #: Set to a number of bytes to change :data:`MAX_MODEL_BYTES`.
 MAX_MODEL_BYTES_ENV = "FEATUREAUDIT_MAX_MODEL_BYTES"
@@ -74,6 +74,8 @@ class Manifest:
     groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     metric: str | None = None
+    inputs: dict[str, tuple[str, ...]] = field(default_factory=dict)  # model input -> the columns feeding it, C order
+    output: str | int | None = None  # the audited output of a model with several: its name or index
 
 
 @dataclass(frozen=True)
@@ -124,7 +126,8 @@ class ModelVersion:
 
 @dataclass(frozen=True, eq=False)
 class Split:
-    """One data split as arrays: ``X`` float32 in feature order, ``y`` the target."""
+    """One data split as arrays: ``X`` the coded float32 matrix in feature order (:mod:`tasks.adapter`), ``y`` the
+    target."""
 
     X: np.ndarray
     y: np.ndarray
@@ -253,6 +256,13 @@ def read_manifest(path: Path) -> Manifest:
     metric = raw.get("metric")
     if metric is not None and not isinstance(metric, str):
         raise ManifestError(f"{path}: 'metric' must be a metric name such as \"mse\"")
+    inputs = raw.get("inputs", {})
+    if not isinstance(inputs, dict) or not all(_is_str_list(v) and v for v in inputs.values()):
+        raise ManifestError(f"{path}: 'inputs' must map a model input name to the list of columns that feed it, "
+                            "in C order, such as {\"numeric\": [\"age\", \"income\"]}")
+    output = raw.get("output")
+    if output is not None and (isinstance(output, bool) or not isinstance(output, (str, int))):
+        raise ManifestError(f"{path}: 'output' must name the audited output of the model, or give its index")
     return Manifest(
         target=target,
         task=task_type,
@@ -261,11 +271,17 @@ def read_manifest(path: Path) -> Manifest:
         groups={str(k): tuple(v) for k, v in groups.items()},
         training=dict(training),
         metric=metric,
+        inputs={str(k): tuple(v) for k, v in inputs.items()},
+        output=output,
     )
 
 
-def load_split(path: Path, version: ModelVersion) -> Split:
-    """Read a split and check it against the manifest: columns, dtypes, finite values, rows."""
+def read_split(path: Path, version: ModelVersion) -> pd.DataFrame:
+    """Read a split's feature and target columns and check them against the manifest: columns present, rows,
+    finite numbers, labels for the task. A test split over the row cap is sampled (seeded).
+
+    Column kinds (numbers, codes, strings) are checked against the model's inputs by :func:`tasks.adapter.build_adapter`.
+    """
     frame = _read_frame(path)
     manifest = version.manifest
     if manifest.target not in frame.columns:
@@ -284,29 +300,42 @@ def load_split(path: Path, version: ModelVersion) -> Split:
     for column in (*version.features, manifest.target):
         series = frame[column]
         if not (pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series)):
-            raise DataError(
-                f"{path.name} column '{column}' has dtype {series.dtype}; featureaudit needs numbers "
-                "(integer-code categorical columns and list them under 'categorical')"
-            )
+            if column == manifest.target:
+                raise DataError(f"{path.name} target '{column}' has dtype {series.dtype}; featureaudit needs numbers "
+                                "(class codes 0..K-1 for a classifier)")
+            continue  # strings: checked against the model's inputs
         values = series.to_numpy(dtype=float, na_value=np.nan)
         bad = int((~np.isfinite(values)).sum())
         if bad:
             raise DataError(f"{path.name} column '{column}' has {bad} NaN or infinite values; impute or drop them")
     for column in manifest.categorical:
+        if not pd.api.types.is_numeric_dtype(frame[column]):
+            continue
         values = frame[column].to_numpy(dtype=float)
         if (values < 0).any() or (values != np.round(values)).any():
             raise DataError(f"{path.name} column '{column}' is listed as categorical but holds non-integer or negative codes")
+    y = frame[manifest.target].to_numpy()
+    if manifest.task == "binary" and not np.isin(y, (0, 1)).all():
+        raise DataError(f"{path.name} target '{manifest.target}' must hold 0/1 labels for a binary task")
+    if manifest.task == "multiclass" and ((y < 0).any() or (y != np.round(y)).any()):
+        raise DataError(f"{path.name} target '{manifest.target}' must hold class codes 0..K-1 for a multiclass task")
     if path == version.test_path and version.test_sampled:
         rng = np.random.default_rng(version.sample_seed)
         frame = frame.iloc[np.sort(rng.choice(len(frame), size=version.max_test_rows, replace=False))]
-    X = frame[list(version.features)].to_numpy(dtype=np.float32)
-    y = frame[manifest.target].to_numpy()
-    y = y.astype(np.float32) if manifest.task == "regression" else y.astype(np.int64)
-    if manifest.task == "binary" and not np.isin(y, (0, 1)).all():
-        raise DataError(f"{path.name} target '{manifest.target}' must hold 0/1 labels for a binary task")
-    if manifest.task == "multiclass" and (y < 0).any():
-        raise DataError(f"{path.name} target '{manifest.target}' must hold class codes 0..K-1 for a multiclass task")
-    return Split(X=X, y=y, features=version.features)
+    return frame[[*version.features, manifest.target]].reset_index(drop=True)
+
+
+def load_split(path: Path, version: ModelVersion) -> Split:
+    """A numeric split as arrays (transitional: callers move to :func:`tasks.subject.load_subject`)."""
+    frame = read_split(path, version)
+    return Split(frame[list(version.features)].to_numpy(dtype=np.float32), target_values(frame, version),
+                 version.features)
+
+
+def target_values(frame: pd.DataFrame, version: ModelVersion) -> np.ndarray:
+    """The target column as the metrics take it: float32 for regression, int64 class codes otherwise."""
+    y = frame[version.manifest.target].to_numpy()
+    return y.astype(np.float32) if version.task == "regression" else y.astype(np.int64)
 
 
 def load_keras_model(path: Path, *, task: TaskType | None, imports: tuple[str, ...] = ()) -> tuple[Any, tuple[str, ...]]:
@@ -589,24 +618,3 @@ def _preview(columns: Any, limit: int = 12) -> str:
     names = [str(c) for c in columns]
     more = f", … ({len(names) - limit} more)" if len(names) > limit else ""
     return ", ".join(names[:limit]) + more
-
-
-def check_version(version: ModelVersion) -> dict[str, int]:
-    """Load everything once at the boundary: model (safe mode), splits, and the model's inputs against the features."""
-    from tasks.modeling import input_layout
-
-    model = load_model(version.model_path)
-    try:
-        input_layout(model, version.features)
-    except ModelLoadError as exc:
-        raise ModelLoadError(f"{version.model_path.name}: {exc}") from None
-    rows = {"test": load_split(version.test_path, version).n_rows}
-    if version.train_path is not None:
-        rows["train"] = load_split(version.train_path, version).n_rows
-    return rows
-
-
-@task(name="check-version")
-def check_version_task(version: ModelVersion) -> dict[str, int]:
-    """Validate the model and its splits before any method runs."""
-    return check_version(version)
