@@ -27,7 +27,6 @@ share the caveats below.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -35,7 +34,8 @@ from prefect import get_run_logger, task
 
 from tasks.modeling import input_name
 from tasks.result import ImportanceResult
-from tasks.sources import ModelVersion, load_model, load_split
+from tasks.sources import ModelVersion
+from tasks.subject import load_subject
 
 CAVEATS = (
     "Non-linear activations and hidden-layer interactions change what a first-layer weight means downstream.",
@@ -162,9 +162,10 @@ def weight_importance(
     ]
 
 
-def weight_magnitudes(model, features: tuple[str, ...]) -> np.ndarray:
-    """Sum of |first-layer weights| per feature, for single-input and named-input models."""
-    return _place(model, features, feature_sources(model, features)).naive
+def weight_magnitudes(model, features: tuple[str, ...], sources=None) -> np.ndarray:
+    """Sum of |first-layer weights| per feature; ``sources`` as for :func:`weight_importance` (default: a model fed
+    the plain way, see :func:`feature_sources`)."""
+    return _place(model, features, sources or feature_sources(model, features)).naive
 
 
 def effective_magnitudes(model, features: tuple[str, ...]) -> np.ndarray:
@@ -194,14 +195,13 @@ def feature_sources(model, features: tuple[str, ...]) -> tuple[tuple[str, int], 
 def audit_weights(version: ModelVersion) -> list[ImportanceResult]:
     """Weight-based importance of one model version; one skipped result, with the reason, where it cannot place
     every feature."""
-    model = load_model(Path(version.model_path))
-    test = load_split(Path(version.test_path), version)
+    subject = load_subject(version)
+    features, categorical = subject.features, subject.categorical
+    scale = subject.test.X.std(axis=0)  # the categorical's are taken as 1: a code's spread means nothing
     try:
-        return weight_importance(model, version.features, feature_sources(model, version.features),
-                                 test.X.std(axis=0), categorical=version.categorical)
+        return weight_importance(subject.model, features, subject.adapter.sources(), scale, categorical=categorical)
     except Unattributable as exc:
-        return [ImportanceResult.not_ok("weights", "weight-based", version.features, status="skipped",
-                                        reason=str(exc))]
+        return [ImportanceResult.not_ok("weights", "weight-based", features, status="skipped", reason=str(exc))]
 
 
 @task(name="weights")
