@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import re
+import struct
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +62,9 @@ MAX_MEMBER_RATIO = 200
 RATIO_CHECKED_BYTES = 10 * 2**20
 #: A Keras archive holds a handful of members (config, metadata, weights, assets).
 MAX_MEMBERS = 10_000
+#: The zip directory may take this many bytes per allowed member (an entry is 46 bytes plus its name, extra
+#: field and comment); zipfile reads the whole directory into memory before it counts the entries.
+MAX_DIRECTORY_BYTES_PER_MEMBER = 512
 
 
 @dataclass(frozen=True)
@@ -477,8 +481,10 @@ def check_model_file(path: Path, *, max_bytes: int | None = None) -> None:
     A ``.keras`` file must be a zip archive of at most :data:`MAX_MEMBERS` members whose uncompressed
     sizes sum to at most ``max_bytes`` (default :data:`MAX_MODEL_BYTES`, or ``FEATUREAUDIT_MAX_MODEL_BYTES``),
     none inflating more than :data:`MAX_MEMBER_RATIO` times. The sizes come from the zip's directory;
-    Python's zipfile, which Keras reads with, never returns more than a member declares. A ``.h5`` file's
-    own size must be at most ``max_bytes``.
+    Python's zipfile, which Keras reads with, never returns more than a member declares. The member count
+    and the directory's size (at most :data:`MAX_DIRECTORY_BYTES_PER_MEMBER` per allowed member) are first
+    read from the zip's end record, so a directory of millions of entries is refused before zipfile reads
+    it. A ``.h5`` file's own size must be at most ``max_bytes``.
     """
     limit = _max_model_bytes() if max_bytes is None else max_bytes
     if path.suffix == ".h5":
@@ -490,14 +496,15 @@ def check_model_file(path: Path, *, max_bytes: int | None = None) -> None:
     if path.suffix != ".keras":
         return
     try:
+        declared = _zip_directory(path)  # zipfile reads and parses the whole directory: its size is checked first
+        if declared is not None:
+            _refuse_large_directory(path, *declared)
         with zipfile.ZipFile(path) as archive:
             members = archive.infolist()
     except (zipfile.BadZipFile, OSError) as exc:
         raise ModelLoadError(f"{path} could not be loaded as a Keras model: not a Keras archive (a .keras file is "
                              f"a zip; {exc}); save the model again with model.save('model.keras')") from None
-    if len(members) > MAX_MEMBERS:
-        raise ModelLoadError(f"{path} holds {len(members):,} files, over the limit of {MAX_MEMBERS:,} "
-                             "for a Keras archive; refused without loading")
+    _refuse_large_directory(path, len(members), 0)  # the entries found, should the end record understate them
     for member in members:
         ratio = member.file_size / max(member.compress_size, 1)
         if member.file_size > RATIO_CHECKED_BYTES and ratio > MAX_MEMBER_RATIO:
@@ -510,6 +517,48 @@ def check_model_file(path: Path, *, max_bytes: int | None = None) -> None:
         raise ModelLoadError(f"{path} inflates to {_size(total)}, over the limit of {_size(limit)} for a model; "
                              f"refused without loading (set {MAX_MODEL_BYTES_ENV} to a larger number of bytes "
                              "if it is genuine)")
+
+
+def _refuse_large_directory(path: Path, entries: int, directory_bytes: int) -> None:
+    """Refuse a zip directory of more than :data:`MAX_MEMBERS` entries or its size in bytes, in one line."""
+    if entries > MAX_MEMBERS:
+        raise ModelLoadError(f"{path} holds {entries:,} files, over the limit of {MAX_MEMBERS:,} "
+                             "for a Keras archive; refused without loading")
+    if directory_bytes > MAX_MEMBERS * MAX_DIRECTORY_BYTES_PER_MEMBER:
+        raise ModelLoadError(f"{path} has a zip directory of {_size(directory_bytes)}, over the limit of "
+                             f"{_size(MAX_MEMBERS * MAX_DIRECTORY_BYTES_PER_MEMBER)} for a Keras archive of at "
+                             f"most {MAX_MEMBERS:,} files; refused without loading")
+
+
+_END = struct.Struct("<4s4H2LH")  # end of central directory: signature, disks, entries, directory size, offset, comment
+_END64_LOCATOR = struct.Struct("<4sLQL")  # zip64 locator: signature, disk, offset of the zip64 record, disks
+_END64 = struct.Struct("<4sQ2H2L4Q")  # zip64 end record: ..., entries here, entries, directory size, offset
+
+
+def _zip_directory(path: Path) -> tuple[int, int] | None:
+    """The entry count and central-directory size a zip file declares, read from its end records as Python's
+    zipfile finds them (the zip64 record when its locator precedes the end record); None when there is none.
+
+    Reads at most the last 64 KiB + 98 bytes: the end record, its longest comment, and the zip64 records.
+    """
+    with path.open("rb") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        window = min(size, _END.size + 0xFFFF + 1)  # where zipfile looks for the end record
+        tail = b""
+        if size >= _END.size:
+            handle.seek(size - min(size, window + _END64_LOCATOR.size + _END64.size))
+            tail = handle.read()
+    end = len(tail) - _END.size  # no comment: the end record closes the file
+    if end < 0 or tail[end : end + 4] != b"PK\x05\x06" or tail[-2:] != b"\0\0":
+        end = tail.rfind(b"PK\x05\x06", len(tail) - window)
+        if end < 0 or end + _END.size > len(tail):
+            return None
+    _, _, _, _, entries, directory_bytes, _, _ = _END.unpack_from(tail, end)
+    locator = end - _END64_LOCATOR.size
+    record = locator - _END64.size
+    if record >= 0 and tail[locator : locator + 4] == b"PK\x06\x07" and tail[record : record + 4] == b"PK\x06\x06":
+        _, _, _, _, _, _, _, entries, directory_bytes, _ = _END64.unpack_from(tail, record)
+    return entries, directory_bytes
 
 
 def _max_model_bytes() -> int:

@@ -399,3 +399,56 @@ def test_an_import_that_fails_is_one_line_naming_the_module(linear_registry):
         import_modules(("tests.custom_layers", "no.such.module"))
     version = resolve_version(linear_registry, "linear", imports=("tests.custom_layers",))
     assert pickle.loads(pickle.dumps(version)).imports == ("tests.custom_layers",)  # travels to Dask workers
+
+
+def _tiny_archive(path: Path, n_members: int, *, name_length: int = 0, comment: bytes = b"") -> Path:
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.comment = comment  # a comment follows the end record: it is then searched for
+        for i in range(n_members):
+            archive.writestr(f"assets/{i}".ljust(name_length, "_"), b"")
+    return path
+
+
+def _zipfile_must_not_parse(monkeypatch):
+    import tasks.sources
+
+    monkeypatch.setattr(tasks.sources.zipfile, "ZipFile", lambda *a, **k: pytest.fail("zipfile parsed the directory"))
+
+
+def test_the_member_count_is_read_from_the_end_record_before_zipfile_parses(tmp_path, monkeypatch):
+    monkeypatch.setattr("tasks.sources.MAX_MEMBERS", 50)
+    fits = _tiny_archive(tmp_path / "fits.keras", 50)
+    check_model_file(fits)
+    path = _tiny_archive(tmp_path / "model.keras", 51, comment=b"PK" * 30_000)
+    _zipfile_must_not_parse(monkeypatch)
+    with pytest.raises(ModelLoadError, match=re.escape(f"{path} holds 51 files, over the limit of 50 for a Keras "
+                                                       "archive; refused without loading")) as info:
+        check_model_file(path)
+    assert "\n" not in str(info.value)
+
+
+def test_a_zip64_end_record_is_read_for_the_member_count(tmp_path, monkeypatch):
+    path = _tiny_archive(tmp_path / "model.keras", 70_000)  # over 65,535 entries: zipfile writes zip64 records
+    assert path.read_bytes()[-22:][8:10] == b"\xff\xff"  # the plain end record only says "see zip64"
+    _zipfile_must_not_parse(monkeypatch)
+    with pytest.raises(ModelLoadError, match=re.escape(f"{path} holds 70,000 files, over the limit of 10,000")):
+        check_model_file(path)
+
+
+def test_a_large_zip_directory_is_refused_before_zipfile_parses(tmp_path, monkeypatch):
+    monkeypatch.setattr("tasks.sources.MAX_MEMBERS", 2)  # a directory of at most 1 KiB
+    path = _tiny_archive(tmp_path / "model.keras", 2, name_length=700)
+    _zipfile_must_not_parse(monkeypatch)
+    with pytest.raises(ModelLoadError, match=re.escape(f"{path} has a zip directory of 1.5 KiB, over the limit of "
+                                                       "1.0 KiB for a Keras archive of at most 2 files")):
+        check_model_file(path)
+
+
+def test_an_end_record_that_understates_the_members_is_still_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr("tasks.sources.MAX_MEMBERS", 50)
+    path = _tiny_archive(tmp_path / "model.keras", 60)
+    data = bytearray(path.read_bytes())
+    data[-14:-10] = (5).to_bytes(2, "little") * 2  # the end record claims 5 entries; the directory holds 60
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelLoadError, match=re.escape(f"{path} holds 60 files, over the limit of 50")):
+        check_model_file(path)
