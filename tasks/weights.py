@@ -4,7 +4,8 @@ Per feature, the summed magnitude of the first-layer weights it feeds. :func:`in
 element of every model input (its per-row shape flattened in C order) through the functional graph to the
 first weighted layer and sums |W| there:
 
-- a ``Dense`` or ``EinsumDense`` kernel: the rows of the columns the element became;
+- a ``Dense`` or ``EinsumDense`` kernel (also inside ``TimeDistributed``): the rows of the columns the element
+  became;
 - an ``Embedding``: the whole table, for every element whose codes it looks up;
 - on the way it looks through layers and operations that move columns without mixing them (``Concatenate``,
   ``Flatten``, ``Reshape``, ``Permute``, ``keras.ops.expand_dims``/``squeeze``/``reshape``/``cast``, slicing,
@@ -75,7 +76,7 @@ _SHARED = {
         "mixes neighbouring columns: its filters map to no single feature",
     ),
     **dict.fromkeys(
-        ("LSTM", "GRU", "SimpleRNN", "RNN", "Bidirectional", "TimeDistributed"),
+        ("LSTM", "GRU", "SimpleRNN", "RNN", "Bidirectional"),
         "shares its weights across the steps of a sequence and carries each step into the next: its weights map "
         "to no single feature",
     ),
@@ -127,7 +128,8 @@ class Reach(NamedTuple):
 def input_reaches(model) -> dict[str, Reach]:
     """Each model input's :class:`Reach`, by input name (``model.inputs[i].name`` without ``:0``).
 
-    Raises :class:`Unattributable` naming every input whose walk stopped at a layer it cannot attribute.
+    An input the model does not use reaches nothing (zeros). Raises :class:`Unattributable` naming every input
+    whose walk stopped at a layer it cannot attribute.
     """
     reaches, problems = _reaches(model)
     if problems:
@@ -377,6 +379,8 @@ def _step(operation, node, position: int, track: _Track, graph: _Graph, sums: _S
         _walk(entry, track, inner, sums, (*exits, (graph, node)), graphs)
     elif kind in _KERNELS and hasattr(operation, "kernel"):
         _add_kernel_rows(operation, node.input_tensors[position], track, sums)
+    elif kind == "TimeDistributed" and type(operation.layer).__name__ in _KERNELS:  # the same Dense at every step
+        _add_kernel_rows(operation.layer, node.input_tensors[position], track, sums)
     elif kind == "Embedding":
         table = float(np.abs(np.asarray(operation.embeddings)).sum())
         for index in np.unique(track.src[track.src >= 0]):

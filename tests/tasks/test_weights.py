@@ -244,10 +244,10 @@ def test_a_loaded_sequential_model_counts_its_first_layer_once(tmp_path):
     graph counts."""
     import keras
 
-    dense = keras.layers.Dense(2, name="dense")
+    dense = keras.layers.Dense(2, name="first")
     keras.Sequential([keras.Input((3,), name="x"), dense, keras.layers.Dense(1, name="head")]).save(tmp_path / "model.keras")
     loaded = keras.saving.load_model(tmp_path / "model.keras")
-    rows = np.abs(np.asarray(loaded.get_layer("dense").kernel)).sum(axis=1)
+    rows = np.abs(np.asarray(loaded.get_layer("first").kernel)).sum(axis=1)
     np.testing.assert_allclose(weight_magnitudes(loaded, ("a", "b", "c")), rows, rtol=1e-6)
 
 
@@ -257,7 +257,7 @@ def test_scalar_inputs_reach_the_dense_layer_through_expand_dims_reshape_and_fla
 
     a, b, c = keras.Input((), name="a"), keras.Input((), name="b"), keras.Input((1,), name="c")
     joined = layers.Concatenate()([keras.ops.expand_dims(a, -1), layers.Reshape((1,))(b), layers.Flatten()(c)])
-    dense = layers.Dense(2, name="dense")
+    dense = layers.Dense(2, name="first")
     model = keras.Model({"a": a, "b": b, "c": c}, dense(joined))
     _set_rows(dense, [1.0, 2.0, 3.0])
 
@@ -280,6 +280,10 @@ def test_each_element_of_a_block_input_is_numbered_in_c_order():
     features = tuple(f"s{t}_{f}" for t in range(2) for f in range(3))
     np.testing.assert_allclose(weight_magnitudes(model, features), [1, 2, 3, 1, 2, 3], rtol=1e-6)
 
+    wrapped = keras.layers.TimeDistributed(dense, name="each_step")  # the same, written with TimeDistributed
+    model = keras.Model(steps, layers.Dense(1)(layers.Flatten()(wrapped(steps))))
+    np.testing.assert_allclose(weight_magnitudes(model, features), [1, 2, 3, 1, 2, 3], rtol=1e-6)
+
 
 def test_slices_and_constant_arithmetic_are_followed_with_their_gain():
     import keras
@@ -287,7 +291,7 @@ def test_slices_and_constant_arithmetic_are_followed_with_their_gain():
 
     x = keras.Input((4,), name="x")
     joined = keras.ops.concatenate([x[:, 1:3] * 2.0, x / 10.0], axis=-1)  # rows 1-2: x1, x2 (×2); rows 3-6: x0..x3 (/10)
-    dense = layers.Dense(2, name="dense")
+    dense = layers.Dense(2, name="first")
     model = keras.Model(x, dense(joined))
     _set_rows(dense, _rows(6))
     reach = input_reaches(model)["x"]
@@ -301,7 +305,7 @@ def test_a_nested_model_is_walked_into_and_out_of():
     from keras import layers
 
     encoded = keras.Input((3,), name="encoded")
-    dense = layers.Dense(2, name="dense")
+    dense = layers.Dense(2, name="first")
     training_model = keras.Model(encoded, layers.Dense(1)(layers.Dropout(0.5)(dense(encoded))))
     raw = {name: keras.Input((1,), name=name) for name in ("p", "q")}
     scaled_q = layers.Rescaling(0.5, name="half")(raw["q"])
@@ -351,7 +355,7 @@ def test_a_lookup_into_an_embedding_owns_the_whole_table(lookup):
     amount = keras.Input((1,), name="amount")
     embedding = layers.Embedding(rows, 2, name="embedding")
     embedded = embedding(layer(category))  # (None, 2), as in the wide & deep example's deep part
-    dense = layers.Dense(2, name="dense")
+    dense = layers.Dense(2, name="first")
     model = keras.Model({"category": category, "amount": amount}, dense(layers.Concatenate()([amount, embedded])))
     embedding.set_weights([np.full((rows, 2), -0.25, np.float32)])
     _set_rows(dense, [1.0, 2.0, 3.0])
@@ -401,7 +405,7 @@ def test_an_encoded_element_owns_the_rows_of_its_block(case):
     amount = keras.Input((1,), name="amount")
     block = encode(category)
     assert tuple(block.shape) == (None, width)
-    dense = layers.Dense(2, name="dense")
+    dense = layers.Dense(2, name="first")
     model = keras.Model({"amount": amount, "category": category}, dense(layers.Concatenate()([amount, block])))
     _set_rows(dense, _rows(1 + width))  # row 1: amount; rows 2 .. width + 1: the block
 
@@ -421,7 +425,7 @@ def test_normalization_on_named_inputs_of_a_dict_model_keeps_its_gain():
         layers.Normalization(mean=0.0, variance=100.0, name="amount_norm")(amount),
         layers.Normalization(mean=1.0, variance=4.0, name="score_norm")(keras.ops.expand_dims(score, -1)),
     ])
-    dense = layers.Dense(2, name="dense")
+    dense = layers.Dense(2, name="first")
     model = keras.Model({"score": score, "amount": amount}, dense(joined))
     _set_rows(dense, [2.0, 3.0])
     features = ("amount", "score")
@@ -494,7 +498,7 @@ def _feature_space(crosses=()):
         output_mode="concat",
     )
     space.adapt(data)
-    dense = keras.layers.Dense(2, name="dense")
+    dense = keras.layers.Dense(2, name="first")
     predictions = keras.layers.Dense(1, activation="sigmoid")(keras.layers.Dropout(0.5)(dense(
         space.get_encoded_features())))
     return keras.Model(inputs=space.get_inputs(), outputs=predictions), dense, space
@@ -511,6 +515,18 @@ def test_a_feature_space_inference_model_maps_each_block_back_to_its_raw_input()
     np.testing.assert_allclose(naive.importances_mean, [7, 1 + 2 + 3, 4 + 5 + 6, 8 + 9], rtol=1e-6)
     std = np.sqrt(np.asarray(space.preprocessors["income"].variance, dtype=float)).item()
     np.testing.assert_allclose(scaled.importances_mean, [7 * 10.0 / std, 6, 15, 17], rtol=1e-5)
+
+
+def test_a_feature_space_inference_model_reads_the_same_after_saving(tmp_path):
+    import keras
+
+    model, dense, _ = _feature_space()
+    _set_rows(dense, _rows(9))
+    model.save(tmp_path / "inference.keras")
+    loaded = keras.saving.load_model(tmp_path / "inference.keras")  # safe mode
+    features = ("age", "color", "income", "rooms")
+    np.testing.assert_allclose(weight_magnitudes(loaded, features), [6, 15, 7, 17], rtol=1e-6)
+    np.testing.assert_allclose(effective_magnitudes(loaded, features), effective_magnitudes(model, features), rtol=1e-6)
 
 
 def test_a_feature_space_cross_makes_its_features_unattributable():
