@@ -370,7 +370,7 @@ def _step(operation, node, position: int, track: _Track, graph: _Graph, sums: _S
     """One operation on the walk: add up its weights, step into it (a nested model), or carry the track through."""
     import keras
 
-    kind = type(operation).__name__
+    kind = _kind(operation)
     if isinstance(operation, keras.Model):
         inner = _graph(operation, graphs)
         entry = inner.inputs[position]
@@ -379,7 +379,7 @@ def _step(operation, node, position: int, track: _Track, graph: _Graph, sums: _S
         _walk(entry, track, inner, sums, (*exits, (graph, node)), graphs)
     elif kind in _KERNELS and hasattr(operation, "kernel"):
         _add_kernel_rows(operation, node.input_tensors[position], track, sums)
-    elif kind == "TimeDistributed" and type(operation.layer).__name__ in _KERNELS:  # the same Dense at every step
+    elif kind == "TimeDistributed" and _kind(operation.layer) in _KERNELS:  # the same Dense at every step
         _add_kernel_rows(operation.layer, node.input_tensors[position], track, sums)
     elif kind == "Embedding":
         table = float(np.abs(np.asarray(operation.embeddings)).sum())
@@ -435,6 +435,9 @@ def _carry(operation, node, position: int, track: _Track, sums: _Sums) -> _Track
         return _with_constant(operation, node, track)
     if kind in _LOOKUPS or kind in ("CategoryEncoding", "TextVectorization"):
         return _encoded(operation, source, out, track)
+    if getattr(operation, "weights", None):
+        raise _Stop(f"{_describe(operation)} holds weights whose layout weight-based importance does not know; it "
+                    "reads Dense, EinsumDense and Embedding first layers (and layers derived from them)")
     raise _Stop(f"weight-based importance cannot look through {_describe(operation)}; it supports Dense, "
                 "EinsumDense and Embedding first layers behind reshapes, concatenations, dropout, rescaling, "
                 "lookups and encodings")
@@ -599,6 +602,16 @@ def _gain(layer, source, out) -> np.ndarray:
         return np.broadcast_to(factor, shape).ravel()
     except ValueError:
         raise _Stop(f"{_describe(layer)} rescales in a shape the walk cannot follow") from None
+
+
+def _kind(operation) -> str:
+    """The operation's class name; a subclass of Dense, EinsumDense or Embedding goes by its base (same kernel)."""
+    from keras import layers
+
+    for base in (layers.Dense, layers.EinsumDense, layers.Embedding):
+        if isinstance(operation, base):
+            return base.__name__
+    return type(operation).__name__
 
 
 def _row_shape(tensor) -> tuple[int, ...] | None:

@@ -605,6 +605,30 @@ def test_a_conv2d_first_layer_is_unattributable():
         weight_magnitudes(model, tuple(f"p{j}" for j in range(9)))
 
 
+def test_a_custom_weighted_layer_is_unattributable_but_a_dense_subclass_is_read():
+    import keras
+    from keras import layers
+
+    class Scaled(layers.Layer):  # a kernel of its own: its layout is the layer's business
+        def build(self, input_shape):
+            self.kernel = self.add_weight(shape=(input_shape[-1], 2), name="kernel")
+
+        def call(self, x):
+            return 0.5 * keras.ops.matmul(x, self.kernel)
+
+    class Clipped(layers.Dense):  # a Dense layer with another activation: the same kernel rows
+        def call(self, x):
+            return keras.ops.clip(super().call(x), -1.0, 1.0)
+
+    x = keras.Input((2,), name="x")
+    with pytest.raises(Unattributable, match=r"a Scaled layer \('scaled'\) holds weights whose layout"):
+        weight_magnitudes(keras.Model(x, layers.Dense(1)(Scaled(name="scaled")(x))), ("a", "b"))
+    clipped = Clipped(2, name="clipped")
+    model = keras.Model(x, layers.Dense(1)(clipped(x)))
+    _set_rows(clipped, [1.0, 2.0])
+    np.testing.assert_allclose(weight_magnitudes(model, ("a", "b")), [1.0, 2.0], rtol=1e-6)
+
+
 def test_a_path_around_the_weights_is_unattributable():
     import keras
     from keras import layers
