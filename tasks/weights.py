@@ -50,7 +50,6 @@ SCALED_NOTE = (
     "i.e. the feature's standard deviation on the test split times any per-column rescaling inside the model "
     "(Normalization, BatchNormalization, Rescaling); categoricals, lookups, encodings and embeddings unscaled."
 )
-METHODS = ("weights", "weights_scaled")
 
 # Layers and operations that neither mix columns nor carry the first-layer weights: the walk looks through them.
 _PASS_THROUGH = {
@@ -103,7 +102,8 @@ class Unattributable(Exception):
         if self.features:
             message = f"weight-based importance cannot place {_listed(self.features)}: {reason}"
         elif self.inputs:
-            message = f"weight-based importance cannot follow model input {_listed(self.inputs)}: {reason}"
+            inputs = "model input" if len(self.inputs) == 1 else "model inputs"
+            message = f"weight-based importance cannot follow {inputs} {_listed(self.inputs)}: {reason}"
         else:
             message = reason
         super().__init__(message)
