@@ -7,7 +7,10 @@ worker has one thread and TensorFlow one intra-op thread (TF_NUM_INTRAOP_THREADS
 workers × threads ≈ cores. Workload: 20 features, 8,000 training rows, MLP 64-32, 10 epochs,
 4 seeds × 2 chunks = 8 jobs. Each cluster's workers first import TensorFlow and load the version
 (a long-lived worker pays that once per model version, not per job); that warm-up is timed and
-printed apart, and the speed-up is that of the jobs. Last line:
+printed apart, and the speed-up is that of the jobs. Before the clusters start, the plan's time is
+estimated as the flow estimates it (:func:`tasks.ablation.estimate_seconds`: one timed retrain of
+one branch, here with one TensorFlow thread like a worker's); the line before the last sets that
+estimate beside the measured times of the jobs. Last line:
 ``speed-up 2 vs 1 workers = S  identical = yes|no``.
 """
 
@@ -18,6 +21,7 @@ import sys
 import tempfile
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -29,7 +33,7 @@ warnings.filterwarnings("ignore")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from tasks.ablation import _cached_setup, load_setup, plan_for, run_ablation, run_job  # noqa: E402
+from tasks.ablation import _cached_setup, estimate_seconds, load_setup, plan_for, run_ablation, run_job  # noqa: E402
 from tasks.sources import resolve_version  # noqa: E402
 from tests.helpers import write_version  # noqa: E402
 
@@ -85,7 +89,11 @@ def audit_on(workers: int, version, plan) -> tuple[float, float, np.ndarray]:
 
 def main() -> None:
     version = resolve_version(registry(), "scaling")
-    plan = plan_for(version, load_setup(version), n_seeds=SEEDS, max_seeds=SEEDS)
+    setup = load_setup(version)
+    plan = plan_for(version, setup, n_seeds=SEEDS, max_seeds=SEEDS)
+    tick = time.perf_counter()
+    plan = replace(plan, estimated_seconds=estimate_seconds(setup, plan))
+    calibration = time.perf_counter() - tick
     print(f"workload: {N_FEATURES} features, {N_TRAIN} train rows, MLP 64-32, {EPOCHS} epochs, "
           f"{SEEDS} seeds × {len(plan.chunks)} chunks = {SEEDS * len(plan.chunks)} jobs")
     warm_one, one, first = audit_on(1, version, plan)
@@ -93,6 +101,9 @@ def main() -> None:
     print(f"warm-up (import, load): {warm_one:.1f} s and {warm_two:.1f} s; "
           f"with it: speed-up {(warm_one + one) / (warm_two + two):.2f}")
     print(f"jobs: 1 worker {one:.1f} s   2 workers {two:.1f} s")
+    print(f"estimate before the jobs ({calibration:.1f} s to make): 1 worker {plan.estimate(1):.1f} s, "
+          f"2 workers {plan.estimate(2):.1f} s; measured: {one:.1f} s and {two:.1f} s "
+          f"(estimate / measured = {plan.estimate(1) / one:.2f} and {plan.estimate(2) / two:.2f})")
     identical = np.array_equal(first, second, equal_nan=True)
     print(f"speed-up 2 vs 1 workers = {one / two:.2f}  identical = {'yes' if identical else 'no'}")
 

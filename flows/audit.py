@@ -24,6 +24,7 @@ from tasks.ablation import (
     ablation_job_task,
     ablation_plan_task,
     ablation_results_task,
+    estimate_line,
     run_ablation,
     skipped,
 )
@@ -172,12 +173,27 @@ def _ablation(resolved, *, n_seeds: int, seed: int, budget: Budget, priority) ->
             return [future.result() for future in running]
 
         logger = get_run_logger()
+        slots, kind = _job_slots()
+        logger.info("ablation: %s", estimate_line(plan, slots, kind=kind))
         run = run_ablation(plan, submit, n_features=len(resolved.features),
                            progress=lambda message, done, total: logger.info("ablation: %s (%d/%d)", message, done, total))
         return ablation_results_task(resolved, plan, run, seed=seed)
     except Exception as exc:  # the method's own error, shown in the report; the other methods still count
         reason = f"{type(exc).__name__}: {exc}"
         return [ImportanceResult.not_ok("ablation", "behavioural", resolved.features, status="failed", reason=reason)]
+
+
+def _job_slots() -> tuple[int, str]:
+    """How many ablation jobs run at once, and on what: the Dask cluster's worker threads, or the local thread
+    pool's threads, at most one per core (a retraining keeps a core busy)."""
+    import os
+
+    from prefect.context import FlowRunContext
+
+    runner = FlowRunContext.get().task_runner
+    if type(runner).__name__ == "DaskTaskRunner":
+        return max(1, sum(runner.client.nthreads().values())), "worker"
+    return max(1, min(getattr(runner, "_max_workers", 1), os.cpu_count() or 1)), "thread"
 
 
 def _seconds(futures: dict[str, PrefectFuture]) -> dict[str, float]:

@@ -245,3 +245,19 @@ def test_wide_models_get_a_default_budget_that_all_overrides():
     assert Budget.parse("8", n_features=10_000) == Budget(max_units=8)
     with pytest.raises(FeatureAuditError, match="--ablation-budget 'lots'"):
         Budget.parse("lots")
+
+
+def test_the_plan_carries_an_estimate_of_its_time_and_the_run_measures_it(linear_registry):
+    import math
+    import re
+
+    from tasks.ablation import ablation_plan_task, estimate_line, run_ablation, run_job
+
+    version = resolve_version(linear_registry, "linear")
+    plan = ablation_plan_task.fn(version, n_seeds=2)
+    assert plan.estimated_seconds > 0 and math.isfinite(plan.estimated_seconds)
+    assert 0 < plan.estimate(2) <= plan.estimate(1) == plan.estimated_seconds
+    assert re.fullmatch(r"about \d+ s \(4 units × 2 seeds, 4 jobs on 2 workers\)", estimate_line(plan, 2))
+    run = run_ablation(plan, lambda jobs: [run_job(version, plan, job) for job in jobs], n_features=4)
+    assert run.details["estimated_job_seconds"] == plan.estimated_seconds
+    assert run.details["job_seconds"] > 0
