@@ -58,6 +58,10 @@ MAX_SEEDS = 8
 WIDE_FEATURES = 100
 WIDE_BUDGET = 50
 DEFAULT_CHUNKS = 2  # jobs per seed: with 5 seeds, 10 jobs, so a cluster of a few workers keeps busy
+# A retrain whose test loss is above DIVERGED times the loss of a constant prediction diverged (retrain_check);
+# retrained baselines above UNDERTRAINED times the registered model's loss do not reproduce it (a note says so).
+DIVERGED = 1.5
+UNDERTRAINED = 2.0
 
 
 @dataclass(frozen=True)
@@ -66,12 +70,15 @@ class Recipe:
 
     epochs: int = 10
     batch_size: int = 64
+    learning_rate: float | None = None  # None: the compiled optimizer's own
 
     @classmethod
     def from_manifest(cls, training: dict[str, Any]) -> Recipe:
         defaults = cls()
+        rate = training.get("learning_rate")
         return cls(epochs=int(training.get("epochs", defaults.epochs)),
-                   batch_size=int(training.get("batch_size", defaults.batch_size)))
+                   batch_size=int(training.get("batch_size", defaults.batch_size)),
+                   learning_rate=float(rate) if rate is not None else None)
 
 
 def ablation_constants(train: Split, categorical: tuple[str, ...]) -> np.ndarray:
@@ -119,7 +126,7 @@ def retrain_score(
     """
     adapter = adapter or numeric_adapter(model, test.features)
     fresh = seeded_clone(model, seed)
-    fresh.compile(optimizer=_fresh_optimizer(model), loss=model.loss)
+    fresh.compile(optimizer=_fresh_optimizer(model, recipe), loss=model.loss)
     order = epoch_order(train.n_rows, recipe.epochs, seed)
     X_train = ablated(train.X, ablate, constants)
     fresh.fit(adapter.feed(X_train[order]), train.y[order],
@@ -155,14 +162,14 @@ def fused_retrain_scores(
     branches = []
     for _ in units:
         branch = seeded_clone(model, seed)
-        branch.compile(optimizer=_fresh_optimizer(model), loss=model.loss)  # compute_loss needs the compiled loss
+        branch.compile(optimizer=_fresh_optimizer(model, recipe), loss=model.loss)  # compute_loss needs the compiled loss
         branches.append(branch)
     keep = np.ones((len(units), train.X.shape[1]), np.float32)
     for b, columns in enumerate(units):
         keep[b, columns] = 0.0
     fill = (1.0 - keep) * constants[None, :].astype(np.float32)  # x·1 + 0 keeps x; x·0 + c gives c, exactly
     variables = [v for branch in branches for v in branch.trainable_variables]
-    optimizer = _fresh_optimizer(model)
+    optimizer = _fresh_optimizer(model, recipe)
     optimizer.build(variables)
     batch = recipe.batch_size
 
@@ -225,6 +232,7 @@ class AblationRun:
     weights: np.ndarray | None  # (n_features, n_seeds): first-layer |W| of each seed's baseline; None if unreadable
     weights_error: str | None  # why weight_magnitudes could not read the baseline, when it could not
     details: dict[str, Any]
+    scores: np.ndarray | None = None  # (n_units, n_seeds): each retrain's own test metric (NaN where not run)
 
 
 @dataclass(frozen=True)
@@ -308,7 +316,7 @@ def retrain_job(model, train: Split, test: Split, *, plan: AblationPlan, job: Jo
     weights, error = None, None
     if baseline:  # its score pairs with every unit of this seed; its |W| are one retrained sample
         try:
-            weights = weight_magnitudes(branches[0], train.features)
+            weights = weight_magnitudes(branches[0], train.features, adapter.sources() if adapter else None)
         except Exception as exc:  # a layer it cannot look through must not cost the ablation result
             error = str(exc)
     return JobScores(job, tuple(float(x) for x in scores[1 if baseline else 0 :]),
@@ -404,7 +412,7 @@ def run_ablation(
         "not_ablated": [n for n in plan.units if n not in names],
     }
     error = errors[0] if errors else None
-    return AblationRun(importances(n_run), None if error else weights[:, :n_run], error, details)
+    return AblationRun(importances(n_run), None if error else weights[:, :n_run], error, details, raw[:, :n_run])
 
 
 def ablation_importance(
@@ -518,9 +526,12 @@ def _preprocessing_layers() -> tuple[type, ...]:
     return tuple(getattr(keras.layers, n) for n in names if hasattr(keras.layers, n)) + (keras.utils.FeatureSpace,)
 
 
-def _fresh_optimizer(model):
-    """A new optimizer with the compiled one's settings (learning rate, betas, …)."""
-    return model.optimizer.__class__.from_config(model.optimizer.get_config())
+def _fresh_optimizer(model, recipe: Recipe | None = None):
+    """A new optimizer with the compiled one's settings (learning rate, betas, …); the recipe's learning rate if set."""
+    config = model.optimizer.get_config()
+    if recipe is not None and recipe.learning_rate is not None:
+        config["learning_rate"] = recipe.learning_rate
+    return model.optimizer.__class__.from_config(config)
 
 
 def _seed_config(config: Any, seed: int, counter) -> Any:
@@ -560,6 +571,8 @@ class AblationSetup:
     constants: np.ndarray
     measured: dict[str, list[int]]  # every unit, in unit order (features, block inputs, groups, clusters)
     clusters: list
+    registered_score: float  # the registered model's test metric
+    null_score: float  # the test metric of a constant prediction (the training target's mean or class shares)
 
 
 def load_setup(version: ModelVersion, *, seed: int = 0) -> AblationSetup:
@@ -573,7 +586,18 @@ def load_setup(version: ModelVersion, *, seed: int = 0) -> AblationSetup:
         constants=ablation_constants(subject.train, subject.categorical),
         measured=subject.units(seed=seed),
         clusters=subject.clusters(seed=seed),
+        registered_score=subject.metric(subject.test.y, subject.forward()(subject.test.X)),
+        null_score=subject.metric(subject.test.y, constant_prediction(subject.train.y, subject.test.y, version.task)),
     )
+
+
+def constant_prediction(y_train: np.ndarray, y_test: np.ndarray, task: str) -> np.ndarray:
+    """What a model that learnt nothing predicts for each test row: the training mean, prevalence, or class shares."""
+    if task == "multiclass":
+        classes = int(max(y_train.max(), y_test.max())) + 1
+        shares = np.bincount(y_train.astype(np.int64), minlength=classes) / len(y_train)
+        return np.tile(shares, (len(y_test), 1))
+    return np.full(len(y_test), float(np.mean(y_train)))
 
 
 _SETUPS: dict[tuple, AblationSetup] = {}
@@ -618,11 +642,75 @@ def ablation_results(version: ModelVersion, setup: AblationSetup, plan: Ablation
     features = list(version.features)
     units = list(plan.units)
     ordered = np.array([run.importances[units.index(name)] for name in setup.measured])  # back in unit order
+    scores = run.scores if run.scores is not None else np.full_like(run.importances, np.nan)
+    scores = np.array([scores[units.index(name)] for name in setup.measured])
+    baselines = np.asarray(run.details["baselines"], dtype=float)
+    check = retrain_check(scores, baselines, list(setup.measured), metric=setup.metric,
+                          registered=setup.registered_score, null=setup.null_score)
+    if check.usable_seeds.sum() == 0:
+        reason = f"every retrained baseline diverged: {check.note}"
+        return [ImportanceResult.not_ok("ablation", "behavioural", features, status="failed", reason=reason),
+                _retrained_weights_result(run, features, setup.recipe)]
+    ordered = ordered[:, check.usable_seeds]
+    ordered[[list(setup.measured).index(name) for name in check.diverged]] = np.nan
+    details = {**run.details, "diverged": check.diverged, "registered_score": setup.registered_score,
+               "null_score": setup.null_score, "retrain_note": check.note,
+               "seeds": [s for s, ok in zip(run.details["seeds"], check.usable_seeds) if ok]}
     return [
-        _ablation_result(ordered, run.details, setup.measured, features, setup.clusters, metric=setup.metric,
+        _ablation_result(ordered, details, setup.measured, features, setup.clusters, metric=setup.metric,
                          recipe=setup.recipe),
         _retrained_weights_result(run, features, setup.recipe),
     ]
+
+
+@dataclass(frozen=True)
+class RetrainCheck:
+    """What :func:`retrain_check` found: the seeds whose baseline trained, the units whose retrain diverged, a note."""
+
+    usable_seeds: np.ndarray  # bool per seed
+    diverged: dict[str, str]  # unit -> why it is not ranked
+    note: str | None
+
+
+def retrain_check(scores: np.ndarray, baselines: np.ndarray, units: list[str], *, metric: Metric,
+                  registered: float, null: float) -> RetrainCheck:
+    """Which retrains can be trusted, judged by the test metric of the registered model and of a constant prediction.
+
+    A retrain *diverged* when its metric is not finite or, for a loss, above :data:`DIVERGED` times the loss of
+    predicting a constant (the training target's mean, prevalence or class shares): it learnt less than
+    nothing. A seed whose baseline diverged is dropped; a unit that diverged in any kept seed is not ranked.
+    When the baselines that remain are much worse than the registered model (over :data:`UNDERTRAINED` times
+    its loss), the note says the recipe does not reproduce the model.
+    """
+    def bad(value: np.ndarray) -> np.ndarray:
+        value = np.asarray(value, dtype=float)
+        worse = np.zeros(value.shape, bool) if metric.higher_is_better else value > DIVERGED * null
+        return ~np.isfinite(value) | worse
+
+    usable = ~bad(baselines)
+    notes = []
+    if (~usable).any():
+        notes.append(f"{int((~usable).sum())} of {len(baselines)} retrained baselines diverged "
+                     f"({metric.name} {', '.join(f'{b:.3g}' for b in baselines[~usable])}; a constant prediction "
+                     f"scores {null:.3g}); their seeds are left out.")
+    diverged = {}
+    for i, name in enumerate(units):
+        row = scores[i, usable]
+        if np.isnan(row).all():  # not run (beyond a budget)
+            continue
+        if bad(row).any():
+            worst = np.max(np.where(np.isfinite(row), row, np.inf))
+            diverged[name] = f"retraining without it diverged ({metric.name} {worst:.3g}; a constant prediction scores {null:.3g})"
+    if diverged:
+        notes.append("Not ranked, their retraining diverged: " + "; ".join(f"{n}: {why}" for n, why in diverged.items())
+                     + ".")
+    kept = baselines[usable]
+    if len(kept) and not metric.higher_is_better and np.mean(kept) > UNDERTRAINED * registered + 1e-9:
+        notes.append(f"The retrained baselines score {metric.name} {np.mean(kept):.3g} on average against "
+                     f"{registered:.3g} for the registered model: the retraining recipe (manifest 'training': epochs, "
+                     "batch_size, learning_rate) does not reproduce the model, so these importances compare weaker "
+                     "models than the one audited.")
+    return RetrainCheck(usable, diverged, " ".join(notes) or None)
 
 
 def audit_ablation(
@@ -665,7 +753,7 @@ def _ablation_result(
     recipe: Recipe,
 ) -> ImportanceResult:
     """The paired drop-column result over the features that were ablated, groups and clusters in its details."""
-    kept = [f for f in features if f not in details["not_ablated"]]
+    kept = [f for f in features if f not in details["not_ablated"] and f not in details.get("diverged", {})]
     groups, cluster_records = unit_records(ordered, measured, features, clusters)
     per_seed: dict[int, float] = {}
     for timing in details["timings"]:
@@ -676,6 +764,8 @@ def _ablation_result(
              "retraining time per seed: " + ", ".join(f"{seconds:.1f} s" for seconds in per_seed.values()) + "."]
     if details["not_ablated"]:
         notes.append(f"Budget reached: not ablated: {', '.join(details['not_ablated'])}.")
+    if details.get("retrain_note"):
+        notes.append(details["retrain_note"])
     return ImportanceResult.from_samples(
         "ablation", "behavioural", kept, ordered[[features.index(f) for f in kept]], metric=metric.name,
         notes=notes, sampling="seeds",
