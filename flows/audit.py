@@ -95,7 +95,7 @@ def audit_model(
                                     imports=tuple(imports or ()))
     if version is None:
         _name_run(f"{resolved.name} {resolved.version}")
-    check_version_task(resolved)
+    loaded = check_version_task(resolved)
     budget = Budget.parse(ablation_budget, n_features=len(resolved.features))
     futures = {}
     if "weights" in methods:
@@ -113,7 +113,7 @@ def audit_model(
     comparison = compare_task(results)
     timings = _seconds(futures) | ({"ablation": ablation[0].details["seconds"]} if ablation and ablation[0].ok else {})
     run = RunInfo(run_id=new_run_id(started), started=started, seed=seed, flow_run_id=str(runtime.flow_run.id),
-                  timings=timings)
+                  timings=timings, loaded=loaded.to_dict())
     files = render_task(resolved, results, comparison, run, previous_runs_task(out, resolved.name, resolved.version))
     folder = write_report_task(out, resolved.name, resolved.version, run.run_id, files)
     publish_artifacts_task(resolved.name, resolved.version, results, comparison, folder)

@@ -126,15 +126,20 @@ class Adapter:
         return X
 
     def feed(self, X: np.ndarray) -> Any:
-        """The model's inputs, as NumPy arrays, from rows of the coded matrix (for ``fit`` and ``predict``)."""
+        """The model's inputs from rows of the coded matrix, for ``fit`` and ``predict``: NumPy arrays, and
+        ``tf.string`` tensors for string inputs."""
         arrays = []
         for feed in self.inputs:
             if any(self.columns[j].vocabulary is not None for j in feed.columns):
                 block = np.stack([self.columns[j].decode(X[:, j]) for j in feed.columns], axis=1)
             else:
                 block = X[:, list(feed.columns)]
-            block = block.astype(_numpy_dtype(feed.dtype))
-            arrays.append(block.reshape((len(X), *feed.shape)))
+            block = block.astype(_numpy_dtype(feed.dtype)).reshape((len(X), *feed.shape))
+            if feed.dtype == "string":  # Keras' fit and predict refuse NumPy arrays of strings
+                import tensorflow as tf
+
+                block = tf.constant(block.astype(str))
+            arrays.append(block)
         return self._structure(arrays)
 
     def tensor_feed(self, x) -> Any:

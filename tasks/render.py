@@ -48,6 +48,7 @@ class RunInfo:
     seed: int
     flow_run_id: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    loaded: dict[str, Any] | None = None  # tasks.subject.Loaded.to_dict(): inputs, audited output, loading notes
 
 
 def build_context(
@@ -68,6 +69,9 @@ def build_context(
             "task": version.task,
             "features": list(version.features),
             "sha256": version.sha256,
+            "inputs": _input_rows((run.loaded or {}).get("inputs", [])),
+            "output": (run.loaded or {}).get("output"),
+            "notes": (run.loaded or {}).get("notes", []),
         },
         "run": {
             "id": run.run_id,
@@ -135,7 +139,9 @@ def results_document(
     agreement = comparison.to_dict()
     document = {
         "model": {"name": version.name, "version": version.version, "task": version.task, "sha256": version.sha256,
-                  "paths": {name: str(path) for name, path in version.resolved.items()}},
+                  "paths": {name: str(path) for name, path in version.resolved.items()},
+                  "inputs": (run.loaded or {}).get("inputs", []), "output": (run.loaded or {}).get("output"),
+                  "notes": (run.loaded or {}).get("notes", [])},
         "run": {"id": run.run_id, "started": run.started.isoformat(), "seed": run.seed,
                 "flow_run_id": run.flow_run_id, "timings": run.timings},
         "methods": {r.method: r.to_dict() for r in results},
@@ -176,6 +182,19 @@ def render_task(
         "report.pdf": render_pdf(html, {"results.json": data}),
         "results.json": data,
     }
+
+
+def _input_rows(inputs: list[dict[str, Any]], limit: int = 8) -> list[dict[str, str]]:
+    """How the model is fed, one line per input (only when it is not one plain matrix of every feature)."""
+    if len(inputs) <= 1 and all(i["dtype"].startswith("float") and len(i["shape"]) <= 1 for i in inputs):
+        return []
+    rows = []
+    for item in inputs:
+        columns = item["columns"]
+        shown = ", ".join(columns[:limit]) + (f", … ({len(columns) - limit} more)" if len(columns) > limit else "")
+        rows.append({"name": item["name"], "shape": "(" + ", ".join(map(str, item["shape"])) + ")",
+                     "dtype": item["dtype"], "columns": shown})
+    return rows
 
 
 def run_status(results: list[ImportanceResult]) -> str:

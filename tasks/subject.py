@@ -162,17 +162,34 @@ def load_subject(version: ModelVersion) -> Subject:
         return _SUBJECTS[key]
 
 
-def check_version(version: ModelVersion) -> dict[str, int]:
-    """Load everything once at the boundary (model, splits, adapter) and say how many rows each split has."""
+@dataclass(frozen=True)
+class Loaded:
+    """What loading found, for the report: rows per split, how each input is fed, the audited output, notes."""
+
+    rows: dict[str, int]
+    inputs: tuple[dict[str, Any], ...]  # per model input: name, shape, dtype, the columns feeding it
+    output: str | None  # the audited output of a model with several
+    notes: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rows": dict(self.rows), "inputs": [dict(i) for i in self.inputs], "output": self.output,
+                "notes": list(self.notes)}
+
+
+def check_version(version: ModelVersion) -> Loaded:
+    """Load everything once at the boundary (model, splits, adapter) and say what was found."""
     subject = load_subject(version)
     rows = {"test": subject.test.n_rows}
     if subject.train is not None:
         rows["train"] = subject.train.n_rows
-    return rows
+    adapter = subject.adapter
+    inputs = tuple({"name": feed.name, "shape": list(feed.shape), "dtype": feed.dtype,
+                    "columns": [adapter.features[j] for j in feed.columns]} for feed in adapter.inputs)
+    return Loaded(rows, inputs, adapter.output_name, subject.notes)
 
 
 @task(name="check-version")
-def check_version_task(version: ModelVersion) -> dict[str, int]:
+def check_version_task(version: ModelVersion) -> Loaded:
     """Validate the model and its splits before any method runs."""
     return check_version(version)
 

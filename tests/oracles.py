@@ -213,15 +213,13 @@ def audit(registry: Path, case: Case, *, seed: int = 0, methods=("weights", "per
     from tasks.compare import compare
     from tasks.permutation import audit_permutation
     from tasks.shap_importance import shap_audit
-    from tasks.sources import load_model, load_split, resolve_version
-    from tasks.weights import weight_importance
+    from tasks.sources import resolve_version
+    from tasks.weights import audit_weights
 
     version = resolve_version(registry, case.kind, f"v{case.seed}")
     results = []
     if "weights" in methods:
-        test = load_split(version.test_path, version)
-        results += weight_importance(load_model(version.model_path), version.features, test.X,
-                                     categorical=version.categorical)
+        results += audit_weights(version)
     if "permutation" in methods:
         results += audit_permutation(version, seed=seed)
     if "ablation" in methods:

@@ -158,3 +158,23 @@ def test_a_malformed_report_base_url_is_refused_before_computing(linear_registry
                                                 "not a base URL"):
         audit_model(registry=str(linear_registry), model="linear", out=str(tmp_path / "out"), methods=["weights"])
     assert not (tmp_path / "out" / "linear").exists()
+
+
+def test_a_keras_io_model_with_string_lookups_runs_end_to_end(tmp_path):
+    """keras.io's structured-data model (a dict of inputs, StringLookup and Normalization inside): every method,
+    the report says how each input is fed, and a string category appears as itself in the local explanations."""
+    from tests import zoo
+
+    pattern = zoo.build_string_lookup(0)
+    zoo.write_pattern(tmp_path / "registry", pattern)
+    folder = Path(audit_model(registry=str(tmp_path / "registry"), model=pattern.name, out=str(tmp_path / "out"),
+                              n_seeds=2))
+    results = json.loads((folder / "results.json").read_text())
+    assert {name: m["status"] for name, m in results["methods"].items()} == dict.fromkeys(results["methods"], "ok")
+    fed = {i["name"]: i for i in results["model"]["inputs"]}
+    assert fed["thal"]["dtype"] == "string" and fed["thal"]["columns"] == ["thal"]
+    values = {f["value"] for row in results["methods"]["shap"]["details"]["local"] for f in row["features"]
+              if f["feature"] == "thal"}
+    assert values and values <= set(pattern.test["thal"])
+    html = (folder / "report.html").read_text()
+    assert "How the model is fed" in html and "<td>thal</td><td>(1)</td><td>string</td>" in html
