@@ -34,16 +34,12 @@ from tasks.deliver import check_delivery_task, email_task_from_env
 from tasks.errors import RegistryRunFailed
 from tasks.history import previous_runs_task
 from tasks.output import check_output_task, new_run_id, write_report_task
-from tasks.permutation import permutation_task
+from tasks.methods import METHODS
+from tasks.options import DEFAULT_OUT, AuditOptions
 from tasks.render import RunInfo, render_task, run_status
 from tasks.result import ImportanceResult
-from tasks.shap_importance import shap_task
 from tasks.sources import list_models_task, resolve_version_task
 from tasks.subject import check_version_task
-from tasks.weights import weights_task
-
-METHODS = ("weights", "permutation", "ablation", "shap")
-METHOD_KINDS = {"weights": "weight-based", "permutation": "behavioural", "ablation": "behavioural", "shap": "behavioural"}
 
 
 class _FailedAsReported(logging.Filter):
@@ -73,42 +69,34 @@ def audit_model(
     registry: str,
     model: str,
     version: str | None = None,
-    out: str = "reports",
-    methods: list[str] = list(METHODS),
-    seed: int = 0,
-    n_repeats: int = 5,
-    n_seeds: int = 5,
-    ablation_budget: str | None = None,
-    max_test_rows: int | None = 200_000,
+    out: str = DEFAULT_OUT,
+    options: AuditOptions = AuditOptions(),
     email_to: list[str] | None = None,
     imports: list[str] | None = None,
 ) -> str:
     """Audit one model version and return the folder its report was written to (run state 'Partial' if a method failed).
 
-    ``imports`` names modules that register the model's custom Keras objects; they are imported wherever it is loaded.
+    ``options`` says which methods run and how (:class:`tasks.options.AuditOptions`). ``imports`` names
+    modules that register the model's custom Keras objects; they are imported wherever it is loaded.
     """
     started = datetime.now(timezone.utc)
+    seed = options.seed
     check_output_task(out)
     report_base_url()  # a malformed report-store URL fails now, not after the night's compute
     recipients = check_delivery_task(email_to) if email_to else None
-    resolved = resolve_version_task(registry, model, version, max_test_rows=max_test_rows, seed=seed,
+    resolved = resolve_version_task(registry, model, version, max_test_rows=options.max_test_rows, seed=seed,
                                     imports=tuple(imports or ()))
     if version is None:
         _name_run(f"{resolved.name} {resolved.version}")
     loaded = check_version_task(resolved)
-    budget = Budget.parse(ablation_budget, n_features=len(resolved.features))
-    futures = {}
-    if "weights" in methods:
-        futures["weights"] = weights_task.submit(resolved)
-    if "permutation" in methods:
-        futures["permutation"] = permutation_task.submit(resolved, n_repeats=n_repeats, seed=seed)
-    if "shap" in methods:
-        futures["shap"] = shap_task.submit(resolved, seed=seed)
+    budget = Budget.parse(options.ablation_budget, n_features=len(resolved.features))
+    futures = {name: METHODS[name].task.with_options(task_run_name=name).submit(resolved, options)
+               for name in options.methods if METHODS[name].task is not None}
     ablation: list[ImportanceResult] = []
-    if "ablation" in methods:
+    if "ablation" in options.methods:
         # Under a budget, ablation waits for permutation importance to choose which features come first.
         ranked = allow_failure(futures["permutation"]) if budget != Budget() and "permutation" in futures else None
-        ablation = _ablation(resolved, n_seeds=n_seeds, seed=seed, budget=budget, priority=ranked)
+        ablation = _ablation(resolved, n_seeds=options.seeds, seed=seed, budget=budget, priority=ranked)
     results = _gather(futures, resolved.features, ablation)
     comparison = compare_task(results)
     timings = _seconds(futures) | ({"ablation": ablation[0].details["seconds"]} if ablation and ablation[0].ok else {})
@@ -126,10 +114,8 @@ def audit_model(
 def audit_registry(
     registry: str,
     models: list[str] | None = None,
-    out: str = "reports",
-    methods: list[str] = list(METHODS),
-    seed: int = 0,
-    max_test_rows: int | None = 200_000,
+    out: str = DEFAULT_OUT,
+    options: AuditOptions = AuditOptions(),
     email_to: list[str] | None = None,
     imports: list[str] | None = None,
 ) -> dict[str, dict[str, str | None]]:
@@ -141,8 +127,8 @@ def audit_registry(
     names = models or list_models_task(registry)
     outcome = {}
     for name in names:
-        state = audit_model(registry=registry, model=name, out=out, methods=methods, seed=seed,
-                            max_test_rows=max_test_rows, email_to=email_to, imports=imports, return_state=True)
+        state = audit_model(registry=registry, model=name, out=out, options=options, email_to=email_to,
+                            imports=imports, return_state=True)
         outcome[name] = _outcome(state)
     publish_summary_task(outcome)
     return _registry_state(outcome)
@@ -273,13 +259,12 @@ def _gather(futures: dict[str, PrefectFuture], features: tuple[str, ...],
         future = futures[name]
         state = future.wait() or future.state
         if state.is_completed():
-            value = future.result()
-            results.extend(value if isinstance(value, list) else [value])
+            results.extend(future.result())
         else:
             try:
                 future.result()
                 reason = f"task ended in state {state.name}"
             except Exception as exc:  # the task's own error, shown in the report
                 reason = f"{type(exc).__name__}: {exc}"
-            results.append(ImportanceResult.not_ok(name, METHOD_KINDS[name], features, status="failed", reason=reason))
+            results.append(ImportanceResult.not_ok(name, METHODS[name].kind, features, status="failed", reason=reason))
     return results

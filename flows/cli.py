@@ -28,13 +28,13 @@ from typing import TextIO
 
 from flows.lifecycle import stop_on_signals
 from tasks.errors import DeliveryError, FeatureAuditError, StorageError
+from tasks.options import DEFAULT_CRON, DEFAULT_OUT, AuditOptions
 
 EXIT_OK = 0
 EXIT_NOT_DELIVERED = 1
 EXIT_BAD_INPUT = 2
 EXIT_STORAGE = 3
 EXIT_UNEXPECTED = 4
-DEFAULT_MAX_ROWS = 200_000
 
 #: Set before TensorFlow or Prefect are imported, unless the user has set them. Always: Prefect's
 #: telemetry off (the server's heartbeat logs "Failed to send telemetry" offline, and its writes to
@@ -101,15 +101,13 @@ def _describe_os_error(exc: OSError, out: str | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tasks.ablation import Budget
     from tasks.deliver import check_delivery
     from tasks.modeling import memory_budget
     from tasks.output import check_output
     from tasks.sources import import_modules, resolve_version
     from tasks.subject import check_version
 
-    methods = _methods(args.methods)
-    Budget.parse(args.ablation_budget)
+    options = _options(args)
     if args.dask_address and not os.environ.get("PREFECT_API_URL"):
         raise FeatureAuditError(
             "--dask-address needs PREFECT_API_URL: point it (here and on every Dask worker) at a Prefect server the "
@@ -118,14 +116,13 @@ def run(args: argparse.Namespace) -> int:
     imports = tuple(args.imports or ())
     import_modules(imports)  # the operator's modules register custom Keras objects before any model loads
     email_to = check_delivery(args.email_to) if args.email_to else None
-    version = resolve_version(args.registry, args.model, args.version, max_test_rows=args.max_rows, seed=args.seed,
-                              imports=imports)
+    version = resolve_version(args.registry, args.model, args.version, max_test_rows=options.max_test_rows,
+                              seed=options.seed, imports=imports)
     check_version(version)  # fail fast, before Prefect starts
     check_output(args.out)
     memory_budget()  # FEATUREAUDIT_MEMORY_MB, refused now rather than when a method starts
-    return _audit(args.registry, version.name, version.version, args.out, methods, args.seed,
-                  ablation_budget=args.ablation_budget, dask_address=args.dask_address,
-                  max_test_rows=args.max_rows, email_to=email_to, imports=list(imports))
+    return _audit(args.registry, version.name, version.version, args.out, options, dask_address=args.dask_address,
+                  email_to=email_to, imports=list(imports))
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -135,7 +132,7 @@ def serve(args: argparse.Namespace) -> int:
     from tasks.errors import RegistryError
     from tasks.sources import import_modules, list_models
 
-    methods = _methods(args.methods)
+    options = _options(args)
     import_modules(args.imports or ())  # a module that does not import fails now, not every night
     email_to = check_delivery(args.email_to) if args.email_to else None
     present = list_models(args.registry)  # fail fast on names; each model's files are checked at each run
@@ -144,44 +141,44 @@ def serve(args: argparse.Namespace) -> int:
         raise RegistryError(f"registry {args.registry} has no model '{missing[0]}'; models present: {', '.join(present)}")
     deployment = registry_deployment(registry=str(Path(args.registry).resolve()), models=args.model, cron=args.cron,
                                      timezone=args.timezone, out=str(Path(args.out).resolve()), email_to=email_to,
-                                     methods=methods, max_test_rows=args.max_rows, name=args.name,
-                                     imports=args.imports)
+                                     options=options, name=args.name, imports=args.imports)
     serve_deployment(deployment, port=args.port)
     return 0
 
 
-def _methods(text: str) -> list[str]:
-    from flows.audit import METHODS
+def _options(args: argparse.Namespace):
+    """The audit options the command line gave (tasks.options.AuditOptions); one line naming a wrong one."""
+    from tasks.options import parse_options
 
-    methods = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
-        raise FeatureAuditError(f"--methods: unknown method '{(unknown or [''])[0]}'; choose from {','.join(METHODS)}")
-    return methods
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if getattr(args, "methods", None) else None
+    if methods is not None and not methods:
+        methods = [""]  # "--methods ''": refused as an unknown method
+    return parse_options(methods=methods, seed=getattr(args, "seed", None), repeats=getattr(args, "repeats", None),
+                         seeds=getattr(args, "seeds", None), cluster_threshold=getattr(args, "cluster_threshold", None),
+                         ablation_budget=getattr(args, "ablation_budget", None),
+                         max_test_rows=getattr(args, "max_rows", None), shap_rows=getattr(args, "shap_rows", None))
 
 
 def demo(args: argparse.Namespace) -> int:
-    from flows.audit import METHODS
     from tasks.demo import MODEL_NAME, build_demo_registry
 
+    options = _options(args)
     registry = Path(args.out) / "demo-registry"
     build_demo_registry(registry)
     print(f"demo registry: {registry / MODEL_NAME / 'v1'}")
-    return _audit(str(registry), MODEL_NAME, None, args.out, list(METHODS), args.seed)
+    return _audit(str(registry), MODEL_NAME, None, args.out, options)
 
 
 def _audit(
-    registry: str, model: str, version: str | None, out: str, methods: list[str], seed: int,
-    *, ablation_budget: str | None = None, dask_address: str | None = None,
-    max_test_rows: int | None = DEFAULT_MAX_ROWS, email_to: list[str] | None = None, imports: list[str] | None = None,
+    registry: str, model: str, version: str | None, out: str, options, *, dask_address: str | None = None,
+    email_to: list[str] | None = None, imports: list[str] | None = None,
 ) -> int:
     from flows.audit import with_runner
 
     flow = with_runner(dask_address)
     start_prefect_api()
-    state = flow(registry=registry, model=model, version=version, out=out, methods=methods, seed=seed,
-                 ablation_budget=ablation_budget, max_test_rows=max_test_rows, email_to=email_to, imports=imports,
-                 return_state=True)
+    state = flow(registry=registry, model=model, version=version, out=out, options=options, email_to=email_to,
+                 imports=imports, return_state=True)
     folder = Path(state.result())  # a failed run raises its error here
     for name in ("report.pdf", "report.html", "results.json"):
         print(folder / name)
@@ -371,12 +368,7 @@ def _parser() -> argparse.ArgumentParser:
     p_run.add_argument("--registry", required=True, help="registry folder: <registry>/<model>/<version>/")
     p_run.add_argument("--model", required=True, help="model name (a folder in the registry)")
     p_run.add_argument("--version", help="version folder (default: the newest under natural sort)")
-    p_run.add_argument("--out", default="reports", help="output folder (default: reports)")
-    p_run.add_argument("--methods", default="weights,permutation,ablation,shap", help="comma-separated methods")
-    p_run.add_argument("--seed", type=int, default=0, help="seed for every random choice (default: 0)")
-    p_run.add_argument("--ablation-budget", help="retrain at most N features (e.g. 8) or for about N seconds (e.g. 600s), "
-                       "most important by permutation first; 'all' for every feature (default: all, but the 50 "
-                       "most important for a model with more than 100 features)")
+    p_run.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
     p_run.add_argument("--dask-address", help="run the tasks on an existing Dask cluster, e.g. tcp://host:8786")
     _add_common(p_run)
     p_run.set_defaults(handler=run)
@@ -384,10 +376,9 @@ def _parser() -> argparse.ArgumentParser:
     p_serve = commands.add_parser("serve", help="audit the registry's models on a cron schedule (a Prefect deployment)")
     p_serve.add_argument("--registry", required=True, help="registry folder: <registry>/<model>/<version>/")
     p_serve.add_argument("--model", action="append", help="a model to audit (repeatable; default: every model)")
-    p_serve.add_argument("--cron", default="0 2 * * *", help="cron schedule (default: 0 2 * * *, nightly at 02:00)")
+    p_serve.add_argument("--cron", default=DEFAULT_CRON, help=f"cron schedule (default: {DEFAULT_CRON}, nightly at 02:00)")
     p_serve.add_argument("--timezone", help="IANA time zone of the schedule, e.g. Europe/Berlin (default: UTC)")
-    p_serve.add_argument("--out", default="reports", help="output folder (default: reports)")
-    p_serve.add_argument("--methods", default="weights,permutation,ablation,shap", help="comma-separated methods")
+    p_serve.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
     p_serve.add_argument("--name", default="nightly", help="deployment name (default: nightly)")
     p_serve.add_argument("--port", type=int, default=4200,
                          help="port of the local Prefect server started when PREFECT_API_URL is unset (default: 4200)")
@@ -395,16 +386,30 @@ def _parser() -> argparse.ArgumentParser:
     p_serve.set_defaults(handler=serve)
 
     p_demo = commands.add_parser("demo", help="build a demo registry with known drivers and audit it")
-    p_demo.add_argument("--out", default="reports", help="output folder (default: reports)")
-    p_demo.add_argument("--seed", type=int, default=0)
+    p_demo.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
+    p_demo.add_argument("--seed", type=int, help="seed for every random choice (default: 0)")
     _add_verbose(p_demo)
     p_demo.set_defaults(handler=demo)
     return parser
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--max-rows", type=int, default=DEFAULT_MAX_ROWS,
-                        help=f"sample a larger test split down to this many rows, seeded (default: {DEFAULT_MAX_ROWS})")
+    """The audit options (tasks.options.AuditOptions) and delivery, the same for run and serve."""
+    defaults = AuditOptions()
+    parser.add_argument("--methods", help=f"comma-separated methods (default: {','.join(defaults.methods)})")
+    parser.add_argument("--seed", type=int, help=f"seed for every random choice (default: {defaults.seed})")
+    parser.add_argument("--repeats", type=int, help=f"permutation repeats to start with, doubled up to 20 while the "
+                                                    f"top features are not verified (default: {defaults.repeats})")
+    parser.add_argument("--seeds", type=int, help=f"retrain-ablation seeds to start with, added up to 8 while a top "
+                                                  f"feature's interval straddles zero (default: {defaults.seeds})")
+    parser.add_argument("--cluster-threshold", type=float, help="|Spearman ρ| from which features are permuted and "
+                        f"retrained jointly (default: {defaults.cluster_threshold})")
+    parser.add_argument("--ablation-budget", help="retrain at most N features (e.g. 8) or for about N seconds (e.g. "
+                        "600s), most important by permutation first; 'all' for every feature (default: all, but the 50 "
+                        "most important for a model with more than 100 features)")
+    parser.add_argument("--shap-rows", type=int, help=f"test rows SHAP explains (default: {defaults.shap_rows})")
+    parser.add_argument("--max-rows", type=int, help="sample a larger test split down to this many rows, seeded "
+                        f"(default: {defaults.max_test_rows})")
     parser.add_argument("--email-to", action="append", metavar="ADDRESS",
                         help="email the PDF to this address (repeatable); SMTP settings from FEATUREAUDIT_SMTP_*")
     parser.add_argument("--import", dest="imports", action="append", metavar="MODULE",

@@ -22,9 +22,9 @@ from typing import Any
 
 from flows.lifecycle import tied_popen
 from tasks.errors import FeatureAuditError
+from tasks.options import DEFAULT_CRON, DEFAULT_OUT, AuditOptions
 
 DEPLOYMENT_NAME = "nightly"
-DEFAULT_CRON = "0 2 * * *"
 DEFAULT_PORT = 4200
 STARTUP_TIMEOUT_S = 180.0
 
@@ -72,16 +72,16 @@ def prefect_api(port: int = DEFAULT_PORT, *, timeout: float = STARTUP_TIMEOUT_S)
 
 def registry_deployment(
     *, registry: str, models: list[str] | None = None, cron: str = DEFAULT_CRON, timezone: str | None = None,
-    out: str = "reports", email_to: list[str] | None = None, methods: list[str] | None = None,
-    max_test_rows: int | None = 200_000, name: str = DEPLOYMENT_NAME, imports: list[str] | None = None,
+    out: str = DEFAULT_OUT, email_to: list[str] | None = None, options: AuditOptions = AuditOptions(),
+    name: str = DEPLOYMENT_NAME, imports: list[str] | None = None,
 ):
     """The nightly deployment of the registry flow: one run per night, one subflow per model."""
     from prefect.schedules import Cron
 
-    from flows.audit import METHODS, audit_registry
+    from flows.audit import audit_registry
 
     parameters: dict[str, Any] = {"registry": registry, "models": models or None, "out": out,
-                                  "methods": list(methods or METHODS), "max_test_rows": max_test_rows,
+                                  "options": options.model_dump(mode="json"),
                                   "email_to": email_to or None, "imports": list(imports or []) or None}
     try:
         schedule = Cron(cron, timezone=timezone)

@@ -41,6 +41,7 @@ from tasks.compare import top_k_for
 from tasks.metrics import METRICS, Metric
 from tasks.modeling import first_layer_view, memory_budget, rows_for
 from tasks.ranking import ranking_evidence
+from tasks.options import AuditOptions
 from tasks.result import ImportanceResult
 from tasks.sources import ModelVersion
 from tasks.subject import load_subject
@@ -309,9 +310,7 @@ def audit_permutation(
 
 
 @task(name="permutation")
-def permutation_task(
-    version: ModelVersion, *, n_repeats: int = 5, seed: int = 0, cluster_threshold: float = DEFAULT_THRESHOLD
-) -> list[ImportanceResult]:
+def permutation_task(version: ModelVersion, options: AuditOptions = AuditOptions()) -> list[ImportanceResult]:
     """Permutation importance of every feature, manifest group and correlated cluster on the test split."""
     logger = get_run_logger()
     artifact = create_progress_artifact(
@@ -324,5 +323,5 @@ def permutation_task(
                     extra={"progress": {"task": "permutation", "unit": name, "done": done, "total": total}})
         update_progress_artifact(artifact, 100.0 * done / total)
 
-    return audit_permutation(version, n_repeats=n_repeats, seed=seed, cluster_threshold=cluster_threshold,
-                             progress=progress, log=logger.info)
+    return audit_permutation(version, n_repeats=options.repeats, seed=options.seed,
+                             cluster_threshold=options.cluster_threshold, progress=progress, log=logger.info)

@@ -21,21 +21,12 @@ from prefect import task
 from tasks import charts
 from tasks.compare import Comparison
 from tasks.history import history as drift_history
+from tasks.methods import RESULT_TITLES
 from tasks.result import ImportanceResult
 from tasks.sources import ModelVersion
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 LIBRARIES = ("featureaudit", "tensorflow-cpu", "keras", "numpy", "pandas", "shap", "prefect", "weasyprint", "jinja2")
-METHOD_TITLES = {
-    "weights": "First-layer weights |W|",
-    "weights_scaled": "Scale-aware weights |W|·std",
-    "permutation": "Permutation importance",
-    "permutation_accuracy": "Permutation importance (accuracy)",
-    "weights_retrained": "Weights |W| of the retrained baselines",
-    "ablation": "Retrain-ablation (drop-column)",
-    "shap": "SHAP (mean |φ|)",
-}
-
 SIGNOFF_ROLES = ("Prepared by", "Reviewed by", "Approved by")
 
 
@@ -108,7 +99,7 @@ def environment() -> Environment:
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, undefined=StrictUndefined)
     env.filters["num"] = format_number
     env.filters["pct"] = format_percent
-    env.filters["title"] = lambda method: METHOD_TITLES.get(method, method)
+    env.filters["title"] = lambda method: RESULT_TITLES.get(method, method)
     return env
 
 

@@ -47,6 +47,7 @@ from prefect import get_run_logger, task
 
 from tasks.metrics import METRICS, Metric
 from tasks.modeling import Forward, first_layer_view, memory_budget, rows_for
+from tasks.options import AuditOptions
 from tasks.result import ImportanceResult
 from tasks.sources import ModelVersion
 from tasks.subject import load_subject
@@ -527,12 +528,12 @@ def shap_audit(version: ModelVersion, *, seed: int = 0, n_rows: int = 1000, n_wo
 
 
 @task(name="shap")
-def shap_task(version: ModelVersion, *, seed: int = 0, n_rows: int = 1000) -> ImportanceResult:
+def shap_task(version: ModelVersion, options: AuditOptions = AuditOptions()) -> list[ImportanceResult]:
     """SHAP: global importance with intervals and local explanations."""
-    result = shap_audit(version, seed=seed, n_rows=n_rows)
+    result = shap_audit(version, seed=options.seed, n_rows=options.shap_rows)
     get_run_logger().info("shap: %s explained %d rows (%s)", result.details["explainer"],
                           result.details["n_rows"], result.details["reason"])
-    return result
+    return [result]
 
 
 def shap_details(features, split, raw: ShapValues, rows, draws, loss, metric, *, n_global: int, n_worst: int,

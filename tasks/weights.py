@@ -34,6 +34,7 @@ import numpy as np
 from prefect import get_run_logger, task
 
 from tasks.modeling import input_name
+from tasks.options import AuditOptions
 from tasks.result import ImportanceResult
 from tasks.sources import ModelVersion
 from tasks.subject import load_subject
@@ -207,7 +208,7 @@ def audit_weights(version: ModelVersion) -> list[ImportanceResult]:
 
 
 @task(name="weights")
-def weights_task(version: ModelVersion) -> list[ImportanceResult]:
+def weights_task(version: ModelVersion, options: AuditOptions = AuditOptions()) -> list[ImportanceResult]:
     """Rank features by first-layer weight magnitudes, naive and scale-aware (skipped where they cannot be placed)."""
     results = audit_weights(version)
     if results[0].ok:

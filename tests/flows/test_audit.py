@@ -7,12 +7,14 @@ import pypdf
 import pytest
 
 from flows.audit import audit_model
+from tasks.options import AuditOptions
 
 
 @pytest.fixture(scope="module")
 def demo_run(demo_registry, tmp_path_factory):
     out = tmp_path_factory.mktemp("reports")
-    folder = Path(audit_model(registry=str(demo_registry), model="credit-demo", out=str(out), n_seeds=2))
+    folder = Path(audit_model(registry=str(demo_registry), model="credit-demo", out=str(out),
+                              options=AuditOptions(seeds=2)))
     return folder, json.loads((folder / "results.json").read_text())
 
 
@@ -71,7 +73,7 @@ def test_pdf_shows_rankings_charts_and_warnings(demo_run):
 
 def test_methods_can_be_chosen(linear_registry, tmp_path):
     folder = Path(audit_model(registry=str(linear_registry), model="linear", out=str(tmp_path),
-                              methods=["weights", "permutation", "ablation"], n_seeds=1))
+                              options=AuditOptions(methods=("weights", "permutation", "ablation"), seeds=1)))
     results = json.loads((folder / "results.json").read_text())
     assert results["methods"]["ablation"]["status"] == "ok"
     assert "shap" not in results["methods"]
@@ -109,9 +111,9 @@ def test_pdf_is_archival_with_results_embedded_and_a_signoff_block(demo_run):
 
 
 def test_second_run_reports_drift_against_the_first(linear_registry, tmp_path):
-    kwargs = dict(registry=str(linear_registry), model="linear", out=str(tmp_path), methods=["weights", "permutation"])
-    first = Path(audit_model(seed=1, **kwargs))
-    second = Path(audit_model(seed=2, **kwargs))
+    kwargs = dict(registry=str(linear_registry), model="linear", out=str(tmp_path))
+    first = Path(audit_model(options=AuditOptions(methods=("weights", "permutation"), seed=1), **kwargs))
+    second = Path(audit_model(options=AuditOptions(methods=("weights", "permutation"), seed=2), **kwargs))
     assert first != second and first.is_dir()  # the earlier report is kept
     [history] = json.loads((second / "results.json").read_text())["history"]
     assert history["against"] == "previous run of this version" and history["previous_run"] == first.name
@@ -125,7 +127,8 @@ def test_second_run_reports_drift_against_the_first(linear_registry, tmp_path):
 
 def test_an_ablation_budget_retrains_the_features_permutation_ranks_first(linear_registry, tmp_path):
     folder = Path(audit_model(registry=str(linear_registry), model="linear", out=str(tmp_path),
-                              methods=["weights", "permutation", "ablation"], n_seeds=1, ablation_budget="2"))
+                              options=AuditOptions(methods=("weights", "permutation", "ablation"), seeds=1,
+                                                   ablation_budget="2")))
     ablation = json.loads((folder / "results.json").read_text())["methods"]["ablation"]
     # permutation importance of y = 3a - 2b + c on scales 1, 2, 0.5: b (16) before a (9), then c and noise
     assert ablation["status"] == "ok" and {r["feature"] for r in ablation["features"]} == {"a", "b"}
@@ -139,7 +142,7 @@ def test_a_run_is_named_after_model_and_version_and_links_its_report(linear_regi
 
     monkeypatch.setenv("FEATUREAUDIT_REPORT_BASE_URL", "https://reports.example.com/featureaudit/")
     folder = Path(audit_model(registry=str(linear_registry), model="linear", version=version, out=str(tmp_path),
-                              methods=["weights"]))
+                              options=AuditOptions(methods=("weights",))))
     flow_run_id = json.loads((folder / "results.json").read_text())["run"]["flow_run_id"]
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(flow_run_id)
@@ -156,7 +159,8 @@ def test_a_malformed_report_base_url_is_refused_before_computing(linear_registry
     monkeypatch.setenv("FEATUREAUDIT_REPORT_BASE_URL", "reports.example.com/featureaudit")
     with pytest.raises(FeatureAuditError, match="FEATUREAUDIT_REPORT_BASE_URL='reports.example.com/featureaudit' is "
                                                 "not a base URL"):
-        audit_model(registry=str(linear_registry), model="linear", out=str(tmp_path / "out"), methods=["weights"])
+        audit_model(registry=str(linear_registry), model="linear", out=str(tmp_path / "out"),
+                    options=AuditOptions(methods=("weights",)))
     assert not (tmp_path / "out" / "linear").exists()
 
 
@@ -168,7 +172,7 @@ def test_a_keras_io_model_with_string_lookups_runs_end_to_end(tmp_path):
     pattern = zoo.build_string_lookup(0)
     zoo.write_pattern(tmp_path / "registry", pattern)
     folder = Path(audit_model(registry=str(tmp_path / "registry"), model=pattern.name, out=str(tmp_path / "out"),
-                              n_seeds=2))
+                              options=AuditOptions(seeds=2)))
     results = json.loads((folder / "results.json").read_text())
     assert {name: m["status"] for name, m in results["methods"].items()} == dict.fromkeys(results["methods"], "ok")
     fed = {i["name"]: i for i in results["model"]["inputs"]}

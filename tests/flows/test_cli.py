@@ -16,6 +16,9 @@ from flows.cli import main
         ("nope", [], "has no model 'nope'"),
         ("linear", ["--version", "v9"], "has no version 'v9'"),
         ("linear", ["--methods", "weights,astrology"], "unknown method 'astrology'"),
+        ("linear", ["--repeats", "0"], "--repeats 0: "),
+        ("linear", ["--cluster-threshold", "1.5"], "--cluster-threshold 1.5: "),
+        ("linear", ["--ablation-budget", "soon"], "--ablation-budget 'soon'"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_nothing_written(linear_registry, tmp_path, capsys, model, extra, message):

@@ -13,6 +13,7 @@ from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
 from flows.audit import audit_model
 from tasks.deliver import email_task_from_env
+from tasks.options import AuditOptions
 from tests import helpers
 from tests.smtp import free_port, make_certificates, smtp_server
 
@@ -58,7 +59,7 @@ def test_report_is_emailed_with_the_pdf_and_the_password_appears_nowhere(linear_
     with smtp_server(user="audit-bot", password=PASSWORD) as (inbox, port):
         smtp_env(port, FEATUREAUDIT_SMTP_USER="audit-bot", FEATUREAUDIT_SMTP_PASSWORD_BLOCK="featureaudit-smtp-password")
         state = audit_model(registry=str(linear_registry), model="linear", out=str(tmp_path),
-                            methods=["weights", "permutation"], max_test_rows=500,
+                            options=AuditOptions(methods=("weights", "permutation"), max_test_rows=500),
                             email_to=["reviewer@example.com", "Lead <lead@example.com>"], return_state=True)
     assert state.is_completed() and state.name == "Completed"
     folder = Path(state.result())
@@ -84,7 +85,8 @@ def test_report_is_emailed_with_the_pdf_and_the_password_appears_nowhere(linear_
 def test_unreachable_smtp_is_retried_then_fails_the_run_and_keeps_the_report(linear_registry, tmp_path, smtp_env):
     port = free_port()  # nothing listens here
     smtp_env(port)
-    state = audit_model(registry=str(linear_registry), model="linear", out=str(tmp_path), methods=["weights"],
+    state = audit_model(registry=str(linear_registry), model="linear", out=str(tmp_path),
+                        options=AuditOptions(methods=("weights",)),
                         email_to=["reviewer@example.com"], return_state=True)
     assert state.is_failed()
     assert f"could not send the report via 127.0.0.1:{port}" in state.message
@@ -97,7 +99,8 @@ def test_unreachable_smtp_is_retried_then_fails_the_run_and_keeps_the_report(lin
 def test_wrong_password_is_tried_once_and_fails_the_run_with_one_line(linear_registry, tmp_path, smtp_env):
     with smtp_server(user="audit-bot", password=PASSWORD) as (inbox, port):
         smtp_env(port, FEATUREAUDIT_SMTP_USER="audit-bot", FEATUREAUDIT_SMTP_PASSWORD="not-the-password-987")
-        state = audit_model(registry=str(linear_registry), model="linear", out=str(tmp_path), methods=["weights"],
+        state = audit_model(registry=str(linear_registry), model="linear", out=str(tmp_path),
+                        options=AuditOptions(methods=("weights",)),
                             email_to=["reviewer@example.com"], return_state=True)
     assert state.is_failed()
     assert inbox.auth_attempts == 1 and inbox.connections == 1 and not inbox.messages
@@ -113,7 +116,7 @@ def test_wrong_password_is_tried_once_and_fails_the_run_with_one_line(linear_reg
 def report_folder(linear_registry, tmp_path_factory):
     """One report on disk, for the email task alone."""
     state = audit_model(registry=str(linear_registry), model="linear", out=str(tmp_path_factory.mktemp("out")),
-                        methods=["weights"], return_state=True)
+                        options=AuditOptions(methods=("weights",)), return_state=True)
     return state.result()
 
 
@@ -142,7 +145,8 @@ def test_certificate_trusted_through_the_ca_file_setting(report_folder, certs, s
 
 def test_missing_smtp_host_fails_before_any_method_runs(linear_registry, tmp_path, monkeypatch):
     monkeypatch.delenv("FEATUREAUDIT_SMTP_HOST", raising=False)
-    state = audit_model(registry=str(linear_registry), model="linear", out=str(tmp_path), methods=["weights"],
+    state = audit_model(registry=str(linear_registry), model="linear", out=str(tmp_path),
+                        options=AuditOptions(methods=("weights",)),
                         email_to=["reviewer@example.com"], return_state=True)
     assert state.is_failed() and "FEATUREAUDIT_SMTP_HOST is not set" in state.message
     assert not (tmp_path / "linear").exists()
@@ -163,7 +167,8 @@ def uncompiled_registry(tmp_path_factory):
 
 def test_a_failing_method_gives_a_partial_report_with_the_error(uncompiled_registry, tmp_path):
     state = audit_model(registry=str(uncompiled_registry), model="uncompiled", out=str(tmp_path),
-                        methods=["weights", "permutation", "ablation"], n_seeds=1, return_state=True)
+                        options=AuditOptions(methods=("weights", "permutation", "ablation"), seeds=1),
+                        return_state=True)
     assert state.is_completed() and state.name == "Partial" and "ablation failed" in state.message
     folder = Path(state.result())
     results = json.loads((folder / "results.json").read_text())

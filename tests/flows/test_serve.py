@@ -16,6 +16,7 @@ import yaml
 from flows.audit import audit_registry
 from flows.serve import server_is_up
 from tasks.errors import FeatureAuditError
+from tasks.options import AuditOptions
 from tests.smtp import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,6 +30,8 @@ def test_prefect_yaml_declares_the_nightly_deployment():
     assert nightly["schedules"][0]["cron"] == "0 2 * * *" and nightly["schedules"][0]["timezone"]
     assert {"registry", "models", "email_to"} <= set(nightly["parameters"])
     assert set(nightly["parameters"]) <= set(inspect.signature(audit_registry.fn).parameters)
+    # The options shown are the defaults, from the one place they live.
+    assert AuditOptions(**nightly["parameters"]["options"]) == AuditOptions()
 
 
 @pytest.fixture
@@ -42,7 +45,8 @@ def one_broken(linear_registry, tmp_path):
 
 
 def test_one_failing_model_does_not_stop_the_others(one_broken, tmp_path):
-    state = audit_registry(registry=str(one_broken), out=str(tmp_path / "out"), methods=["weights"], return_state=True)
+    state = audit_registry(registry=str(one_broken), out=str(tmp_path / "out"),
+                           options=AuditOptions(methods=("weights",)), return_state=True)
     assert state.is_failed()
     assert "1 of 2 models failed: broken:" in state.message and NOT_A_ZIP in state.message
     error = state.result(raise_on_failure=False)
@@ -59,7 +63,7 @@ def test_a_failed_registry_run_ends_failed_with_its_message_and_no_traceback(one
     from prefect.flow_engine import run_flow
     from prefect.logging.loggers import flow_run_logger
 
-    parameters = {"registry": str(one_broken), "out": str(tmp_path / "out"), "methods": ["weights"]}
+    parameters = {"registry": str(one_broken), "out": str(tmp_path / "out"), "options": {"methods": ["weights"]}}
     with get_client(sync_client=True) as client:
         flow_run = client.create_flow_run(audit_registry, parameters=parameters)
     with pytest.raises(FeatureAuditError, match=f"1 of 2 models failed: broken: .*{NOT_A_ZIP}"):
@@ -75,7 +79,8 @@ def test_registry_runs_are_named_and_summarised_in_the_ui(one_broken, tmp_path):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
 
-    state = audit_registry(registry=str(one_broken), out=str(tmp_path / "out"), methods=["weights"], return_state=True)
+    state = audit_registry(registry=str(one_broken), out=str(tmp_path / "out"),
+                           options=AuditOptions(methods=("weights",)), return_state=True)
     outcome = state.result(raise_on_failure=False).outcome
     parent = state.state_details.flow_run_id
     with get_client(sync_client=True) as client:
