@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from flows.audit import audit_model, with_runner
+from tasks.options import AuditOptions
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +36,8 @@ def _flow_run_logs(flow_run_id, wanted: str, *, timeout: float = 60.0) -> list:
 
 
 def test_dask_cluster_gives_the_same_numbers_as_a_local_run(linear_registry, tmp_path, cluster):
-    kwargs = dict(registry=str(linear_registry), model="linear", methods=["weights", "permutation", "ablation"],
-                  n_seeds=1, seed=3)
+    kwargs = dict(registry=str(linear_registry), model="linear",
+                  options=AuditOptions(methods=("weights", "permutation", "ablation"), seeds=1, seed=3))
     local = audit_model(out=str(tmp_path / "local"), **kwargs)
     remote = with_runner(cluster.scheduler_address)(out=str(tmp_path / "dask"), **kwargs)
     assert _numbers(remote) == _numbers(local)
@@ -55,8 +56,9 @@ def test_a_log_line_a_task_emits_on_a_worker_is_a_log_of_the_flow_run(linear_reg
     these workers, started with no PREFECT_API_URL of their own, need none and start no server."""
     from distributed import Client
 
-    state = with_runner(cluster.scheduler_address)(registry=str(linear_registry), model="linear", n_seeds=1,
-                                                   methods=["weights", "ablation"], out=str(tmp_path),
+    state = with_runner(cluster.scheduler_address)(registry=str(linear_registry), model="linear",
+                                                   options=AuditOptions(methods=("weights", "ablation"), seeds=1),
+                                                   out=str(tmp_path),
                                                    return_state=True)
     assert state.is_completed()
     logs = _flow_run_logs(state.state_details.flow_run_id, "weights: ranked")
