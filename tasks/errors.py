@@ -11,6 +11,7 @@ StorageError, 1 for DeliveryError (the report is written but not sent), 2 for th
     ├── ModuleImportError  a module named by --import (the flows' ``imports``) could not be imported
     ├── DataError          a split missing columns, with bad dtypes, NaN/inf or no rows
     ├── StorageError       the output folder is not writable, or the disk is (nearly) full
+    ├── ResultsError       a results.json missing, not JSON, not a featureaudit document, or of a newer schema
     ├── DeliveryError      the report could not be sent
     └── RegistryRunFailed  some models of a registry run failed (the flow's Failed state carries it)
 """
@@ -46,6 +47,10 @@ class DataError(FeatureAuditError):
 
 class StorageError(FeatureAuditError):
     """The output folder cannot take the report: not writable, or too little free space."""
+
+
+class ResultsError(FeatureAuditError):
+    """A run folder's results.json cannot be read as a featureaudit results document (:mod:`tasks.document`)."""
 
 
 class DeliveryError(FeatureAuditError):
