@@ -27,6 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 warnings.filterwarnings("ignore")
 
+from tasks.document import MethodEntry, ModelIdentity, ResultsDocument, RunEntry  # noqa: E402
 from tasks.history import drift  # noqa: E402
 from tasks.result import ImportanceResult  # noqa: E402
 from tests import oracles  # noqa: E402
@@ -35,10 +36,11 @@ FAITHFUL_SEEDS = range(5)
 MISLEADING_SEEDS = range(5)
 
 
-def _document(results: list[ImportanceResult], seed: int) -> dict:
+def _document(results: list[ImportanceResult], seed: int) -> ResultsDocument:
     """The parts of results.json that drift reads."""
-    return {"run": {"id": str(seed), "seed": seed}, "model": {}, "warnings": [],
-            "methods": {r.method: r.to_dict() for r in results}}
+    return ResultsDocument(model=ModelIdentity(name="oracle", version="v1"), run=RunEntry(id=str(seed), seed=seed),
+                           methods={r.method: MethodEntry.from_result(r) for r in results}, verdict="not assessed",
+                           status="complete")
 
 
 def main() -> None:

@@ -2,7 +2,8 @@
 
 Two comparisons, when they exist: the previous run of the *same version* (what changed with nothing
 but the run: seed, data, code) and the newest run of the *previous version* (what the new model
-changed). Earlier runs are found by their ``results.json`` under ``<out>/<model>/<version>/<run-id>/``;
+changed). Earlier runs are found by their ``results.json`` under ``<out>/<model>/<version>/<run-id>/``,
+read through :func:`tasks.document.read_results` (one that cannot be read is passed over for the one before it);
 run ids start with a UTC timestamp, so the greatest one is the newest.
 
 A feature's importance is reported as changed only when the two runs' 95% intervals separate
@@ -15,7 +16,7 @@ so a reader can tell a new model from a new sample.
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,18 +24,20 @@ import numpy as np
 from prefect import task
 from scipy import stats
 
+from tasks.document import FeatureRecord, MethodEntry, ResultsDocument, read_results
+from tasks.errors import ResultsError
 from tasks.sources import natural_key
 
 SAME_VERSION = "previous run of this version"
 PREVIOUS_VERSION = "previous version"
 
 
-def previous_runs(out: str | Path, model: str, version: str) -> dict[str, dict[str, Any]]:
+def previous_runs(out: str | Path, model: str, version: str) -> dict[str, ResultsDocument]:
     """The newest earlier ``results.json`` of this version and of the newest earlier version, where they exist."""
     root = Path(out) / model
     if not root.is_dir():
         return {}
-    found: dict[str, dict[str, Any]] = {}
+    found: dict[str, ResultsDocument] = {}
     same = _newest(root / version)
     if same is not None:
         found[SAME_VERSION] = same
@@ -48,32 +51,29 @@ def previous_runs(out: str | Path, model: str, version: str) -> dict[str, dict[s
     return found
 
 
-def intervals_separate(before: dict[str, Any], now: dict[str, Any]) -> bool:
+def intervals_separate(before: FeatureRecord, now: FeatureRecord) -> bool:
     """True when the two 95% intervals do not overlap: the change is beyond both runs' noise."""
-    try:
-        b_low, b_high, n_low, n_high = (float(r[k]) for r in (before, now) for k in ("low", "high"))
-    except (KeyError, TypeError, ValueError):
+    bounds = (before.low, before.high, now.low, now.high)
+    if any(b is None for b in bounds):
         return False  # a run without intervals (or a failed value) claims nothing
+    b_low, b_high, n_low, n_high = bounds
     return b_high < n_low or n_high < b_low
 
 
-def standard_error(record: dict[str, Any], method: dict[str, Any]) -> float | None:
+def standard_error(record: FeatureRecord, method: MethodEntry) -> float | None:
     """A feature's standard error from its record and its method's sampling: std/√n over repeats or seeds,
     the std of the draws for a bootstrap, 0 for a single value (a weight is what it is)."""
-    sampling, n = method.get("sampling", "repeats"), int(method.get("n_samples") or 0)
-    try:
-        std = float(record["std"])
-    except (KeyError, TypeError, ValueError):
+    if record.std is None:
         return None
-    if sampling == "single" or n < 2:
+    if method.sampling == "single" or method.n_samples < 2:
         return 0.0
-    return std if sampling == "bootstrap" else std / np.sqrt(n)
+    return record.std if method.sampling == "bootstrap" else record.std / np.sqrt(method.n_samples)
 
 
-def changed(before: dict[str, Any], now: dict[str, Any], before_method: dict[str, Any], now_method: dict[str, Any],
+def changed(before: FeatureRecord, now: FeatureRecord, before_method: MethodEntry, now_method: MethodEntry,
             n_features: int, *, alpha: float = 0.05) -> bool:
     """True when the intervals separate and the difference is significant at ``alpha`` over the method's features."""
-    if not intervals_separate(before, now):
+    if not intervals_separate(before, now) or before.importance is None or now.importance is None:
         return False
     se = [standard_error(before, before_method), standard_error(now, now_method)]
     if None in se:
@@ -82,18 +82,18 @@ def changed(before: dict[str, Any], now: dict[str, Any], before_method: dict[str
     if spread == 0.0:
         return True  # two exact values that differ (the weights of two different models)
     level = 1 - alpha / (2 * max(n_features, 1))
-    dfs = [int(m.get("n_samples") or 0) - 1 for m in (before_method, now_method) if m.get("sampling") in ("repeats", "seeds")]
+    dfs = [m.n_samples - 1 for m in (before_method, now_method) if m.sampling in ("repeats", "seeds")]
     critical = stats.t.ppf(level, max(min(dfs), 1)) if dfs else stats.norm.ppf(level)
-    return abs(float(now["importance"]) - float(before["importance"])) > critical * spread
+    return abs(now.importance - before.importance) > critical * spread
 
 
-def differences(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
+def differences(previous: ResultsDocument, current: ResultsDocument) -> list[str]:
     """What differs between the two runs besides the results: seed, model sha256, split sha256."""
     out = []
-    seeds = previous.get("run", {}).get("seed"), current.get("run", {}).get("seed")
+    seeds = previous.run.seed, current.run.seed
     if seeds[0] != seeds[1]:
         out.append(f"seed {seeds[0]} → {seeds[1]}")
-    before, now = previous.get("model", {}).get("sha256", {}), current.get("model", {}).get("sha256", {})
+    before, now = previous.model.sha256, current.model.sha256
     for name in sorted(set(before) | set(now)):
         if before.get(name) != now.get(name):
             out.append(f"{name} sha256 differs" if name in before and name in now else
@@ -101,29 +101,32 @@ def differences(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
     return out
 
 
-def drift(previous: dict[str, Any], current: dict[str, Any], against: str = SAME_VERSION) -> dict[str, Any]:
+def method_changes(before: MethodEntry, now: MethodEntry) -> list[dict[str, Any]]:
+    """The features whose importance under one method changed beyond both runs' noise, by their rank now."""
+    old = {r.feature: r for r in before.features}
+    n = len(now.features)
+    moved = [
+        {"feature": r.feature, "rank_before": old[r.feature].rank, "rank_now": r.rank,
+         "before": [old[r.feature].low, old[r.feature].high], "now": [r.low, r.high]}
+        for r in now.features if r.feature in old and changed(old[r.feature], r, before, now, n)
+    ]
+    return sorted(moved, key=lambda c: (c["rank_now"], c["feature"]))
+
+
+def drift(previous: ResultsDocument, current: ResultsDocument, against: str = SAME_VERSION) -> dict[str, Any]:
     """Importance changes beyond both runs' noise per method, and warnings that are new or resolved."""
     changes = {}
-    for method, now in current["methods"].items():
-        before = previous.get("methods", {}).get(method)
-        if not before or before.get("status") != "ok" or now["status"] != "ok":
-            continue
-        old = {r["feature"]: r for r in before["features"]}
-        n = len(now["features"])
-        moved = [
-            {"feature": r["feature"], "rank_before": old[r["feature"]]["rank"], "rank_now": r["rank"],
-             "before": [old[r["feature"]].get("low"), old[r["feature"]].get("high")], "now": [r.get("low"), r.get("high")]}
-            for r in now["features"] if r["feature"] in old and changed(old[r["feature"]], r, before, now, n)
-        ]
-        changes[method] = sorted(moved, key=lambda c: (c["rank_now"], c["feature"]))
-    key = lambda w: (w["feature"], w["kind"])  # noqa: E731
-    old_warnings = {key(w): w["message"] for w in previous.get("warnings", [])}
-    new_warnings = {key(w): w["message"] for w in current["warnings"]}
+    for method, now in current.methods.items():
+        before = previous.methods.get(method)
+        if before is not None and before.ok and now.ok:
+            changes[method] = method_changes(before, now)
+    old_warnings = {(w.feature, w.kind): w.message for w in previous.warnings}
+    new_warnings = {(w.feature, w.kind): w.message for w in current.warnings}
     return {
         "against": against,
-        "previous_run": previous.get("run", {}).get("id"),
-        "previous_version": previous.get("model", {}).get("version"),
-        "previous_verdict": previous.get("verdict"),
+        "previous_run": previous.run.id,
+        "previous_version": previous.model.version,
+        "previous_verdict": previous.verdict,
         "differences": differences(previous, current),
         "changes": changes,
         "new_warnings": [m for k, m in new_warnings.items() if k not in old_warnings],
@@ -131,26 +134,26 @@ def drift(previous: dict[str, Any], current: dict[str, Any], against: str = SAME
     }
 
 
-def history(previous: dict[str, dict[str, Any]], current: dict[str, Any]) -> list[dict[str, Any]]:
+def history(previous: Mapping[str, ResultsDocument], current: ResultsDocument) -> list[dict[str, Any]]:
     """One drift record per earlier run found (same version first, then the previous version)."""
     return [drift(previous[against], current, against) for against in (SAME_VERSION, PREVIOUS_VERSION)
             if against in previous]
 
 
 @task(name="previous-runs")
-def previous_runs_task(out: str, model: str, version: str) -> dict[str, dict[str, Any]]:
+def previous_runs_task(out: str, model: str, version: str) -> dict[str, ResultsDocument]:
     """Read the newest earlier report of this version and of the previous version, if any."""
     return previous_runs(out, model, version)
 
 
-def _newest(folder: Path) -> dict[str, Any] | None:
+def _newest(folder: Path) -> ResultsDocument | None:
     """The newest readable ``results.json`` directly under ``folder``'s run folders, or None."""
     if not folder.is_dir():
         return None
     runs = [p for p in folder.glob("*/results.json") if not p.parent.name.startswith(".")]
     for path in sorted(runs, key=lambda p: p.parent.name, reverse=True):
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            continue  # an unreadable old report is no reason to fail tonight's
+            return read_results(path)
+        except ResultsError:
+            continue  # an unreadable or foreign old report is no reason to fail tonight's
     return None

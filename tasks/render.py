@@ -7,9 +7,8 @@ data file can make rendering read a local file or reach the network.
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
@@ -20,6 +19,7 @@ from prefect import task
 
 from tasks import charts
 from tasks.compare import Comparison
+from tasks.document import MethodEntry, ModelIdentity, ResultsDocument, RunEntry, TestRows, WarningEntry, json_ready
 from tasks.history import history as drift_history
 from tasks.methods import RESULT_TITLES
 from tasks.result import ImportanceResult
@@ -125,30 +125,30 @@ def render_pdf(html: str, attachments: dict[str, bytes] | None = None) -> bytes:
 
 def results_document(
     version: ModelVersion, results: list[ImportanceResult], comparison: Comparison, run: RunInfo
-) -> dict[str, Any]:
-    """The machine-readable twin of the report."""
-    agreement = comparison.to_dict()
-    document = {
-        "model": {"name": version.name, "version": version.version, "task": version.task, "sha256": version.sha256,
-                  "paths": {name: str(path) for name, path in version.resolved.items()},
-                  "inputs": (run.loaded or {}).get("inputs", []), "output": (run.loaded or {}).get("output"),
-                  "notes": (run.loaded or {}).get("notes", [])},
-        "run": {"id": run.run_id, "started": run.started.isoformat(), "seed": run.seed,
-                "flow_run_id": run.flow_run_id, "timings": run.timings},
-        "methods": {r.method: r.to_dict() for r in results},
-        "verdict": agreement["verdict"],
-        "verdict_reason": agreement["verdict_reason"],
-        "verdicts": agreement["verdicts"],
-        "verdict_rule": agreement["rule"],
-        "status": run_status(results),
-        "test_rows": version.test_sampling(),
-        "agreement": agreement["agreements"],
-        "consensus": agreement["consensus"],
-        "rank_evidence": agreement["rank_evidence"],
-        "weight_stability": agreement["weight_stability"],
-        "warnings": agreement["warnings"],
-    }
-    return document
+) -> ResultsDocument:
+    """The machine-readable twin of the report: what results.json holds (:mod:`tasks.document`)."""
+    agreement = json_ready(comparison.to_dict())
+    loaded = json_ready(run.loaded or {})
+    return ResultsDocument(
+        model=ModelIdentity(name=version.name, version=version.version, task=version.task, sha256=dict(version.sha256),
+                            paths={name: str(path) for name, path in version.resolved.items()},
+                            inputs=tuple(loaded.get("inputs", [])), output=loaded.get("output"),
+                            notes=tuple(loaded.get("notes", []))),
+        run=RunEntry(id=run.run_id, started=run.started, seed=run.seed, flow_run_id=run.flow_run_id,
+                     timings=json_ready(run.timings)),
+        methods={r.method: MethodEntry.from_result(r) for r in results},
+        verdict=comparison.verdict,
+        verdict_reason=comparison.reason,
+        verdicts=dict(comparison.verdicts),
+        verdict_rule=comparison.rule,
+        status=run_status(results),
+        test_rows=TestRows(**json_ready(version.test_sampling())),
+        agreement=tuple(agreement["agreements"]),
+        consensus=tuple(agreement["consensus"]),
+        rank_evidence=agreement["rank_evidence"],
+        weight_stability=agreement["weight_stability"],
+        warnings=tuple(WarningEntry.from_finding(f) for f in comparison.findings),
+    )
 
 
 @task(name="render")
@@ -157,17 +157,17 @@ def render_task(
     results: list[ImportanceResult],
     comparison: Comparison,
     run: RunInfo,
-    previous: dict[str, dict[str, Any]] | None = None,
+    previous: dict[str, ResultsDocument] | None = None,
 ) -> dict[str, bytes]:
     """Render report.html, report.pdf (results.json embedded) and results.json into memory.
 
     ``previous`` holds the earlier runs to compare with (see :func:`tasks.history.previous_runs`).
     """
-    document = _finite(results_document(version, results, comparison, run))
+    document = results_document(version, results, comparison, run)
     if previous:
-        document["history"] = drift_history(previous, document)
-    data = json.dumps(document, indent=2, allow_nan=False).encode("utf-8")
-    html = render_html(build_context(version, results, comparison, run, document.get("history")))
+        document = replace(document, history=tuple(drift_history(previous, document)))
+    data = document.to_bytes()
+    html = render_html(build_context(version, results, comparison, run, document.history))
     return {
         "report.html": html.encode("utf-8"),
         "report.pdf": render_pdf(html, {"results.json": data}),
@@ -316,14 +316,3 @@ def _summary(version: ModelVersion, comparison: Comparison, results: list[Import
     if not_done:
         text += f" Not available in this run: {', '.join(not_done)}."
     return text
-
-
-def _finite(value: Any) -> Any:
-    """NaN and infinities become null: results.json stays strict JSON."""
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

@@ -3,6 +3,7 @@ import json
 import numpy as np
 from scipy import stats
 
+from tasks.document import FeatureRecord, MethodEntry, ResultsDocument
 from tasks.history import PREVIOUS_VERSION, SAME_VERSION, changed, drift, history, intervals_separate, previous_runs
 
 T = stats.t.ppf(0.975, 4)  # the 95% t-interval over 5 repeats
@@ -14,11 +15,21 @@ def _record(feature, rank, low, high):
             "std": (high - low) / 2 / T * np.sqrt(5)}
 
 
-def _doc(run_id, records, warnings=(), *, seed=0, version="v1", model_sha="m1"):
-    """A results.json with one method; ``records`` maps feature -> (rank, low, high)."""
+def _feature(feature, rank, low, high):
+    """The same record, typed as drift reads it."""
+    return FeatureRecord(**_record(feature, rank, float(low), float(high)))
+
+
+def _doc(*args, **kwargs):
+    """The document of :func:`_json`, as drift reads it."""
+    return ResultsDocument.from_json(_json(*args, **kwargs))
+
+
+def _json(run_id, records, warnings=(), *, seed=0, version="v1", model_sha="m1"):
+    """An older results.json (no schema) with one method; ``records`` maps feature -> (rank, low, high)."""
     return {
         "run": {"id": run_id, "seed": seed},
-        "model": {"version": version, "sha256": {"model.keras": model_sha, "test.parquet": "t1"}},
+        "model": {"name": "m", "version": version, "sha256": {"model.keras": model_sha, "test.parquet": "t1"}},
         "verdict": "disagree" if warnings else "agree",
         "methods": {"permutation": {"status": "ok", "sampling": "repeats", "n_samples": 5, "features": [
             _record(f, r, lo, hi) for f, (r, lo, hi) in records.items()]}},
@@ -51,21 +62,21 @@ def test_differences_name_a_new_model():
 
 
 def test_barely_separated_intervals_among_many_features_are_not_drift():
-    method = {"sampling": "repeats", "n_samples": 5}
-    before, just_apart, far_apart = _record("x", 1, 1.0, 2.0), _record("x", 1, 2.05, 3.05), _record("x", 1, 4.0, 5.0)
+    method = MethodEntry(method="permutation", status="ok", sampling="repeats", n_samples=5)
+    before, just_apart, far_apart = _feature("x", 1, 1.0, 2.0), _feature("x", 1, 2.05, 3.05), _feature("x", 1, 4.0, 5.0)
     assert intervals_separate(before, just_apart)
     assert changed(before, just_apart, method, method, n_features=1)
     assert not changed(before, just_apart, method, method, n_features=60)  # Bonferroni over 60 features
     assert changed(before, far_apart, method, method, n_features=60)
-    exact = {"sampling": "single", "n_samples": 1}  # a weight is what it is: any change is real
-    assert changed({"importance": 1.0, "low": 1.0, "high": 1.0, "std": 0.0},
-                   {"importance": 1.1, "low": 1.1, "high": 1.1, "std": 0.0}, exact, exact, n_features=60)
+    exact = MethodEntry(method="weights", status="ok", sampling="single", n_samples=1)  # any change is real
+    assert changed(_feature("x", 1, 1.0, 1.0), _feature("x", 1, 1.1, 1.1), exact, exact, n_features=60)
 
 
 def test_intervals_separate():
-    assert intervals_separate({"low": 0, "high": 1}, {"low": 1.5, "high": 2})
-    assert not intervals_separate({"low": 0, "high": 1}, {"low": 0.9, "high": 2})
-    assert not intervals_separate({"low": None, "high": 1}, {"low": 1.5, "high": 2})
+    assert intervals_separate(_feature("x", 1, 0, 1), _feature("x", 1, 1.5, 2))
+    assert not intervals_separate(_feature("x", 1, 0, 1), _feature("x", 1, 0.9, 2))
+    no_low = FeatureRecord(feature="x", importance=None, std=None, low=None, high=1.0, rank=1)
+    assert not intervals_separate(no_low, _feature("x", 1, 1.5, 2))
 
 
 def _write(root, version, run_id, document):
@@ -78,12 +89,21 @@ def test_previous_runs_finds_this_versions_newest_run_and_the_previous_versions(
     for version, run_id in (("v1", "20260101T000000Z-aaaaaa"), ("v2", "20260301T000000Z-bbbbbb"),
                             ("v2", ".20260401T000000Z-cccccc.tmp"), ("v10", "20260201T000000Z-dddddd"),
                             ("v9", "20260102T000000Z-eeeeee")):
-        _write(tmp_path, version, run_id, _doc(run_id, {"x": (1, 1, 1)}, version=version))
+        _write(tmp_path, version, run_id, _json(run_id, {"x": (1, 1, 1)}, version=version))
     found = previous_runs(tmp_path, "m", "v10")
-    assert found[SAME_VERSION]["run"]["id"] == "20260201T000000Z-dddddd"
-    assert found[PREVIOUS_VERSION]["run"]["id"] == "20260102T000000Z-eeeeee"  # v9 comes before v10
+    assert found[SAME_VERSION].run.id == "20260201T000000Z-dddddd"
+    assert found[PREVIOUS_VERSION].run.id == "20260102T000000Z-eeeeee"  # v9 comes before v10
     assert set(previous_runs(tmp_path, "m", "v3")) == {PREVIOUS_VERSION}  # a new version: v2's newest run
-    assert previous_runs(tmp_path, "m", "v3")[PREVIOUS_VERSION]["run"]["id"] == "20260301T000000Z-bbbbbb"
+    assert previous_runs(tmp_path, "m", "v3")[PREVIOUS_VERSION].run.id == "20260301T000000Z-bbbbbb"
     assert previous_runs(tmp_path, "other", "v1") == {}
     current = _doc("now", {"x": (1, 1, 1)}, version="v10")
     assert [h["against"] for h in history(found, current)] == [SAME_VERSION, PREVIOUS_VERSION]
+
+
+def test_an_unreadable_or_foreign_newest_run_is_passed_over_for_the_one_before(tmp_path):
+    _write(tmp_path, "v1", "20260101T000000Z-aaaaaa", _json("20260101T000000Z-aaaaaa", {"x": (1, 1, 1)}))
+    _write(tmp_path, "v1", "20260102T000000Z-bbbbbb", {"rows": [1, 2, 3]})  # another tool's file
+    folder = tmp_path / "m" / "v1" / "20260103T000000Z-cccccc"
+    folder.mkdir()
+    (folder / "results.json").write_text('{"schema": 2, "model": {"na')  # cut short
+    assert previous_runs(tmp_path, "m", "v1")[SAME_VERSION].run.id == "20260101T000000Z-aaaaaa"

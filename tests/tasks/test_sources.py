@@ -232,7 +232,7 @@ def test_links_inside_the_registry_are_followed_and_their_targets_reach_results_
     weights = ImportanceResult.from_samples("weights", "weight-based", version.features, np.array([3.0, 2.0, 1.0, 0.5]))
     run = RunInfo(run_id="run", started=datetime(2026, 1, 1, tzinfo=timezone.utc), seed=0)
     document = results_document(version, [weights], compare([weights]), run)
-    assert document["model"]["paths"] == {name: str((v1 / name).resolve())
+    assert document.model.paths == {name: str((v1 / name).resolve())
                                           for name in ("model.keras", "test.parquet", "train.parquet")}
 
 
