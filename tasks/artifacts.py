@@ -8,7 +8,6 @@ report's own ``file://`` URL.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
@@ -19,6 +18,7 @@ from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from tasks.compare import Comparison
+from tasks.document import read_results
 from tasks.errors import FeatureAuditError
 from tasks.result import ImportanceResult
 
@@ -96,10 +96,10 @@ def report_url(folder: str | Path, model: str, version: str) -> str:
 
 
 def report_summary(folder: str | Path) -> dict[str, str]:
-    """A written report's version, verdict and link, from its results.json."""
-    document = json.loads((Path(folder) / "results.json").read_text(encoding="utf-8"))
-    model, version = document["model"]["name"], document["model"]["version"]
-    return {"version": version, "verdict": document["verdict"], "report": report_url(folder, model, version)}
+    """A written report's version, verdict and link, from its results.json (a ResultsError when it cannot be read)."""
+    document = read_results(Path(folder) / "results.json")
+    model, version = document.model.name, document.model.version
+    return {"version": version, "verdict": document.verdict, "report": report_url(folder, model, version)}
 
 
 def summary_rows(outcome: dict[str, dict[str, str | None]]) -> list[dict[str, str]]:

@@ -22,7 +22,6 @@ which :func:`retry_unless_permanent` never retries: a wrong password tried again
 
 from __future__ import annotations
 
-import json
 import os
 import smtplib
 import ssl
@@ -36,7 +35,8 @@ from typing import Any, Literal
 from prefect import get_run_logger, task
 from prefect.tasks import exponential_backoff
 
-from tasks.errors import DeliveryError
+from tasks.document import ResultsDocument, read_results
+from tasks.errors import DeliveryError, ResultsError
 
 Security = Literal["starttls", "ssl", "none"]
 DEFAULT_PORTS: dict[str, int] = {"starttls": 587, "ssl": 465, "none": 25}
@@ -144,9 +144,12 @@ def build_message(folder: str | Path, recipients: list[str], sender: str) -> Ema
 
     folder = Path(folder)
     try:
-        results = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+        results = read_results(folder / "results.json")
+    except ResultsError as exc:  # reading it again cannot help
+        raise PermanentDeliveryError(f"cannot send the report in {folder}: {exc}") from None
+    try:
         pdf = (folder / "report.pdf").read_bytes()
-    except (OSError, json.JSONDecodeError) as exc:
+    except OSError as exc:
         raise DeliveryError(f"cannot read the report to send from {folder}: {exc}") from None
     context = email_context(results, folder)
     message = EmailMessage()
@@ -159,25 +162,24 @@ def build_message(folder: str | Path, recipients: list[str], sender: str) -> Ema
     return message
 
 
-def email_context(results: dict[str, Any], folder: Path) -> dict[str, Any]:
+def email_context(results: ResultsDocument, folder: Path) -> dict[str, Any]:
     """What the email says, decided here from ``results.json``; the templates only format it."""
-    model, version = results["model"]["name"], results["model"]["version"]
-    methods = results.get("methods", {})
+    model, version, run_id = results.model.name, results.model.version, results.run.id
     return {
-        "subject": f"featureaudit: {model} {version} — {results['verdict']}",
+        "subject": f"featureaudit: {model} {version} — {results.verdict}",
         "model": model,
         "version": version,
-        "verdict": results["verdict"],
-        "verdict_rule": results.get("verdict_rule", ""),
-        "verdict_reason": results.get("verdict_reason", ""),
-        "status": results.get("status", "complete"),
-        "methods": [{"name": name, "status": m["status"], "error": m.get("error") or m.get("reason")}
-                    for name, m in methods.items()],
-        "warnings": [w["message"] for w in results.get("warnings", [])],
-        "sampling": results.get("test_rows", {}).get("note"),
-        "run_id": results["run"]["id"],
+        "verdict": results.verdict,
+        "verdict_rule": results.verdict_rule,
+        "verdict_reason": results.verdict_reason,
+        "status": results.status,
+        "methods": [{"name": name, "status": m.status, "error": m.error or m.reason}
+                    for name, m in results.methods.items()],
+        "warnings": [w.message for w in results.warnings],
+        "sampling": results.test_rows.note if results.test_rows is not None else None,
+        "run_id": run_id,
         "folder": str(folder),
-        "attachment": f"featureaudit-{model}-{version}-{results['run']['id']}.pdf",
+        "attachment": f"featureaudit-{model}-{version}-{run_id}.pdf",
     }
 
 

@@ -1,3 +1,6 @@
+import json
+import re
+
 import numpy as np
 import pytest
 
@@ -8,12 +11,13 @@ from tasks.artifacts import (
     escape_markdown,
     ranking_rows,
     report_base_url,
+    report_summary,
     report_url,
     slug,
     summary_rows,
     verdict_markdown,
 )
-from tasks.errors import FeatureAuditError
+from tasks.errors import FeatureAuditError, ResultsError
 from tasks.compare import compare
 from tasks.result import ImportanceResult
 
@@ -65,3 +69,18 @@ def test_summary_rows_have_one_line_per_model_and_no_nulls():
     assert rows[1] == {"model": "churn", "version": "", "verdict": "", "status": "failed", "report": "",
                        "message": "Flow run encountered an exception: ModelLoadError"}
     assert SUMMARY_KEY == slug(SUMMARY_KEY)  # a valid artifact key
+
+
+def test_report_summary_reads_the_results_and_names_a_foreign_one(tmp_path, monkeypatch):
+    monkeypatch.delenv(REPORT_BASE_URL, raising=False)
+    folder = tmp_path / "credit" / "v3" / "20260101T020000Z-abc123"
+    folder.mkdir(parents=True)
+    older = {"model": {"name": "credit", "version": "v3"}, "run": {"id": folder.name}, "verdict": "agree",
+             "methods": {}}  # a document from before the schema key, with what readers need
+    (folder / "results.json").write_text(json.dumps(older))
+    assert report_summary(folder) == {"version": "v3", "verdict": "agree",
+                                      "report": (folder / "report.pdf").as_uri()}
+    (folder / "results.json").write_text(json.dumps({"verdict": "agree"}))
+    with pytest.raises(ResultsError, match=re.escape(f"{folder / 'results.json'} is not a featureaudit results "
+                                                     "document: it has no 'model'")):
+        report_summary(folder)

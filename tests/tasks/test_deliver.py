@@ -15,6 +15,7 @@ from tasks.deliver import (
     text_body,
     email_context,
 )
+from tasks.document import read_results
 from tasks.errors import DeliveryError
 from tests.smtp import free_port, make_certificates, smtp_server
 
@@ -39,7 +40,8 @@ def run_folder(tmp_path):
         "verdict_rule": "rule <b>text</b>",
         "methods": {"weights": {"status": "ok", "error": None},
                     "shap": {"status": "failed", "error": "RuntimeError: <script>boom</script>"}},
-        "warnings": [{"message": "'income' ranks #7 by weights & #1 by permutation"}],
+        "warnings": [{"message": "'income' ranks #7 by weights & #1 by permutation", "feature": "income",
+                      "kind": "under-ranked"}],
     }
     (folder / "results.json").write_text(json.dumps(results))
     (folder / "report.pdf").write_bytes(PDF)
@@ -189,6 +191,13 @@ def test_bad_ca_file_names_the_setting_and_the_path(tmp_path, content, message):
 
 
 def test_text_body_lists_methods_and_warnings(run_folder):
-    context = email_context(json.loads((run_folder / "results.json").read_text()), run_folder)
+    context = email_context(read_results(run_folder / "results.json"), run_folder)
     body = text_body(context)
     assert body.startswith("credit v3 — disagree\n") and "Run 20260101T020000Z-abc123: partial" in body
+
+
+def test_a_damaged_results_json_is_not_sent_and_not_retried(run_folder):
+    (run_folder / "results.json").write_text('{"model": {"name": "credit", "vers')
+    with pytest.raises(PermanentDeliveryError, match=re.escape(f"cannot send the report in {run_folder}: "
+                                                               f"{run_folder / 'results.json'} is not JSON")):
+        build_message(run_folder, ["a@example.com"], "audit@example.com")
