@@ -329,13 +329,6 @@ def read_split(path: Path, version: ModelVersion) -> pd.DataFrame:
     return frame[[*version.features, manifest.target]].reset_index(drop=True)
 
 
-def load_split(path: Path, version: ModelVersion) -> Split:
-    """A numeric split as arrays (transitional: callers move to :func:`tasks.subject.load_subject`)."""
-    frame = read_split(path, version)
-    return Split(frame[list(version.features)].to_numpy(dtype=np.float32), target_values(frame, version),
-                 version.features)
-
-
 def target_values(frame: pd.DataFrame, version: ModelVersion) -> np.ndarray:
     """The target column as the metrics take it: float32 for regression, int64 class codes otherwise."""
     y = frame[version.manifest.target].to_numpy()
@@ -380,13 +373,6 @@ def load_keras_model(path: Path, *, task: TaskType | None, imports: tuple[str, .
                 "that registers it to keep it)" if missing else "could not be read by Keras 3")
         why = f"{path.name}'s compiled loss {read}; loaded without it and compiled with {loss_name}"
     return model, (f"{why}, the loss the task implies, and a default Adam optimizer for retraining.",)
-
-
-def load_model(path: Path, *, task: TaskType | None = None, imports: tuple[str, ...] = ()):
-    """:func:`load_keras_model`'s model alone, for the present callers (the task from the manifest beside the file)."""
-    if task is None and (path.parent / "manifest.json").is_file():
-        task = read_manifest(path.parent / "manifest.json").task
-    return load_keras_model(path, task=task, imports=imports)[0]
 
 
 def import_modules(names: tuple[str, ...] | list[str]) -> None:

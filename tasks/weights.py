@@ -627,14 +627,16 @@ def _size(tensor) -> int:
 
 
 def _describe(operation) -> str:
-    """"a Conv1D layer ('conv1d')", "an ExpandDims operation ('expand_dims')"."""
+    """"the Conv1D layer 'conv1d'", "the ExpandDims operation 'expand_dims'".
+
+    "the", not "a"/"an": a class name's first letter does not say how it is read (a UnitNormalization, an LSTM,
+    a user's own layer), and the walk always names one particular operation.
+    """
     import keras
 
     kind = type(operation).__name__
     what = "layer" if isinstance(operation, keras.layers.Layer) else "operation"
-    spelled = kind[:2].isupper() and kind[0] in "AEFHILMNORSX"  # an LSTM, an RNN
-    article = "an" if kind[0] in "AEIOU" or spelled else "a"
-    return f"{article} {kind} {what} ('{operation.name}')"
+    return f"the {kind} {what} '{operation.name}'"
 
 
 def _listed(names: tuple[str, ...], limit: int = 6) -> str:

@@ -4,15 +4,16 @@ import pytest
 from tasks.metrics import METRICS
 from tasks.modeling import Forward
 from tasks.permutation import permutation_importance
-from tasks.sources import load_model, load_split, resolve_version
+from tasks.sources import resolve_version
+from tasks.subject import load_subject
 from tests import helpers
 
 
 @pytest.fixture(scope="module")
 def linear(linear_registry):
     version = resolve_version(linear_registry, "linear")
-    model = load_model(version.model_path)
-    return Forward(model, version.features), load_split(version.test_path, version)
+    subject = load_subject(version)
+    return subject.forward(), subject.test
 
 
 def test_linear_oracle_two_w_squared_var(linear):
@@ -56,8 +57,8 @@ def test_higher_is_better_metric_keeps_the_sign(linear):
 
 def test_embedding_model_permutes_the_raw_integer_column(embedding_registry):
     version = resolve_version(embedding_registry, "embed")
-    forward = Forward(load_model(version.model_path), version.features)
-    test = load_split(version.test_path, version)
+    subject = load_subject(version)
+    forward, test = subject.forward(), subject.test
     units = {"amount": [0], "region": [1], "noise": [2], "amount+region": [0, 1]}
     scores = permutation_importance(forward, test.X, test.y, metric=METRICS["mse"], units=units, random_state=0)
     mean = dict(zip(scores.units, scores.importances.mean(axis=1)))
@@ -188,7 +189,7 @@ def test_correlated_pair_is_found_and_its_grouped_importance_beats_each_member(c
 
     calls = []
     [result] = audit_permutation(correlated_version, n_repeats=5, seed=0, progress=lambda *a: calls.append(a))
-    test = load_split(correlated_version.test_path, correlated_version)
+    test = load_subject(correlated_version).test
     assert result.method == "permutation" and result.metric == "mse"
     assert result.features == helpers.LINEAR_FEATURES
     [cluster] = result.details["clusters"]

@@ -12,14 +12,16 @@ from tasks.shap_importance import (
     shap_audit,
     shap_importance,
 )
-from tasks.sources import load_model, load_split, resolve_version
+from tasks.sources import resolve_version
+from tasks.subject import load_subject
 from tests import helpers
 
 
 @pytest.fixture(scope="module")
 def linear(linear_registry):
     version = resolve_version(linear_registry, "linear")
-    return version, load_model(version.model_path), load_split(version.test_path, version), load_split(version.train_path, version)
+    subject = load_subject(version)
+    return version, subject.model, subject.test, subject.train
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +118,8 @@ def test_multiclass_values_per_class_and_summed_magnitude(softmax_model):
 
 def test_highest_loss_rows_match_a_brute_force_ranking(embedding_registry):
     version = resolve_version(embedding_registry, "embed")
-    model = load_model(version.model_path)
-    test = load_split(version.test_path, version)
+    subject = load_subject(version)
+    model, test = subject.model, subject.test
     predictions = np.asarray(model.predict(
         {"amount": test.X[:, [0]], "region": test.X[:, [1]].astype("int32"), "noise": test.X[:, [2]]}, verbose=0))[:, 0]
     losses = [(float(predictions[i]) - float(test.y[i])) ** 2 for i in range(len(test.y))]

@@ -16,12 +16,12 @@ from tasks.result import ImportanceResult
 from tasks.sources import (
     MAX_MEMBERS,
     check_model_file,
-    load_model,
-    load_split,
+    load_keras_model,
     natural_key,
+    read_split,
     resolve_version,
 )
-from tasks.subject import check_version
+from tasks.subject import check_version, load_subject
 from tests import helpers
 
 
@@ -121,7 +121,7 @@ def test_csv_split_is_accepted(linear_registry, tmp_path):
     (v1 / "test.parquet").unlink()
     helpers.linear_frame(30, seed=0).to_csv(v1 / "test.csv", index=False)
     version = resolve_version(root, "linear")
-    assert load_split(version.test_path, version).X.shape == (30, 4)
+    assert load_subject(version).test.X.shape == (30, 4)
 
 
 def test_corrupt_model_file(linear_registry, tmp_path):
@@ -160,16 +160,18 @@ def test_named_inputs_must_match_columns(embedding_registry, tmp_path):
 
 
 def test_test_split_over_the_row_cap_is_sampled_with_the_seed(linear_registry):
-    full = load_split(resolve_version(linear_registry, "linear").test_path, resolve_version(linear_registry, "linear"))
+    uncapped = resolve_version(linear_registry, "linear")
+    full = read_split(uncapped.test_path, uncapped).to_numpy()
     capped = resolve_version(linear_registry, "linear", max_test_rows=500, seed=7)
-    sample = load_split(capped.test_path, capped)
-    again = load_split(capped.test_path, resolve_version(linear_registry, "linear", max_test_rows=500, seed=7))
-    other = load_split(capped.test_path, resolve_version(linear_registry, "linear", max_test_rows=500, seed=8))
-    assert full.n_rows == 4000 and sample.n_rows == 500
-    np.testing.assert_array_equal(sample.X, again.X)
-    assert not np.array_equal(sample.X, other.X)
-    assert {tuple(r) for r in sample.X} <= {tuple(r) for r in full.X}
-    assert load_split(capped.train_path, capped).n_rows == 2000  # only the test split is capped
+    sample = read_split(capped.test_path, capped).to_numpy()
+    again = read_split(capped.test_path, resolve_version(linear_registry, "linear", max_test_rows=500, seed=7)).to_numpy()
+    other = read_split(capped.test_path, resolve_version(linear_registry, "linear", max_test_rows=500, seed=8)).to_numpy()
+    assert len(full) == 4000 and len(sample) == 500
+    np.testing.assert_array_equal(sample, again)
+    assert not np.array_equal(sample, other)
+    assert {tuple(r) for r in sample} <= {tuple(r) for r in full}
+    subject = load_subject(capped)  # what the methods see
+    assert subject.test.n_rows == 500 and subject.train.n_rows == 2000  # only the test split is capped
     info = capped.test_sampling()
     assert info["sampled"] and (info["in_file"], info["used"], info["seed"]) == (4000, 500, 7)
     assert "4,000 rows, over the cap of 500" in info["note"] and "seed 7" in info["note"]
@@ -216,7 +218,7 @@ def test_the_operator_may_allow_links_out_of_the_registry(linear_registry, tmp_p
     monkeypatch.setenv("FEATUREAUDIT_ALLOW_EXTERNAL_LINKS", "1")
     version = resolve_version(root, "linear")
     assert version.test_path == v1 / "test.parquet" and version.resolved["test.parquet"] == target
-    assert load_split(version.test_path, version).n_rows == 4000
+    assert check_version(version).rows["test"] == 4000
 
 
 def test_links_inside_the_registry_are_followed_and_their_targets_reach_results_json(linear_registry, tmp_path):
@@ -291,7 +293,7 @@ def test_a_keras_file_that_is_not_a_zip_is_not_a_keras_archive(tmp_path):
     path.write_bytes(b"not a zip file")
     with pytest.raises(ModelLoadError, match=re.escape(f"{path} could not be loaded as a Keras model: not a Keras "
                                                        "archive (a .keras file is a zip")):
-        load_model(path)
+        load_keras_model(path, task="regression")
 
 
 def test_an_h5_model_is_checked_by_its_size(tmp_path, monkeypatch):
@@ -299,7 +301,7 @@ def test_an_h5_model_is_checked_by_its_size(tmp_path, monkeypatch):
     path.write_bytes(bytes(3000))
     monkeypatch.setenv("FEATUREAUDIT_MAX_MODEL_BYTES", "2048")
     with pytest.raises(ModelLoadError, match=re.escape(f"{path} is 2.9 KiB, over the limit of 2.0 KiB")):
-        load_model(path)
+        load_keras_model(path, task="regression")
 
 
 def test_a_real_model_passes_the_archive_checks(linear_registry):
@@ -328,7 +330,6 @@ def test_a_legacy_h5_compiled_with_mse_loads_with_the_task_loss_and_retrains(tmp
     import keras
 
     from tasks.ablation import _fresh_optimizer, seeded_clone
-    from tasks.sources import load_keras_model
 
     path, saved = _legacy_h5(tmp_path)
     with pytest.raises(Exception, match="Could not deserialize 'keras.metrics.mse'"):  # Keras 3 alone fails
@@ -341,7 +342,9 @@ def test_a_legacy_h5_compiled_with_mse_loads_with_the_task_loss_and_retrains(tmp
     fresh.compile(optimizer=_fresh_optimizer(model), loss=model.loss)
     history = fresh.fit(X, X @ np.array([1.0, 2.0, -1.0, 0.5], np.float32), epochs=1, batch_size=32, verbose=0)
     assert np.isfinite(history.history["loss"]).all()
-    assert load_model(path).loss.name == model.loss.name == "mean_squared_error"  # the task from the manifest beside it
+    subject = load_subject(resolve_version(tmp_path, "legacy"))  # the task from the version's manifest
+    assert subject.model.loss.name == model.loss.name == "mean_squared_error"
+    assert subject.notes == (legacy_note("model.h5"),)
 
 
 @pytest.mark.parametrize(("task", "activation", "loss"), [
@@ -352,8 +355,6 @@ def test_a_legacy_h5_compiled_with_mse_loads_with_the_task_loss_and_retrains(tmp
 ])
 def test_a_model_saved_without_compiling_gets_the_loss_its_task_implies(tmp_path, task, activation, loss):
     import keras
-
-    from tasks.sources import load_keras_model
 
     units = 3 if task == "multiclass" else 1
     path = tmp_path / "model.keras"
@@ -369,7 +370,6 @@ def test_a_model_saved_without_compiling_gets_the_loss_its_task_implies(tmp_path
 
 @pytest.mark.parametrize("file_name", ["model.keras", "model.h5"])
 def test_an_unregistered_custom_layer_is_named_in_full_and_loads_with_its_import(tmp_path, monkeypatch, file_name):
-    from tasks.sources import load_keras_model
     from tests import custom_layers
 
     path = tmp_path / file_name

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from tasks.sources import load_model, load_split, resolve_version
+from tasks.sources import resolve_version
+from tasks.subject import load_subject
 from tasks.weights import (
     SCALED_NOTE,
     Unattributable,
@@ -21,14 +22,14 @@ def _importance(model, features, X, **options):
 
 def test_linear_model_weights_are_the_coefficients(linear_registry):
     version = resolve_version(linear_registry, "linear")
-    model = load_model(version.model_path)
+    model = load_subject(version).model
     np.testing.assert_allclose(weight_magnitudes(model, version.features), np.abs(helpers.LINEAR_WEIGHTS), rtol=1e-6)
 
 
 def test_scale_aware_weights_multiply_by_the_feature_std(linear_registry):
     version = resolve_version(linear_registry, "linear")
-    model = load_model(version.model_path)
-    test = load_split(version.test_path, version)
+    subject = load_subject(version)
+    model, test = subject.model, subject.test
     naive, scaled = _importance(model, version.features, test.X)
     assert naive.method == "weights" and scaled.method == "weights_scaled"
     assert naive.kind == scaled.kind == "weight-based"
@@ -40,7 +41,7 @@ def test_scale_aware_weights_multiply_by_the_feature_std(linear_registry):
 
 def test_named_inputs_use_dense_rows_and_the_embedding_table(embedding_registry):
     version = resolve_version(embedding_registry, "embed")
-    model = load_model(version.model_path)
+    model = load_subject(version).model
     magnitudes = dict(zip(version.features, weight_magnitudes(model, version.features)))
     dense = next(l for l in model.layers if type(l).__name__ == "Dense")
     kernel = np.abs(np.asarray(dense.kernel))  # rows: amount, 3 embedding dims, noise (Concatenate order)
@@ -215,11 +216,12 @@ def test_gain_follows_each_named_input_through_concatenate():
 
 def test_models_without_rescaling_layers_get_no_extra_note(linear_registry):
     version = resolve_version(linear_registry, "linear")
-    model = load_model(version.model_path)
+    subject = load_subject(version)
+    model = subject.model
     np.testing.assert_allclose(
         effective_magnitudes(model, version.features), weight_magnitudes(model, version.features), rtol=1e-12
     )
-    _, scaled = _importance(model, version.features, load_split(version.test_path, version).X)
+    _, scaled = _importance(model, version.features, subject.test.X)
     assert scaled.notes[0] == SCALED_NOTE and not any("account for the model's own" in n for n in scaled.notes)
 
 
@@ -537,9 +539,9 @@ def test_a_feature_space_cross_makes_its_features_unattributable():
     with pytest.raises(Unattributable) as caught:
         weight_importance(model, features, [(f, 0) for f in features], np.ones(4))
     assert caught.value.features == ("age", "rooms")
-    assert caught.value.reason == ("a HashedCrossing layer ('age_X_rooms') hashes a combination of features into "
+    assert caught.value.reason == ("the HashedCrossing layer 'age_X_rooms' hashes a combination of features into "
                                    "shared buckets: its columns map to no single feature")
-    assert str(caught.value).startswith("weight-based importance cannot place 'age' and 'rooms': a HashedCrossing")
+    assert str(caught.value).startswith("weight-based importance cannot place 'age' and 'rooms': the HashedCrossing")
 
 
 def _conv1d(x):
@@ -567,12 +569,12 @@ def _attention(x):
 
 
 SHARED_FIRST_LAYERS = {
-    _conv1d: "a Conv1D layer ('conv1d') mixes neighbouring columns: its filters map to no single feature",
-    _lstm: "an LSTM layer ('lstm') shares its weights across the steps of a sequence and carries each step into the "
+    _conv1d: "the Conv1D layer 'conv1d' mixes neighbouring columns: its filters map to no single feature",
+    _lstm: "the LSTM layer 'lstm' shares its weights across the steps of a sequence and carries each step into the "
            "next: its weights map to no single feature",
-    _gru: "a GRU layer ('gru') shares its weights across the steps of a sequence and carries each step into the "
+    _gru: "the GRU layer 'gru' shares its weights across the steps of a sequence and carries each step into the "
           "next: its weights map to no single feature",
-    _attention: "a MultiHeadAttention layer ('attention') mixes positions through attention: its projections map to "
+    _attention: "the MultiHeadAttention layer 'attention' mixes positions through attention: its projections map to "
                 "no single feature",
 }
 
@@ -601,7 +603,7 @@ def test_a_conv2d_first_layer_is_unattributable():
 
     image = keras.Input((3, 3, 1), name="image")
     model = keras.Model(image, layers.Dense(1)(layers.Flatten()(layers.Conv2D(2, 2, name="conv2d")(image))))
-    with pytest.raises(Unattributable, match=r"a Conv2D layer \('conv2d'\) mixes neighbouring columns"):
+    with pytest.raises(Unattributable, match=r"the Conv2D layer 'conv2d' mixes neighbouring columns"):
         weight_magnitudes(model, tuple(f"p{j}" for j in range(9)))
 
 
@@ -621,7 +623,7 @@ def test_a_custom_weighted_layer_is_unattributable_but_a_dense_subclass_is_read(
             return keras.ops.clip(super().call(x), -1.0, 1.0)
 
     x = keras.Input((2,), name="x")
-    with pytest.raises(Unattributable, match=r"a Scaled layer \('scaled'\) holds weights whose layout"):
+    with pytest.raises(Unattributable, match=r"the Scaled layer 'scaled' holds weights whose layout"):
         weight_magnitudes(keras.Model(x, layers.Dense(1)(Scaled(name="scaled")(x))), ("a", "b"))
     clipped = Clipped(2, name="clipped")
     model = keras.Model(x, layers.Dense(1)(clipped(x)))
@@ -635,7 +637,7 @@ def test_a_path_around_the_weights_is_unattributable():
 
     x = keras.Input((2,), name="x")
     residual = keras.Model(x, layers.Add(name="add")([layers.Dense(2)(x), x]))
-    with pytest.raises(Unattributable, match=r"an Add layer \('add'\) combines several tensors"):
+    with pytest.raises(Unattributable, match=r"the Add layer 'add' combines several tensors"):
         weight_magnitudes(residual, ("a", "b"))
     bypass = keras.Model(x, [layers.Dense(1)(x), layers.Dropout(0.1)(x)])
     with pytest.raises(Unattributable, match="reaches the model's output without passing a weighted layer"):
@@ -676,8 +678,8 @@ def test_the_weights_task_skips_with_the_reason_where_features_cannot_be_placed(
     helpers.write_version(tmp_path, "conv", "v1", model, frame, frame)
     [result] = audit_weights(resolve_version(tmp_path, "conv"))
     assert (result.method, result.kind, result.status) == ("weights", "weight-based", "skipped")
-    assert result.error == ("weight-based importance cannot place 'f0', 'f1', 'f2', 'f3', 'f4' and 'f5': a Conv1D "
-                            "layer ('conv1d') mixes neighbouring columns: its filters map to no single feature")
+    assert result.error == ("weight-based importance cannot place 'f0', 'f1', 'f2', 'f3', 'f4' and 'f5': the Conv1D "
+                            "layer 'conv1d' mixes neighbouring columns: its filters map to no single feature")
 
 
 def test_the_weights_task_ranks_a_plain_model(linear_registry):
