@@ -9,6 +9,7 @@ from tasks.errors import DataError, ModelLoadError
 from tasks.metrics import METRICS
 from tasks.modeling import Forward
 from tasks.permutation import permutation_importance
+from tasks.shap_importance import explain
 
 
 def _string_model():
@@ -138,7 +139,7 @@ def test_integers_too_large_for_float32_are_coded_by_vocabulary_exactly():
     np.testing.assert_array_equal(adapter.feed(adapter.encode(frame))[:, 0], frame["ident"].to_numpy())
 
 
-def test_a_single_matrix_model_and_the_same_model_with_named_inputs_give_the_same_permutation_numbers():
+def test_a_single_matrix_model_and_the_same_model_with_named_inputs_give_the_same_permutation_and_shap_numbers():
     import keras
 
     rng = np.random.default_rng(0)
@@ -153,6 +154,8 @@ def test_a_single_matrix_model_and_the_same_model_with_named_inputs_give_the_sam
     dense.set_weights([kernel, np.zeros(1, np.float32)])
     features = ("a", "b", "c")
     kwargs = dict(metric=METRICS["mse"], n_repeats=3, random_state=0, units={f: [j] for j, f in enumerate(features)})
-    one = permutation_importance(Forward(matrix, numeric_adapter(matrix, features)), X, y, **kwargs)
-    other = permutation_importance(Forward(model, numeric_adapter(model, features)), X, y, **kwargs)
+    forwards = [Forward(matrix, numeric_adapter(matrix, features)), Forward(model, numeric_adapter(model, features))]
+    one, other = (permutation_importance(forward, X, y, **kwargs) for forward in forwards)
     np.testing.assert_allclose(one.by_metric["mse"], other.by_metric["mse"], rtol=1e-5, atol=1e-7)
+    one, other = (explain(None, features, X[:20], X[100:130], random_state=0, forward=forward) for forward in forwards)
+    np.testing.assert_allclose(one.values, other.values, rtol=1e-5, atol=1e-6)
