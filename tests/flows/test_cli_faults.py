@@ -83,7 +83,7 @@ def _break(kind: str, folder: Path) -> None:
         ("manifest-not-json", "manifest.json is not valid JSON"),
         ("manifest-unknown-task", "has task 'ranking'; expected one of regression, binary, multiclass"),
         ("missing-feature", "test.parquet has no column 'b'"),
-        ("text-column", "test.parquet column 'c' has dtype"),
+        ("text-column", "test.parquet column 'c' holds strings"),
         ("infinite", "test.parquet column 'a' has 1 NaN or infinite values"),
         ("zero-rows", "test.parquet has zero rows"),
         ("wrong-inputs", "model.keras"),
