@@ -57,6 +57,7 @@ MAX_SEEDS = 8
 # when there are more than WIDE_FEATURES features (a 300-feature model spent 681 s of a 722 s run here).
 WIDE_FEATURES = 100
 WIDE_BUDGET = 50
+CALIBRATION_BRANCHES = 4  # estimate_seconds times a job of 1 branch and one of this many
 DEFAULT_CHUNKS = 2  # jobs per seed: with 5 seeds, 10 jobs, so a cluster of a few workers keeps busy
 # A retrain whose test loss is above DIVERGED times the loss of a constant prediction diverged (retrain_check);
 # retrained baselines above UNDERTRAINED times the registered model's loss do not reproduce it (a note says so).
@@ -789,18 +790,29 @@ def _retrained_weights_result(run: AblationRun, features: list[str], recipe: Rec
 
 
 def estimate_seconds(setup: AblationSetup, plan: AblationPlan) -> float:
-    """Seconds one worker would take for the jobs of the plan's first ``n_seeds`` seeds, from one timed retrain.
+    """Seconds one worker would take for the jobs of the plan's first ``n_seeds`` seeds, from two timed retrains.
 
-    The first seed's baseline is retrained alone on the recipe's whole schedule (every epoch of the train
-    split, then the test split), so one branch's time is measured, not modelled; a job of B branches takes
-    about B times as long (measured: tracing and each step grow about linearly with the branches). This
-    costs one retrain of the ``n_seeds × (units + 1)`` the plan holds: 2% for 5 seeds of 9 units.
+    A job of B branches takes about ``fixed + B × per_branch``: tracing the fused loop and Keras' set-up
+    are paid once per job, while the steps grow with the branches. Both are measured on the recipe's whole
+    schedule (every epoch of the train split, then the test split) by retraining the first seed's baseline
+    alone, then with the first :data:`CALIBRATION_BRANCHES` − 1 units beside it: 5 branch-trainings of the
+    ``n_seeds × (units + 1)`` the plan holds (8% for 5 seeds of 12 units). Counting every branch at the
+    one-branch time over-estimated by 1.8×; a slope from one and two branches under-estimated by 0.7×, the
+    steps of a wider job growing faster than from one branch to two (benchmarks/bench_ablation_scaling.py).
     """
-    tick = time.perf_counter()
-    fused_retrain_scores(setup.model, setup.train, setup.test, metric=setup.metric, recipe=setup.recipe,
-                         seed=plan.seeds[0], units=[[]], constants=setup.constants, adapter=setup.adapter)
-    one_branch = time.perf_counter() - tick
-    return round(plan.n_seeds * (sum(len(chunk) for chunk in plan.chunks) + 1) * one_branch, 3)
+    def timed(units: list[list[int]]) -> float:
+        tick = time.perf_counter()
+        fused_retrain_scores(setup.model, setup.train, setup.test, metric=setup.metric, recipe=setup.recipe,
+                             seed=plan.seeds[0], units=units, constants=setup.constants, adapter=setup.adapter)
+        return time.perf_counter() - tick
+
+    more = [[]] + [list(cols) for cols in list(plan.units.values())[: CALIBRATION_BRANCHES - 1]]
+    one, several = timed([[]]), timed(more)
+    per_branch = max((several - one) / max(1, len(more) - 1), 0.1 * one)
+    fixed = max(one - per_branch, 0.0)
+    jobs = plan.n_seeds * len(plan.chunks)
+    branches = plan.n_seeds * (sum(len(chunk) for chunk in plan.chunks) + 1)
+    return round(jobs * fixed + branches * per_branch, 3)
 
 
 def estimate_line(plan: AblationPlan, workers: int, *, kind: str = "worker") -> str:
