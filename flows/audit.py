@@ -96,7 +96,8 @@ def audit_model(
     if "ablation" in options.methods:
         # Under a budget, ablation waits for permutation importance to choose which features come first.
         ranked = allow_failure(futures["permutation"]) if budget != Budget() and "permutation" in futures else None
-        ablation = _ablation(resolved, n_seeds=options.seeds, seed=seed, budget=budget, priority=ranked)
+        ablation = _ablation(resolved, n_seeds=options.seeds, seed=seed, budget=budget, priority=ranked,
+                             cluster_threshold=options.cluster_threshold)
     results = _gather(futures, resolved.features, ablation)
     comparison = compare_task(results)
     timings = _seconds(futures) | ({"ablation": ablation[0].details["seconds"]} if ablation and ablation[0].ok else {})
@@ -143,7 +144,8 @@ def with_runner(dask_address: str | None = None):
     return audit_model.with_options(task_runner=DaskTaskRunner(address=dask_address))
 
 
-def _ablation(resolved, *, n_seeds: int, seed: int, budget: Budget, priority) -> list[ImportanceResult]:
+def _ablation(resolved, *, n_seeds: int, seed: int, budget: Budget, priority,
+              cluster_threshold: float) -> list[ImportanceResult]:
     """Retrain-ablation as many small tasks: a plan, one job per (seed, chunk of units) on the task runner, the results.
 
     A Dask cluster of N workers runs N jobs at once; the numbers depend only on the plan.
@@ -152,7 +154,7 @@ def _ablation(resolved, *, n_seeds: int, seed: int, budget: Budget, priority) ->
         return none
     try:
         plan: AblationPlan = ablation_plan_task.submit(resolved, n_seeds=n_seeds, seed=seed, budget=budget,
-                                                       priority=priority).result()
+                                                       priority=priority, cluster_threshold=cluster_threshold).result()
 
         def submit(jobs: list[Job]) -> list[JobScores]:
             running = [ablation_job_task.submit(resolved, plan, job, seed=seed) for job in jobs]

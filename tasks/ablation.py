@@ -26,7 +26,7 @@ from prefect import get_run_logger, task
 from scipy import stats
 
 from tasks.adapter import Adapter, head_loss, head_model, numeric_adapter
-from tasks.clusters import unit_records
+from tasks.clusters import DEFAULT_THRESHOLD, unit_records
 from tasks.errors import FeatureAuditError
 from tasks.metrics import METRICS, Metric
 from tasks.modeling import as_predictions, output_squash
@@ -254,6 +254,7 @@ class AblationPlan:
     budget: Budget = Budget()
     relevance: float | None = RELEVANCE
     estimated_seconds: float | None = None  # one worker, the first n_seeds seeds: see estimate_seconds
+    cluster_threshold: float = DEFAULT_THRESHOLD  # the correlated clusters among the units, as permutation's
 
     def estimate(self, workers: int = 1) -> float | None:
         """About how long the jobs of the first ``n_seeds`` seeds take on ``workers`` running one job each at once."""
@@ -574,9 +575,10 @@ class AblationSetup:
     clusters: list
     registered_score: float  # the registered model's test metric
     null_score: float  # the test metric of a constant prediction (the training target's mean or class shares)
+    cluster_threshold: float = DEFAULT_THRESHOLD
 
 
-def load_setup(version: ModelVersion, *, seed: int = 0) -> AblationSetup:
+def load_setup(version: ModelVersion, *, seed: int = 0, cluster_threshold: float = DEFAULT_THRESHOLD) -> AblationSetup:
     """The subject's model (audited output only), splits, metric and units, with the recipe and constants (the
     train split must exist)."""
     subject = load_subject(version)
@@ -585,10 +587,11 @@ def load_setup(version: ModelVersion, *, seed: int = 0) -> AblationSetup:
         train=subject.train, test=subject.test, metric=subject.metric,
         recipe=Recipe.from_manifest(version.manifest.training),
         constants=ablation_constants(subject.train, subject.categorical),
-        measured=subject.units(seed=seed),
-        clusters=subject.clusters(seed=seed),
+        measured=subject.units(cluster_threshold, seed=seed),
+        clusters=subject.clusters(cluster_threshold, seed=seed),
         registered_score=subject.metric(subject.test.y, subject.forward()(subject.test.X)),
         null_score=subject.metric(subject.test.y, constant_prediction(subject.train.y, subject.test.y, version.task)),
+        cluster_threshold=cluster_threshold,
     )
 
 
@@ -605,14 +608,14 @@ _SETUPS: dict[tuple, AblationSetup] = {}
 _SETUPS_LOCK = threading.Lock()
 
 
-def _cached_setup(version: ModelVersion, seed: int) -> AblationSetup:
-    """One setup per process for a version (keyed as its subject is) and seed: jobs load once."""
-    key = (subject_key(version), seed)
+def _cached_setup(version: ModelVersion, seed: int, cluster_threshold: float = DEFAULT_THRESHOLD) -> AblationSetup:
+    """One setup per process for a version (keyed as its subject is), seed and threshold: jobs load once."""
+    key = (subject_key(version), seed, cluster_threshold)
     with _SETUPS_LOCK:
         if key not in _SETUPS:
             if len(_SETUPS) >= 2:  # a long-running worker audits many versions: keep the last two
                 _SETUPS.pop(next(iter(_SETUPS)))
-            _SETUPS[key] = load_setup(version, seed=seed)
+            _SETUPS[key] = load_setup(version, seed=seed, cluster_threshold=cluster_threshold)
         return _SETUPS[key]
 
 
@@ -621,8 +624,9 @@ def plan_for(version: ModelVersion, setup: AblationSetup, *, n_seeds: int = 5, m
     """The version's plan: features in priority order (a budget keeps the first), then groups and clusters."""
     units = {f: setup.measured[f] for f in priority_order(list(version.features), priority)}
     units.update({name: cols for name, cols in setup.measured.items() if name not in units})
-    return plan_ablation(units, metric=setup.metric.name, n_seeds=n_seeds, max_seeds=max_seeds, random_state=seed,
+    plan = plan_ablation(units, metric=setup.metric.name, n_seeds=n_seeds, max_seeds=max_seeds, random_state=seed,
                          budget=budget)
+    return replace(plan, cluster_threshold=setup.cluster_threshold)
 
 
 def skipped(version: ModelVersion) -> list[ImportanceResult] | None:
@@ -723,6 +727,7 @@ def audit_ablation(
     budget: Budget = Budget(),
     priority: Any = None,
     progress: Callable[[str, int, int], None] | None = None,
+    cluster_threshold: float = DEFAULT_THRESHOLD,
 ) -> list[ImportanceResult]:
     """Drop-column importance by retraining, and the first-layer |W| of the retrained baselines, in this process.
 
@@ -732,7 +737,7 @@ def audit_ablation(
     """
     if (none := skipped(version)) is not None:
         return none
-    setup = load_setup(version, seed=seed)
+    setup = load_setup(version, seed=seed, cluster_threshold=cluster_threshold)
     plan = plan_for(version, setup, n_seeds=n_seeds, max_seeds=max_seeds, seed=seed, budget=budget, priority=priority)
 
     def here(jobs: list[Job]) -> list[JobScores]:
@@ -834,16 +839,16 @@ def estimate_line(plan: AblationPlan, workers: int, *, kind: str = "worker") -> 
 
 @task(name="ablation-plan")
 def ablation_plan_task(version: ModelVersion, *, n_seeds: int = 5, seed: int = 0, budget: Budget = Budget(),
-                       priority: Any = None) -> AblationPlan:
+                       priority: Any = None, cluster_threshold: float = DEFAULT_THRESHOLD) -> AblationPlan:
     """Cut retrain-ablation into jobs and estimate their time (the version has a train split: see :func:`skipped`)."""
-    setup = _cached_setup(version, seed)
+    setup = _cached_setup(version, seed, cluster_threshold)
     plan = plan_for(version, setup, n_seeds=n_seeds, seed=seed, budget=budget, priority=priority)
     return replace(plan, estimated_seconds=estimate_seconds(setup, plan))
 
 
 def run_job(version: ModelVersion, plan: AblationPlan, job: Job, *, seed: int = 0) -> JobScores:
     """One job in any process that reaches the version's files: the setup is loaded once per process."""
-    setup = _cached_setup(version, seed)
+    setup = _cached_setup(version, seed, plan.cluster_threshold)
     return retrain_job(setup.model, setup.train, setup.test, plan=plan, job=job, recipe=setup.recipe,
                        constants=setup.constants, adapter=setup.adapter)
 
@@ -858,6 +863,6 @@ def ablation_job_task(version: ModelVersion, plan: AblationPlan, job: Job, *, se
 def ablation_results_task(version: ModelVersion, plan: AblationPlan, run: AblationRun, *,
                           seed: int = 0) -> list[ImportanceResult]:
     """The ablation and retrained-weights results from the jobs' scores."""
-    results = ablation_results(version, _cached_setup(version, seed), plan, run)
+    results = ablation_results(version, _cached_setup(version, seed, plan.cluster_threshold), plan, run)
     get_run_logger().info("ablation: %s", results[0].details["seeds_note"])
     return results

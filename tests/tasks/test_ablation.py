@@ -260,3 +260,22 @@ def test_the_plan_carries_an_estimate_of_its_time_and_the_run_measures_it(linear
     run = run_ablation(plan, lambda jobs: [run_job(version, plan, job) for job in jobs], n_features=4)
     assert run.details["estimated_job_seconds"] == plan.estimated_seconds
     assert run.details["job_seconds"] > 0
+
+
+def test_ablation_clusters_with_the_threshold_permutation_uses(tmp_path):
+    """One threshold for both behavioural methods: the units they measure are the same."""
+    from tasks.permutation import audit_permutation
+
+    rng = np.random.default_rng(0)
+    frames = []
+    for n in (1200, 800):
+        frame = helpers.linear_frame(n, seed=n)
+        frame["b"] = (0.8 * frame["a"] + 0.6 * rng.normal(size=n)).astype(np.float32)  # |ρ(a, b)| ≈ 0.8
+        frames.append(frame)
+    helpers.write_version(tmp_path, "corr", "v1", helpers.linear_model(), frames[1], frames[0], training={"epochs": 1})
+    version = resolve_version(tmp_path, "corr")
+    for threshold, expected in ((0.9, []), (0.7, ["a+b"])):
+        [permutation] = audit_permutation(version, n_repeats=2, max_repeats=2, cluster_threshold=threshold)
+        ablation, _ = audit_ablation(version, n_seeds=1, max_seeds=1, cluster_threshold=threshold)
+        assert [c["name"] for c in permutation.details["clusters"]] == expected
+        assert [c["name"] for c in ablation.details["clusters"]] == expected
