@@ -100,7 +100,7 @@ def audit_model(
                              cluster_threshold=options.cluster_threshold)
     results = _gather(futures, resolved.features, ablation)
     comparison = compare_task(results)
-    timings = _seconds(futures) | ({"ablation": ablation[0].details["seconds"]} if ablation and ablation[0].ok else {})
+    timings = _seconds(futures) | ({"ablation": ablation[0].details.seconds} if ablation and ablation[0].ok else {})
     run = RunInfo(run_id=new_run_id(started), started=started, seed=seed, flow_run_id=str(runtime.flow_run.id),
                   timings=timings, loaded=loaded.to_dict())
     files = render_task(resolved, results, comparison, run, previous_runs_task(out, resolved.name, resolved.version))

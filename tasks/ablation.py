@@ -18,7 +18,7 @@ import itertools
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -31,7 +31,7 @@ from tasks.errors import FeatureAuditError
 from tasks.metrics import METRICS, Metric
 from tasks.modeling import as_predictions, output_squash
 from tasks.ranking import RELEVANCE
-from tasks.result import ImportanceResult
+from tasks.result import Details, ImportanceResult
 from tasks.sources import ModelVersion, Split
 from tasks.subject import load_subject, subject_key
 from tasks.weights import weight_magnitudes
@@ -226,13 +226,70 @@ class Budget:
 
 
 @dataclass(frozen=True)
+class RetrainTiming:
+    """One retraining job: its seed, how many units it ablated, whether it trained the seed's baseline, seconds."""
+
+    seed: int
+    units: int
+    baseline: bool
+    seconds: float
+
+
+@dataclass(frozen=True)
+class RunDetails(Details):
+    """How :func:`run_ablation` ran: the seeds (``n_seeds`` of them, ``seeds_added`` giving why any were added to
+    the ``n_seeds_requested``), each seed's baseline score, every job's timing, the wall time, the estimate of the
+    first ``n_seeds_requested`` seeds' jobs against their measured ``job_seconds``, and the units a budget left out.
+    """
+
+    seeds: list[int]
+    n_seeds: int
+    n_seeds_requested: int
+    max_seeds: int
+    seeds_added: list[str]
+    seeds_note: str
+    baselines: list[float]
+    timings: list[RetrainTiming]
+    jobs: int
+    seconds: float
+    estimated_job_seconds: float | None  # the first n_seeds_requested seeds' jobs, one after another
+    job_seconds: float
+    not_ablated: list[str]
+
+
+@dataclass(frozen=True)
+class AblationDetails(RunDetails):
+    """The ablation result's details: its run (``seeds`` only those whose baseline trained), the units whose
+    retraining diverged and why, the registered model's and a constant prediction's test metric, the retraining
+    check's note, the recipe, and the manifest groups and correlated clusters (report records)."""
+
+    diverged: dict[str, str]
+    registered_score: float
+    null_score: float
+    retrain_note: str | None
+    epochs: int
+    batch_size: int
+    groups: list[dict]
+    clusters: list[dict]
+
+
+@dataclass(frozen=True)
+class RetrainedWeightsDetails(Details):
+    """The retrained baselines' |W|: the seeds they were trained with and the recipe."""
+
+    seeds: list[int]
+    epochs: int
+    batch_size: int
+
+
+@dataclass(frozen=True)
 class AblationRun:
     """What :func:`run_ablation` measured, one column per seed that ran."""
 
     importances: np.ndarray  # (n_units, n_seeds): paired importances; NaN rows for units a budget left out
     weights: np.ndarray | None  # (n_features, n_seeds): first-layer |W| of each seed's baseline; None if unreadable
     weights_error: str | None  # why weight_magnitudes could not read the baseline, when it could not
-    details: dict[str, Any]
+    details: RunDetails
     scores: np.ndarray | None = None  # (n_units, n_seeds): each retrain's own test metric (NaN where not run)
 
 
@@ -346,7 +403,7 @@ def run_ablation(
     baselines = np.full(len(plan.seeds), np.nan)
     weights = np.full((n_features, len(plan.seeds)), np.nan)
     errors: list[str] = []
-    timings: list[dict[str, Any]] = []
+    timings: list[RetrainTiming] = []
     started = time.perf_counter()
     planned = 0
 
@@ -365,8 +422,8 @@ def run_ablation(
                     weights[:, k] = done.weights
                 elif done.weights_error:
                     errors.append(done.weights_error)
-            timings.append({"seed": plan.seeds[k], "units": len(names), "baseline": done.baseline is not None,
-                            "seconds": done.seconds})
+            timings.append(RetrainTiming(seed=plan.seeds[k], units=len(names), baseline=done.baseline is not None,
+                                         seconds=done.seconds))
             if progress is not None:
                 progress(f"seed {k + 1}{label}: {len(names)} ablations retrained in {done.seconds} s", len(timings),
                          planned)
@@ -398,21 +455,21 @@ def run_ablation(
         run([Job(n_run, c) for c in range(measured)], f" (added: {reason})")
         n_run += 1
         reason = why()
-    details = {
-        "seeds": list(plan.seeds[:n_run]),
-        "n_seeds": n_run,
-        "n_seeds_requested": plan.n_seeds,
-        "max_seeds": plan.max_seeds,
-        "seeds_added": added,
-        "seeds_note": seeds_note(plan.n_seeds, n_run, added, reason, budget_spent=bool(reason) and n_run < plan.max_seeds),
-        "baselines": [float(b) for b in baselines[:n_run]],
-        "timings": timings,
-        "jobs": len(timings),
-        "seconds": round(time.perf_counter() - started, 3),
-        "estimated_job_seconds": plan.estimated_seconds,  # the first n_seeds seeds' jobs, one after another
-        "job_seconds": round(sum(t["seconds"] for t in timings if t["seed"] in plan.seeds[: plan.n_seeds]), 3),
-        "not_ablated": [n for n in plan.units if n not in names],
-    }
+    details = RunDetails(
+        seeds=list(plan.seeds[:n_run]),
+        n_seeds=n_run,
+        n_seeds_requested=plan.n_seeds,
+        max_seeds=plan.max_seeds,
+        seeds_added=added,
+        seeds_note=seeds_note(plan.n_seeds, n_run, added, reason, budget_spent=bool(reason) and n_run < plan.max_seeds),
+        baselines=[float(b) for b in baselines[:n_run]],
+        timings=timings,
+        jobs=len(timings),
+        seconds=round(time.perf_counter() - started, 3),
+        estimated_job_seconds=plan.estimated_seconds,
+        job_seconds=round(sum(t.seconds for t in timings if t.seed in plan.seeds[: plan.n_seeds]), 3),
+        not_ablated=[n for n in plan.units if n not in names],
+    )
     error = errors[0] if errors else None
     return AblationRun(importances(n_run), None if error else weights[:, :n_run], error, details, raw[:, :n_run])
 
@@ -649,7 +706,7 @@ def ablation_results(version: ModelVersion, setup: AblationSetup, plan: Ablation
     ordered = np.array([run.importances[units.index(name)] for name in setup.measured])  # back in unit order
     scores = run.scores if run.scores is not None else np.full_like(run.importances, np.nan)
     scores = np.array([scores[units.index(name)] for name in setup.measured])
-    baselines = np.asarray(run.details["baselines"], dtype=float)
+    baselines = np.asarray(run.details.baselines, dtype=float)
     check = retrain_check(scores, baselines, list(setup.measured), metric=setup.metric,
                           registered=setup.registered_score, null=setup.null_score)
     if check.usable_seeds.sum() == 0:
@@ -658,12 +715,8 @@ def ablation_results(version: ModelVersion, setup: AblationSetup, plan: Ablation
                 _retrained_weights_result(run, features, setup.recipe)]
     ordered = ordered[:, check.usable_seeds]
     ordered[[list(setup.measured).index(name) for name in check.diverged]] = np.nan
-    details = {**run.details, "diverged": check.diverged, "registered_score": setup.registered_score,
-               "null_score": setup.null_score, "retrain_note": check.note,
-               "seeds": [s for s, ok in zip(run.details["seeds"], check.usable_seeds) if ok]}
     return [
-        _ablation_result(ordered, details, setup.measured, features, setup.clusters, metric=setup.metric,
-                         recipe=setup.recipe),
+        _ablation_result(ordered, run.details, check, setup, features),
         _retrained_weights_result(run, features, setup.recipe),
     ]
 
@@ -750,33 +803,36 @@ def audit_ablation(
 
 def _ablation_result(
     ordered: np.ndarray,
-    details: dict[str, Any],
-    measured: dict[str, list[int]],
+    run: RunDetails,
+    check: RetrainCheck,
+    setup: AblationSetup,
     features: list[str],
-    clusters: list,
-    *,
-    metric: Metric,
-    recipe: Recipe,
 ) -> ImportanceResult:
     """The paired drop-column result over the features that were ablated, groups and clusters in its details."""
-    kept = [f for f in features if f not in details["not_ablated"] and f not in details.get("diverged", {})]
-    groups, cluster_records = unit_records(ordered, measured, features, clusters)
+    measured, recipe = setup.measured, setup.recipe
+    kept = [f for f in features if f not in run.not_ablated and f not in check.diverged]
+    groups, cluster_records = unit_records(ordered, measured, features, setup.clusters)
     per_seed: dict[int, float] = {}
-    for timing in details["timings"]:
-        per_seed[timing["seed"]] = per_seed.get(timing["seed"], 0.0) + timing["seconds"]
-    n_units = len(measured) - len(details["not_ablated"])
-    notes = [*NOTES, details["seeds_note"],
-             f"{details['n_seeds']} seeds × {n_units} units, {recipe.epochs} epochs, batch {recipe.batch_size}; "
+    for timing in run.timings:
+        per_seed[timing.seed] = per_seed.get(timing.seed, 0.0) + timing.seconds
+    n_units = len(measured) - len(run.not_ablated)
+    notes = [*NOTES, run.seeds_note,
+             f"{run.n_seeds} seeds × {n_units} units, {recipe.epochs} epochs, batch {recipe.batch_size}; "
              "retraining time per seed: " + ", ".join(f"{seconds:.1f} s" for seconds in per_seed.values()) + "."]
-    if details["not_ablated"]:
-        notes.append(f"Budget reached: not ablated: {', '.join(details['not_ablated'])}.")
-    if details.get("retrain_note"):
-        notes.append(details["retrain_note"])
+    if run.not_ablated:
+        notes.append(f"Budget reached: not ablated: {', '.join(run.not_ablated)}.")
+    if check.note:
+        notes.append(check.note)
+    ran = {f.name: getattr(run, f.name) for f in fields(RunDetails)}
+    details = AblationDetails(
+        **{**ran, "seeds": [s for s, ok in zip(run.seeds, check.usable_seeds) if ok]},  # the seeds that trained
+        diverged=check.diverged, registered_score=setup.registered_score, null_score=setup.null_score,
+        retrain_note=check.note, epochs=recipe.epochs, batch_size=recipe.batch_size, groups=groups,
+        clusters=cluster_records,
+    )
     return ImportanceResult.from_samples(
-        "ablation", "behavioural", kept, ordered[[features.index(f) for f in kept]], metric=metric.name,
-        notes=notes, sampling="seeds",
-        details={**details, "epochs": recipe.epochs, "batch_size": recipe.batch_size, "groups": groups,
-                 "clusters": cluster_records},
+        "ablation", "behavioural", kept, ordered[[features.index(f) for f in kept]], metric=setup.metric.name,
+        notes=notes, sampling="seeds", details=details,
     )
 
 
@@ -785,12 +841,12 @@ def _retrained_weights_result(run: AblationRun, features: list[str], recipe: Rec
     if run.weights is None:
         return ImportanceResult.not_ok("weights_retrained", "weight-based", features, status="skipped",
                                        reason=run.weights_error or "the retrained baselines' weights were not read")
-    seeds = run.details["seeds"]
+    seeds = run.details.seeds
     return ImportanceResult.from_samples(
         "weights_retrained", "weight-based", features, run.weights, sampling="seeds",
         notes=(RETRAINED_WEIGHTS_NOTE, f"{len(seeds)} retrainings (the ablation's seeds), {recipe.epochs} epochs, "
                f"batch {recipe.batch_size}; the interval is over those retrainings."),
-        details={"seeds": seeds, "epochs": recipe.epochs, "batch_size": recipe.batch_size},
+        details=RetrainedWeightsDetails(seeds=seeds, epochs=recipe.epochs, batch_size=recipe.batch_size),
     )
 
 
@@ -864,5 +920,5 @@ def ablation_results_task(version: ModelVersion, plan: AblationPlan, run: Ablati
                           seed: int = 0) -> list[ImportanceResult]:
     """The ablation and retrained-weights results from the jobs' scores."""
     results = ablation_results(version, _cached_setup(version, seed, plan.cluster_threshold), plan, run)
-    get_run_logger().info("ablation: %s", results[0].details["seeds_note"])
+    get_run_logger().info("ablation: %s", run.details.seeds_note)
     return results

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 from scipy.cluster import hierarchy
@@ -258,6 +259,14 @@ def unit_of(units: dict[str, list[int]], cluster: Cluster) -> str | None:
     """The group or cluster unit that holds exactly the cluster's columns, if there is one."""
     columns = sorted(cluster.columns)
     return next((name for name, cols in units.items() if len(cols) > 1 and sorted(cols) == columns), None)
+
+
+@runtime_checkable
+class UnitRecords(Protocol):
+    """Details that carry :func:`unit_records`' report records (permutation's and ablation's): the report shows them."""
+
+    groups: list[dict]
+    clusters: list[dict]
 
 
 def unit_records(

@@ -115,7 +115,7 @@ class MethodEntry:
             sampling=result.sampling,
             notes=tuple(result.notes),
             features=tuple(FeatureRecord(**json_ready(record)) for record in result.records()),
-            details=json_ready(result.details),
+            details=json_ready(result.details_json()),
         )
 
     @property

@@ -42,7 +42,7 @@ from tasks.metrics import METRICS, Metric
 from tasks.modeling import first_layer_view, memory_budget, rows_for
 from tasks.ranking import ranking_evidence
 from tasks.options import AuditOptions
-from tasks.result import ImportanceResult
+from tasks.result import Details, ImportanceResult
 from tasks.sources import ModelVersion
 from tasks.subject import load_subject
 
@@ -57,6 +57,33 @@ NOTES = (
     "features.",
 )
 ACCURACY_NOTE = "Accuracy degradation: the drop in the share of correct predictions; coarse for confident models."
+
+
+@dataclass(frozen=True)
+class AdaptiveRepeats:
+    """How the repeats grew: each count tried, the k of the top-k check, and whether the last run verified it."""
+
+    repeats_tried: list[int]
+    top_k: int
+    top_k_verified: bool
+
+
+@dataclass(frozen=True)
+class PermutationDetails(Details):
+    """One permutation result's run: its repeats, seed, rows and clustering threshold, the unpermuted score,
+    and the manifest groups and correlated clusters (report records: ``feature``/``name``, importance, interval).
+
+    ``adaptive`` is set by :func:`audit_permutation` once the repeats are settled.
+    """
+
+    n_repeats: int
+    seed: int
+    n_rows: int
+    cluster_threshold: float
+    baseline: float
+    groups: list[dict]
+    clusters: list[dict]
+    adaptive: AdaptiveRepeats | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -242,9 +269,12 @@ def permutation_results(
     features: list[str],
     clusters: list[Cluster],
     *,
-    details: dict,
+    n_repeats: int,
+    seed: int,
+    n_rows: int,
+    cluster_threshold: float,
 ) -> list[ImportanceResult]:
-    """One result per metric: per-feature importances, with groups and clusters in ``details``."""
+    """One result per metric: per-feature importances, with groups and clusters in its :class:`PermutationDetails`."""
     n = len(features)
     results = []
     for metric in scores.metrics:
@@ -255,8 +285,9 @@ def permutation_results(
             ImportanceResult.from_samples(
                 "permutation" if primary else f"permutation_{metric}", "behavioural", features, samples[:n],
                 metric=metric, notes=NOTES if primary else (ACCURACY_NOTE, *NOTES),
-                details={**details, "baseline": scores.baselines[metric], "groups": groups,
-                         "clusters": cluster_records},
+                details=PermutationDetails(n_repeats=n_repeats, seed=seed, n_rows=n_rows,
+                                           cluster_threshold=cluster_threshold, baseline=scores.baselines[metric],
+                                           groups=groups, clusters=cluster_records),
             )
         )
     return results
@@ -291,8 +322,8 @@ def audit_permutation(
             forward, test.X, test.y, metric=metric, extra_metrics=extra,
             n_repeats=repeats, random_state=seed, units=units, progress=progress,
         )
-        details = {"n_repeats": repeats, "seed": seed, "n_rows": test.n_rows, "cluster_threshold": cluster_threshold}
-        results = permutation_results(scores, units, features, clusters, details=details)
+        results = permutation_results(scores, units, features, clusters, n_repeats=repeats, seed=seed,
+                                      n_rows=test.n_rows, cluster_threshold=cluster_threshold)
         verified = ranking_evidence(results[0]).top_k_verified(k)
         history.append(repeats)
         if verified or repeats >= max_repeats:
@@ -305,8 +336,9 @@ def audit_permutation(
             "some of the leading features are too close to order.")
     if len(history) > 1:
         note += f" Repeats were doubled while they were not: {' → '.join(map(str, history))}."
-    adaptive = {"repeats_tried": history, "top_k": k, "top_k_verified": verified}
-    return [dataclasses.replace(r, notes=(*r.notes, note), details={**r.details, "adaptive": adaptive}) for r in results]
+    adaptive = AdaptiveRepeats(repeats_tried=history, top_k=k, top_k_verified=bool(verified))
+    return [dataclasses.replace(r, notes=(*r.notes, note), details=dataclasses.replace(r.details, adaptive=adaptive))
+            for r in results]
 
 
 @task(name="permutation")

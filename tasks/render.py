@@ -18,11 +18,13 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from prefect import task
 
 from tasks import charts
+from tasks.clusters import UnitRecords
 from tasks.compare import Comparison
 from tasks.document import MethodEntry, ModelIdentity, ResultsDocument, RunEntry, TestRows, WarningEntry, json_ready
 from tasks.history import history as drift_history
 from tasks.methods import RESULT_TITLES
 from tasks.result import ImportanceResult
+from tasks.shap_importance import ShapDetails
 from tasks.sources import ModelVersion
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -222,14 +224,14 @@ def library_versions() -> dict[str, str]:
 def _shap_section(result: ImportanceResult | None, max_features: int = 10) -> dict[str, Any] | None:
     """The SHAP section: explainer and why, background, additivity, Monte Carlo error, the summary charts and one
     waterfall per local row."""
-    if result is None or "local" not in result.details:
+    if result is None or not isinstance(result.details, ShapDetails):
         return None
     d = result.details
-    mc_se = {name: se for name, se in zip(result.features, d["mc_se"]) if se is not None}
+    mc_se = {name: se for name, se in zip(result.features, d.mc_se) if se is not None}
     worst_mc = max(mc_se, key=mc_se.get) if mc_se else None
-    swarm = d["beeswarm"]
+    swarm = d.beeswarm
     local = []
-    for record in d["local"]:
+    for record in d.local:
         features = record["features"]
         chart = charts.shap_waterfall([f["feature"] for f in features], [f["value"] for f in features],
                                       [f["phi"] for f in features], record["base_value"], record["explained_output"],
@@ -248,16 +250,16 @@ def _shap_section(result: ImportanceResult | None, max_features: int = 10) -> di
             "chart": charts.data_uri(chart),
         })
     return {
-        "explainer": d["explainer"],
-        "reason": d["reason"],
-        "n_rows": d["n_rows"],
-        "n_background": d["n_background"],
-        "background_source": d["background_source"],
-        "additivity": d["additivity"],
+        "explainer": d.explainer,
+        "reason": d.reason,
+        "n_rows": d.n_rows,
+        "n_background": d.n_background,
+        "background_source": d.background_source,
+        "additivity": d.additivity,
         "mc_se_max": mc_se[worst_mc] if worst_mc is not None else None,
         "mc_se_feature": worst_mc,
-        "multiclass_aggregation": d["multiclass_aggregation"],
-        "loss_metric": d["loss_metric"],
+        "multiclass_aggregation": d.multiclass_aggregation,
+        "loss_metric": d.loss_metric,
         "bar_chart": charts.data_uri(charts.importance_bars(result)),
         "beeswarm_chart": charts.data_uri(charts.shap_beeswarm(swarm["features"], swarm["phi"], swarm["value"])),
         "beeswarm_rows": len(swarm["phi"][0]) if swarm["phi"] else 0,
@@ -268,6 +270,7 @@ def _shap_section(result: ImportanceResult | None, max_features: int = 10) -> di
 
 def _method(result: ImportanceResult) -> dict[str, Any]:
     chart = charts.data_uri(charts.importance_bars(result)) if result.ok else None
+    units = result.details if isinstance(result.details, UnitRecords) else None
     return {
         "name": result.method,
         "kind": result.kind,
@@ -277,8 +280,8 @@ def _method(result: ImportanceResult) -> dict[str, Any]:
         "notes": list(result.notes),
         "n_samples": result.n_samples,
         "chart": chart,
-        "groups": result.details.get("groups", []),
-        "clusters": result.details.get("clusters", []),
+        "groups": units.groups if units is not None else [],
+        "clusters": units.clusters if units is not None else [],
     }
 
 

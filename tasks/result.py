@@ -6,7 +6,8 @@ so a new method needs no change downstream.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -18,6 +19,19 @@ Kind = Literal["weight-based", "behavioural"]
 # (tasks/ranking.py): independent "repeats" or paired "seeds" (t-test of the per-sample differences),
 # "bootstrap" draws (the share of draws that order them the other way), or a "single" value (no test).
 Sampling = Literal["repeats", "seeds", "bootstrap", "single"]
+
+
+@dataclass(frozen=True)
+class Details:
+    """What one method says about its own run beyond the importances: typed fields, one subclass per method.
+
+    Each method defines its subclass next to the code that fills it (``PermutationDetails``,
+    ``AblationDetails``, ``RetrainedWeightsDetails``, ``ShapDetails``); readers use its attributes.
+    :meth:`to_json` is the object ``results.json`` holds, its keys the field names in field order.
+    """
+
+    def to_json(self) -> dict[str, Any]:
+        return _jsonable(dataclasses.asdict(self))
 
 
 @dataclass(frozen=True, eq=False)
@@ -45,7 +59,7 @@ class ImportanceResult:
     notes: tuple[str, ...] = ()
     error: str | None = None
     metric: str | None = None
-    details: dict[str, Any] = field(default_factory=dict)
+    details: Details | None = None  # None for methods without any (weights) and for failed or skipped results
     sampling: Sampling = "single"
 
     @classmethod
@@ -58,7 +72,7 @@ class ImportanceResult:
         *,
         notes: list[str] | tuple[str, ...] = (),
         metric: str | None = None,
-        details: dict[str, Any] | None = None,
+        details: Details | None = None,
         interval: tuple[np.ndarray, np.ndarray] | None = None,
         sampling: Sampling | None = None,
     ) -> ImportanceResult:
@@ -95,7 +109,7 @@ class ImportanceResult:
             rank=rank_descending(mean),
             notes=tuple(notes),
             metric=metric,
-            details=dict(details or {}),
+            details=details,
             sampling=sampling or ("repeats" if n > 1 else "single"),
         )
 
@@ -156,6 +170,10 @@ class ImportanceResult:
     def n_samples(self) -> int:
         return int(self.importances.shape[1])
 
+    def details_json(self) -> dict[str, Any]:
+        """The method's details as ``results.json`` holds them: an empty object when it has none."""
+        return self.details.to_json() if self.details is not None else {}
+
     def records(self) -> list[dict[str, Any]]:
         """One ``{feature, importance, std, low, high, rank}`` record per feature, in feature order."""
         if not self.ok:
@@ -185,7 +203,7 @@ class ImportanceResult:
             "sampling": self.sampling,
             "notes": list(self.notes),
             "features": self.records(),
-            "details": _jsonable(self.details),
+            "details": self.details_json(),
         }
 
 

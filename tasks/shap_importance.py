@@ -48,7 +48,7 @@ from prefect import get_run_logger, task
 from tasks.metrics import METRICS, Metric
 from tasks.modeling import Forward, first_layer_view, memory_budget, rows_for
 from tasks.options import AuditOptions
-from tasks.result import ImportanceResult
+from tasks.result import Details, ImportanceResult
 from tasks.sources import ModelVersion
 from tasks.subject import load_subject
 
@@ -505,7 +505,7 @@ def shap_audit(version: ModelVersion, *, seed: int = 0, n_rows: int = 1000, n_wo
     """Global SHAP importance with a bootstrap interval, plus local explanations of the worst and some random rows.
 
     A wide model explains fewer rows (then background rows) to stay within ``max_work`` input values; the
-    result's notes and ``details["work"]`` say what was reduced and why.
+    result's notes and ``details.work`` say what was reduced and why.
     """
     subject = load_subject(version)
     model, test, metric, features = subject.model, subject.test, subject.metric, subject.features
@@ -531,15 +531,50 @@ def shap_audit(version: ModelVersion, *, seed: int = 0, n_rows: int = 1000, n_wo
 def shap_task(version: ModelVersion, options: AuditOptions = AuditOptions()) -> list[ImportanceResult]:
     """SHAP: global importance with intervals and local explanations."""
     result = shap_audit(version, seed=options.seed, n_rows=options.shap_rows)
-    get_run_logger().info("shap: %s explained %d rows (%s)", result.details["explainer"],
-                          result.details["n_rows"], result.details["reason"])
+    get_run_logger().info("shap: %s explained %d rows (%s)", result.details.explainer,
+                          result.details.n_rows, result.details.reason)
     return [result]
+
+
+@dataclass(frozen=True)
+class Additivity:
+    """How far base value + Σφ is from the model output at most, absolutely and as a share of the output's std,
+    against the tolerance on that share."""
+
+    max_deviation: float
+    relative: float
+    tolerance: float
+    ok: bool
+
+
+@dataclass(frozen=True)
+class ShapDetails(Details):
+    """One SHAP run: the explainer and why, the rows explained and the background rows (and which split they came
+    from), the work plan when one was made (:meth:`ShapPlan.as_dict`), the base value(s), additivity, each
+    feature's Monte Carlo standard error (None where not estimated), the multiclass note, the loss the worst rows
+    are picked by, and what the report draws: ``local`` (one waterfall record per explained row, see
+    :func:`local_explanations`) and ``beeswarm`` (see :func:`beeswarm_data`), kept as the JSON records they are.
+    """
+
+    explainer: str
+    reason: str
+    n_rows: int
+    n_background: int
+    background_source: str
+    work: dict[str, Any] | None
+    base_value: list[float]
+    additivity: Additivity
+    mc_se: list[float | None]
+    multiclass_aggregation: str | None
+    loss_metric: str
+    local: list[dict[str, Any]]
+    beeswarm: dict[str, Any]
 
 
 def shap_details(features, split, raw: ShapValues, rows, draws, loss, metric, *, n_global: int, n_worst: int,
                  background_source: str, tolerance: float = 0.05, columns: tuple | None = None
-                 ) -> tuple[dict[str, Any], list[str]]:
-    """The JSON-able details and report notes of one SHAP run."""
+                 ) -> tuple[ShapDetails, list[str]]:
+    """The details and report notes of one SHAP run."""
     n_background = raw.n_background
     local_at = np.arange(n_global, len(rows))
     selections = {"highest loss": local_at[:n_worst], "random": local_at[n_worst:]}
@@ -564,23 +599,23 @@ def shap_details(features, split, raw: ShapValues, rows, draws, loss, metric, *,
     mc_se = global_mc_se(raw.mc_se[:n_global])
     notes.append(_mc_note(features, mc_se))
     order = np.argsort(-draws.mean(axis=1), kind="stable")
-    details = {
-        "explainer": raw.explainer,
-        "reason": raw.reason,
-        "n_rows": int(n_global),
-        "n_background": n_background,
-        "background_source": background_source,
-        "work": raw.plan.as_dict() if raw.plan is not None else None,
-        "base_value": raw.base_value.tolist(),
-        "additivity": {"max_deviation": raw.max_deviation, "relative": raw.relative_deviation,
-                       "tolerance": tolerance, "ok": bool(additive)},
-        "mc_se": [float(v) if np.isfinite(v) else None for v in mc_se],
-        "multiclass_aggregation": MULTICLASS_NOTE if multiclass else None,
-        "loss_metric": "log_loss" if metric.higher_is_better else metric.name,
-        "local": local,
-        "beeswarm": beeswarm_data(features, raw.values[:n_global], X_explained[:n_global], raw.outputs[:n_global],
-                                  order=order),
-    }
+    details = ShapDetails(
+        explainer=raw.explainer,
+        reason=raw.reason,
+        n_rows=int(n_global),
+        n_background=n_background,
+        background_source=background_source,
+        work=raw.plan.as_dict() if raw.plan is not None else None,
+        base_value=raw.base_value.tolist(),
+        additivity=Additivity(max_deviation=raw.max_deviation, relative=raw.relative_deviation, tolerance=tolerance,
+                              ok=bool(additive)),
+        mc_se=[float(v) if np.isfinite(v) else None for v in mc_se],
+        multiclass_aggregation=MULTICLASS_NOTE if multiclass else None,
+        loss_metric="log_loss" if metric.higher_is_better else metric.name,
+        local=local,
+        beeswarm=beeswarm_data(features, raw.values[:n_global], X_explained[:n_global], raw.outputs[:n_global],
+                               order=order),
+    )
     return details, notes
 
 

@@ -74,10 +74,10 @@ def test_drivers_matter_noise_does_not_and_seeds_reproduce(embed):
     mean = run.importances.mean(axis=1)
     assert mean[0] > 1.0 and mean[1] > 0.5  # amount (variance 2.25) and region (1.25) are drivers
     assert abs(mean[2]) < 0.25 * min(mean[0], mean[1])
-    assert len(run.details["seeds"]) == 2
+    assert len(run.details.seeds) == 2
     # 2 seeds × 2 jobs (the default cut of the units in two chunks; chunk 0 also trains the baseline)
-    assert [(t["units"], t["baseline"]) for t in run.details["timings"]] == [(2, True), (2, True), (1, False), (1, False)]
-    assert all(t["seconds"] > 0 for t in run.details["timings"])
+    assert [(t.units, t.baseline) for t in run.details.timings] == [(2, True), (2, True), (1, False), (1, False)]
+    assert all(t.seconds > 0 for t in run.details.timings)
     again = ablation_importance(model, train, test, **kwargs)
     np.testing.assert_array_equal(run.importances, again.importances)
     np.testing.assert_array_equal(run.weights, again.weights)
@@ -92,7 +92,7 @@ def test_budget_in_units_ablates_the_first_units_only(embed):
         model, train, test, metric=METRICS["mse"], recipe=Recipe(epochs=2, batch_size=128), n_seeds=1,
         random_state=0, units=units, constants=ablation_constants(train, version.categorical), budget=Budget(max_units=2),
     )
-    assert run.details["not_ablated"] == ["noise"]
+    assert run.details.not_ablated == ["noise"]
     assert np.isfinite(run.importances[:2]).all() and np.isnan(run.importances[2]).all()
     assert np.isfinite(run.weights).all()  # every seed's baseline is trained, whatever the budget
 
@@ -124,13 +124,13 @@ def test_seeds_are_added_while_a_top_unit_is_unresolved_and_match_a_run_asked_fo
                   constants=ablation_constants(train, version.categorical), relevance=None)
     adaptive = ablation_importance(model, train, test, n_seeds=2, max_seeds=3, **kwargs)
     # three features only, so 'noise' is in the top 3, and its interval straddles zero; relevance=None makes it count
-    [reason] = adaptive.details["seeds_added"]
+    [reason] = adaptive.details.seeds_added
     assert reason.endswith("straddled zero after 2 seeds")
-    assert adaptive.details["n_seeds"] == 3
+    assert adaptive.details.n_seeds == 3
     assert adaptive.importances.shape == (3, 3) and adaptive.weights.shape == (3, 3)
-    assert adaptive.details["seeds_note"].startswith(f"Added 1 seed to the 2 asked for: {reason}. Stopped at 3 seeds")
+    assert adaptive.details.seeds_note.startswith(f"Added 1 seed to the 2 asked for: {reason}. Stopped at 3 seeds")
     fixed = ablation_importance(model, train, test, n_seeds=3, max_seeds=3, **kwargs)
-    assert fixed.details["seeds_added"] == [] and fixed.details["seeds"] == adaptive.details["seeds"]
+    assert fixed.details.seeds_added == [] and fixed.details.seeds == adaptive.details.seeds
     np.testing.assert_array_equal(adaptive.importances, fixed.importances)
     np.testing.assert_array_equal(adaptive.weights, fixed.weights)
 
@@ -142,8 +142,8 @@ def test_no_seed_is_added_once_the_time_budget_is_spent(embed):
     run = ablation_importance(model, train, test, metric=METRICS["mse"], recipe=Recipe(epochs=1, batch_size=256),
                               n_seeds=2, max_seeds=4, random_state=0, budget=Budget(seconds=0.001),
                               constants=ablation_constants(train, version.categorical), relevance=None)
-    assert run.details["n_seeds"] == 2 and run.details["seeds_added"] == []
-    assert run.details["seeds_note"].startswith("Stopped at 2 seeds (the time budget was spent): the interval of")
+    assert run.details.n_seeds == 2 and run.details.seeds_added == []
+    assert run.details.seeds_note.startswith("Stopped at 2 seeds (the time budget was spent): the interval of")
 
 
 def test_linear_model_retrained_weights_rank_the_known_drivers(linear_registry):
@@ -152,12 +152,12 @@ def test_linear_model_retrained_weights_rank_the_known_drivers(linear_registry):
     assert (ablation.method, ablation.sampling, weights.method, weights.sampling) == (
         "ablation", "seeds", "weights_retrained", "seeds")
     assert weights.kind == "weight-based" and weights.importances.shape == (4, 3)
-    assert weights.details["seeds"] == ablation.details["seeds"]
+    assert weights.details.seeds == ablation.details.seeds
     order = [weights.features[i] for i in np.argsort(-weights.importances_mean)]
     assert order[0] == "a" and order[-1] == "noise"
     # a, b and c are clear drivers: their intervals clear zero after 3 seeds, so none is added
-    assert ablation.details["seeds_added"] == [] and ablation.importances.shape == (4, 3)
-    assert "all clear zero" in ablation.details["seeds_note"] and ablation.details["seeds_note"] in ablation.notes
+    assert ablation.details.seeds_added == [] and ablation.importances.shape == (4, 3)
+    assert "all clear zero" in ablation.details.seeds_note and ablation.details.seeds_note in ablation.notes
 
 
 def test_unreadable_weights_skip_only_the_weights_result(odd_registry):
@@ -258,8 +258,8 @@ def test_the_plan_carries_an_estimate_of_its_time_and_the_run_measures_it(linear
     assert 0 < plan.estimate(2) <= plan.estimate(1) == plan.estimated_seconds
     assert re.fullmatch(r"about \d+ s \(4 units × 2 seeds, 4 jobs on 2 workers\)", estimate_line(plan, 2))
     run = run_ablation(plan, lambda jobs: [run_job(version, plan, job) for job in jobs], n_features=4)
-    assert run.details["estimated_job_seconds"] == plan.estimated_seconds
-    assert run.details["job_seconds"] > 0
+    assert run.details.estimated_job_seconds == plan.estimated_seconds
+    assert run.details.job_seconds > 0
 
 
 def test_ablation_clusters_with_the_threshold_permutation_uses(tmp_path):
@@ -277,5 +277,5 @@ def test_ablation_clusters_with_the_threshold_permutation_uses(tmp_path):
     for threshold, expected in ((0.9, []), (0.7, ["a+b"])):
         [permutation] = audit_permutation(version, n_repeats=2, max_repeats=2, cluster_threshold=threshold)
         ablation, _ = audit_ablation(version, n_seeds=1, max_seeds=1, cluster_threshold=threshold)
-        assert [c["name"] for c in permutation.details["clusters"]] == expected
-        assert [c["name"] for c in ablation.details["clusters"]] == expected
+        assert [c["name"] for c in permutation.details.clusters] == expected
+        assert [c["name"] for c in ablation.details.clusters] == expected

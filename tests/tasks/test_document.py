@@ -1,7 +1,8 @@
 import json
 import re
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
+from typing import Any
 
 import numpy as np
 import pytest
@@ -11,9 +12,18 @@ from tasks.document import SCHEMA, ResultsDocument, json_ready, read_results
 from tasks.errors import FeatureAuditError, ResultsError
 from tasks.history import SAME_VERSION, history
 from tasks.render import RunInfo, results_document
-from tasks.result import ImportanceResult
+from tasks.result import Details, ImportanceResult
 from tasks.sources import resolve_version
 from tasks.subject import check_version
+
+
+@dataclass(frozen=True)
+class LayerDetails(Details):
+    """A method's details with what JSON cannot hold as such: NaN and a numpy integer."""
+
+    layer: str
+    nan: float
+    n: Any
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +33,7 @@ def audit(linear_registry):
     features = version.features
     rng = np.random.default_rng(0)
     weights = ImportanceResult.from_samples("weights", "weight-based", features, np.array([3.0, 2.0, 1.0, 0.01]),
-                                            details={"layer": "dense", "nan": float("nan"), "n": np.int64(3)})
+                                            details=LayerDetails(layer="dense", nan=float("nan"), n=np.int64(3)))
     perm = ImportanceResult.from_samples("permutation", "behavioural", features,
                                          np.array([[1.0], [2.0], [0.5], [9.0]]) + 0.01 * rng.standard_normal((4, 5)),
                                          metric="mse")

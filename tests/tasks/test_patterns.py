@@ -72,7 +72,7 @@ def test_ablation_retrains_with_the_lookup_tables_and_statistics_intact(registry
     mean = dict(zip(ablation.features, ablation.importances_mean))
     assert max(mean[d] for d in pattern.drivers if d in mean) > max(mean[n] for n in pattern.noise if n in mean)
     subject = load_subject(version)
-    baselines = np.array(ablation.details["baselines"])
+    baselines = np.array(ablation.details.baselines)
     assert np.all(np.isfinite(baselines))
     # A retrained copy is about as good as the registered model: its lookups and normalisation survived cloning.
     registered = subject.metric(subject.test.y, subject.forward()(subject.test.X))
@@ -91,7 +91,7 @@ def test_a_recipe_that_does_not_reproduce_the_model_is_said_and_its_learning_rat
     assert any("does not reproduce the model" in note for note in slow.notes)
     tuned = audit_ablation(resolve_version(tmp_path, "legacy_h5", "v2"), n_seeds=2, max_seeds=2)[0]
     assert not any("does not reproduce the model" in note for note in tuned.notes)
-    assert np.mean(tuned.details["baselines"]) < 0.5 * np.mean(slow.details["baselines"])
+    assert np.mean(tuned.details.baselines) < 0.5 * np.mean(slow.details.baselines)
     assert any("compiled loss could not be read" in note for note in load_subject(
         resolve_version(tmp_path, "legacy_h5", "v2")).notes)
 

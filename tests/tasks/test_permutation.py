@@ -192,13 +192,13 @@ def test_correlated_pair_is_found_and_its_grouped_importance_beats_each_member(c
     test = load_subject(correlated_version).test
     assert result.method == "permutation" and result.metric == "mse"
     assert result.features == helpers.LINEAR_FEATURES
-    [cluster] = result.details["clusters"]
+    [cluster] = result.details.clusters
     assert cluster["name"] == "a+b" and cluster["members"] == ["a", "b"] and cluster["min_abs_rho"] > 0.9
     # oracle: permuting the pair jointly costs 2·var(a + b); each member alone only 2·var(its term)
     expected = 2 * np.var(test.X[:, 0] + test.X[:, 1])
     assert cluster["importance"] == pytest.approx(expected, rel=0.08)
     assert cluster["low"] > max(result.high[0], result.high[1])
-    assert [g["feature"] for g in result.details["groups"]] == ["group:bc"]
+    assert [g["feature"] for g in result.details.groups] == ["group:bc"]
     assert [c[0] for c in calls] == [*helpers.LINEAR_FEATURES, "group:bc", "cluster:a+b"]
 
 
@@ -212,8 +212,8 @@ def test_cluster_equal_to_a_manifest_group_is_permuted_once(correlated_version):
     [result] = audit_permutation(replace(correlated_version, manifest=manifest), n_repeats=2,
                                  progress=lambda *a: calls.append(a[0]))
     assert calls[4:] == ["group:pair"]
-    [group] = result.details["groups"]
-    [cluster] = result.details["clusters"]
+    [group] = result.details.groups
+    [cluster] = result.details.clusters
     assert cluster["importance"] == group["importance"]
 
 
@@ -222,7 +222,7 @@ def test_features_keep_their_numbers_when_clusters_are_reported(correlated_versi
 
     clustered = audit_permutation(correlated_version, n_repeats=3, seed=4)[0]
     unclustered = audit_permutation(correlated_version, n_repeats=3, seed=4, cluster_threshold=1.0)[0]
-    assert clustered.details["clusters"] and not unclustered.details["clusters"]
+    assert clustered.details.clusters and not unclustered.details.clusters
     np.testing.assert_allclose(clustered.importances, unclustered.importances, rtol=1e-6, atol=1e-9)
 
 
@@ -253,7 +253,7 @@ def test_classifier_also_gets_accuracy_importance(binary_version):
         assert (result.importances_mean[:3] > 0).all()  # accuracy drops, loss rises: both positive
         assert result.low[3] <= 0 <= result.high[3]
         assert result.rank[1] == 1 and result.rank[3] == 4  # b: weight -2 on a ×2 scale
-    assert 0.5 < accuracy.details["baseline"] < 1.0
+    assert 0.5 < accuracy.details.baseline < 1.0
 
 
 def test_manifest_metric_accuracy_gives_one_result(binary_version):
@@ -276,10 +276,11 @@ def test_named_input_model_with_embedding_runs_end_to_end(embedding_registry):
 
 def test_repeats_double_until_the_top_k_is_verified(linear_registry, tmp_path):
     """The linear model resolves its top 2 at once; a model whose top two tie past the top-k boundary never does."""
-    from tasks.permutation import audit_permutation
+    from tasks.permutation import AdaptiveRepeats, audit_permutation
 
     [clear] = audit_permutation(resolve_version(linear_registry, "linear"), n_repeats=5, seed=0)
-    assert clear.details["adaptive"] == {"repeats_tried": [5], "top_k": 2, "top_k_verified": True}
+    assert clear.details.adaptive == AdaptiveRepeats(repeats_tried=[5], top_k=2, top_k_verified=True)
+    assert clear.details.to_json()["adaptive"] == {"repeats_tried": [5], "top_k": 2, "top_k_verified": True}
     assert clear.n_samples == 5 and "Top 2 verified at 95% after 5 repeats." in clear.notes
     # the 2nd and 3rd features tie exactly (w²·var equal on the split) across the top-2 boundary
     frame = helpers.linear_frame(2000, seed=3, scales=(1, 1, 1, 1))
@@ -288,7 +289,7 @@ def test_repeats_double_until_the_top_k_is_verified(linear_registry, tmp_path):
     frame["y"] = (frame[list(helpers.LINEAR_FEATURES)].to_numpy(np.float64) @ weights).astype(np.float32)
     helpers.write_version(tmp_path, "tied", "v1", helpers.linear_model(weights), frame)
     [tied] = audit_permutation(resolve_version(tmp_path, "tied"), n_repeats=5, max_repeats=20, seed=0)
-    assert tied.details["adaptive"]["repeats_tried"] == [5, 10, 20] and not tied.details["adaptive"]["top_k_verified"]
+    assert tied.details.adaptive.repeats_tried == [5, 10, 20] and not tied.details.adaptive.top_k_verified
     assert tied.n_samples == 20
     # the first five repeats of the longer run are the shorter run's
     [short] = audit_permutation(resolve_version(tmp_path, "tied"), n_repeats=5, max_repeats=5, seed=0)

@@ -77,12 +77,16 @@ def test_pdf_renderer_fetches_no_local_file(tmp_path):
 
 
 def test_correlated_clusters_are_shown_beside_their_members(linear_registry):
+    from tasks.permutation import PermutationDetails
+
     version = resolve_version(linear_registry, "linear")
     features = version.features
     cluster = {"name": "a+b", "members": ["a", "b"], "min_abs_rho": 0.93, "importance": 7.5, "std": 0.2,
                "low": 7.2, "high": 7.8, "member_importances": {"a": 1.1, "b": 0.9}}
     perm = ImportanceResult.from_samples("permutation", "behavioural", features, np.ones((4, 3)),
-                                         details={"clusters": [cluster], "groups": []})
+                                         details=PermutationDetails(n_repeats=3, seed=0, n_rows=100,
+                                                                    cluster_threshold=0.8, baseline=1.0, groups=[],
+                                                                    clusters=[cluster]))
     run = RunInfo(run_id="r", started=datetime(2026, 1, 1, tzinfo=timezone.utc), seed=0)
     html = re.sub(r"\s+", " ", render_html(build_context(version, [perm], compare([perm]), run)))
     assert "Correlated cluster (permuted jointly)" in html

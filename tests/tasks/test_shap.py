@@ -129,7 +129,7 @@ def test_highest_loss_rows_match_a_brute_force_ranking(embedding_registry):
     np.testing.assert_allclose(loss, losses, rtol=1e-4)
 
     result = shap_audit(version, seed=0, n_rows=100)
-    local = result.details["local"]
+    local = result.details.local
     assert [r["row"] for r in local if r["selection"] == "highest loss"] == brute
     assert len([r for r in local if r["selection"] == "random"]) == 3
     for record in local:
@@ -144,22 +144,22 @@ def test_named_embedding_model_is_explained_by_sampling_and_seeded(embedding_reg
     version = resolve_version(embedding_registry, "embed")
     first = shap_audit(version, seed=0, n_rows=100)
     details = first.details
-    assert details["explainer"] == "Shapley sampling (ours)" and "any input" in details["reason"]
+    assert details.explainer == "Shapley sampling (ours)" and "any input" in details.reason
     assert first.sampling == "bootstrap"
-    assert len(details["mc_se"]) == len(version.features) and all(0 < se < 0.1 * m for se, m in
-                                                                   zip(details["mc_se"], first.importances_mean))
+    assert len(details.mc_se) == len(version.features) and all(0 < se < 0.1 * m for se, m in
+                                                                   zip(details.mc_se, first.importances_mean))
     assert any(note.startswith("Monte Carlo error of the sampler") for note in first.notes)
-    assert details["n_background"] == 100 and details["background_source"] == "training"
-    assert details["additivity"]["ok"] and details["additivity"]["max_deviation"] < 1e-4
+    assert details.n_background == 100 and details.background_source == "training"
+    assert details.additivity.ok and details.additivity.max_deviation < 1e-4
     mean = dict(zip(version.features, first.importances_mean))
     assert mean["amount"] > mean["noise"] and mean["region"] > mean["noise"]
     again = shap_audit(version, seed=0, n_rows=100)
     np.testing.assert_array_equal(first.importances, again.importances)
-    assert again.details["local"] == details["local"] and again.details["beeswarm"] == details["beeswarm"]
+    assert again.details.local == details.local and again.details.beeswarm == details.beeswarm
     other = shap_audit(version, seed=1, n_rows=100)
     assert not np.array_equal(first.importances, other.importances)
-    assert details["beeswarm"]["features"][0] in ("amount", "region")
-    assert len(details["beeswarm"]["phi"][0]) == 100
+    assert details.beeswarm["features"][0] in ("amount", "region")
+    assert len(details.beeswarm["phi"][0]) == 100
 
 
 def test_a_rerun_with_another_seed_lands_inside_the_bootstrap_interval(linear, softmax_model):
@@ -271,11 +271,11 @@ def test_many_features_explain_fewer_rows_and_say_why(tmp_path):
     version = resolve_version(tmp_path, "wide")
 
     result = shap_audit(version, seed=0, max_work=400_000_000)
-    work = result.details["work"]
+    work = result.details.work
     assert work["reduced"] and (work["rows"], work["background"]) == (50, 21)
     assert (work["rows_asked"], work["background_asked"], work["extra_rows"]) == (200, 100, 8)
     assert work["work"] <= work["max_work"] == 400_000_000
-    assert result.details["n_rows"] == 50 and result.details["n_background"] == 21
+    assert result.details.n_rows == 50 and result.details.n_background == 21
     [note] = [n for n in result.notes if n.startswith("Work capped")]
     assert note.startswith("Work capped: explained 50 of 200 rows with 21 of 100 background rows")
     assert ("400 features make each row cost 2·21·401 = 16,842 model evaluations (each reading all 400 features)"
@@ -283,4 +283,4 @@ def test_many_features_explain_fewer_rows_and_say_why(tmp_path):
     assert work["reason"] == note
     # the interval machinery works with fewer rows and background rows
     assert (result.low <= result.importances_mean).all() and (result.importances_mean <= result.high).all()
-    assert np.isfinite(result.details["mc_se"]).all()
+    assert np.isfinite(result.details.mc_se).all()
