@@ -20,9 +20,12 @@ from tasks.weights import audit_weights
 from tests import zoo
 
 PATTERNS = ("string_lookup", "integer_codes", "feature_space", "wide_deep", "block_embeddings", "two_outputs",
-            "sequence", "image", "legacy_h5", "hashing_discretization")
+            "sequence", "image", "legacy_h5", "hashing_discretization", "custom_layer")
 # Where first-layer weights cannot be attributed to a feature, and the word the reason must hold.
-WEIGHTS_SKIPPED = {"sequence": "Conv1D", "image": "Conv2D", "feature_space": "HashedCrossing"}
+WEIGHTS_SKIPPED = {"sequence": "Conv1D", "image": "Conv2D", "feature_space": "HashedCrossing",
+                   "custom_layer": "ScaledDense"}
+# The operator's modules that register a pattern's custom Keras objects (--import).
+IMPORTS = {"custom_layer": ("tests.zoo_layers",)}
 
 
 @lru_cache(maxsize=None)
@@ -49,7 +52,7 @@ def _ranked_above_noise(result, pattern) -> bool:
 @pytest.mark.parametrize("name", PATTERNS)
 def test_every_method_runs_and_ranks_the_drivers_first(registry, name):
     pattern = _pattern(name)
-    version = resolve_version(registry, name)
+    version = resolve_version(registry, name, imports=IMPORTS.get(name, ()))
     check_version(version)
     permutation = audit_permutation(version, n_repeats=5, max_repeats=5)[0]
     shap = shap_audit(version, n_rows=200)
