@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(MAKE) system-deps
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,s3]'
 	touch $(STAMP)
 
 clean:

@@ -130,6 +130,7 @@ def serve(args: argparse.Namespace) -> int:
     from flows.serve import serve as serve_deployment
     from tasks.deliver import check_delivery
     from tasks.errors import RegistryError
+    from tasks.registries import is_remote
     from tasks.sources import import_modules, list_models
 
     options = _options(args)
@@ -139,7 +140,8 @@ def serve(args: argparse.Namespace) -> int:
     missing = [name for name in args.model or [] if name not in present]
     if missing:
         raise RegistryError(f"registry {args.registry} has no model '{missing[0]}'; models present: {', '.join(present)}")
-    deployment = registry_deployment(registry=str(Path(args.registry).resolve()), models=args.model, cron=args.cron,
+    registry = args.registry if is_remote(args.registry) else str(Path(args.registry).resolve())
+    deployment = registry_deployment(registry=registry, models=args.model, cron=args.cron,
                                      timezone=args.timezone, out=str(Path(args.out).resolve()), email_to=email_to,
                                      options=options, name=args.name, imports=args.imports)
     serve_deployment(deployment, port=args.port)
@@ -365,7 +367,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     p_run = commands.add_parser("run", help="audit the newest (or a given) version of a registered model")
-    p_run.add_argument("--registry", required=True, help="registry folder: <registry>/<model>/<version>/")
+    p_run.add_argument("--registry", required=True, help="registry: a folder or s3://bucket/prefix, laid out <registry>/<model>/<version>/")
     p_run.add_argument("--model", required=True, help="model name (a folder in the registry)")
     p_run.add_argument("--version", help="version folder (default: the newest under natural sort)")
     p_run.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
@@ -374,7 +376,7 @@ def _parser() -> argparse.ArgumentParser:
     p_run.set_defaults(handler=run)
 
     p_serve = commands.add_parser("serve", help="audit the registry's models on a cron schedule (a Prefect deployment)")
-    p_serve.add_argument("--registry", required=True, help="registry folder: <registry>/<model>/<version>/")
+    p_serve.add_argument("--registry", required=True, help="registry: a folder or s3://bucket/prefix, laid out <registry>/<model>/<version>/")
     p_serve.add_argument("--model", action="append", help="a model to audit (repeatable; default: every model)")
     p_serve.add_argument("--cron", default=DEFAULT_CRON, help=f"cron schedule (default: {DEFAULT_CRON}, nightly at 02:00)")
     p_serve.add_argument("--timezone", help="IANA time zone of the schedule, e.g. Europe/Berlin (default: UTC)")

@@ -8,7 +8,8 @@ history, a method's details, a model input) stays the JSON object it was written
 
 The top-level ``schema`` key says which shape a document has:
 
-- **2**: every key is present (``history`` only when an earlier run was compared with). Keys this version
+- **2**: every key is present (``history`` only when an earlier run was compared with, ``model.registry`` only
+  when the registry is an object store such as ``s3://bucket/prefix``). Keys this version
   does not know are ignored.
 - **1**: documents written before the key existed (also read when ``schema`` is absent). Such a document is read
   when it holds what every reader needs: the model's name and version, the run's id, the verdict, each method's
@@ -60,6 +61,7 @@ class ModelIdentity:
     inputs: tuple[dict[str, Any], ...] = ()  # per model input: name, shape, dtype, the columns feeding it
     output: str | None = None  # the audited output of a model with several
     notes: tuple[str, ...] = ()  # what loading had to do (a legacy .h5 loaded without compiling, …)
+    registry: str | None = field(default=None, metadata={"optional": True})  # s3://bucket/prefix; None: a folder
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -182,10 +184,13 @@ class ResultsDocument:
     history: tuple[dict[str, Any], ...] | None = field(default=None, metadata={"optional": True})
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON object results.json holds (``history`` only when there is one)."""
+        """The JSON object results.json holds (``history`` only when there is one, ``model.registry`` only for a
+        registry that is not a local folder)."""
         out = _to_json(self)
         if self.history is None:
             del out["history"]
+        if self.model.registry is None:
+            del out["model"]["registry"]
         return out
 
     def to_bytes(self) -> bytes:
@@ -384,7 +389,7 @@ def _methods(value: Any, where: str, legacy: bool) -> dict[str, MethodEntry]:
 _CONVERT: dict[type, dict[str, Convert]] = {
     ModelIdentity: {"name": _str, "version": _str, "task": _optional(_str), "sha256": _dict_of(_str),
                     "paths": _dict_of(_str), "inputs": _list_of(_object), "output": _optional(_str),
-                    "notes": _list_of(_str)},
+                    "notes": _list_of(_str), "registry": _optional(_str)},
     RunEntry: {"id": _str, "started": _optional(_started), "seed": _optional(_int), "flow_run_id": _optional(_str),
                "timings": _dict_of(_number)},
     FeatureRecord: {"feature": _str, "importance": _optional(_number), "std": _optional(_number),

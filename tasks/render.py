@@ -25,6 +25,7 @@ from tasks.history import history as drift_history
 from tasks.methods import RESULT_TITLES
 from tasks.result import ImportanceResult
 from tasks.shap_importance import ShapDetails
+from tasks.registries import is_remote
 from tasks.sources import ModelVersion
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -135,7 +136,8 @@ def results_document(
         model=ModelIdentity(name=version.name, version=version.version, task=version.task, sha256=dict(version.sha256),
                             paths={name: str(path) for name, path in version.resolved.items()},
                             inputs=tuple(loaded.get("inputs", [])), output=loaded.get("output"),
-                            notes=tuple(loaded.get("notes", []))),
+                            notes=tuple(loaded.get("notes", [])),
+                            registry=version.uri if is_remote(version.uri or "") else None),
         run=RunEntry(id=run.run_id, started=run.started, seed=run.seed, flow_run_id=run.flow_run_id,
                      timings=json_ready(run.timings)),
         methods={r.method: MethodEntry.from_result(r) for r in results},

@@ -5,6 +5,9 @@ A registry is a folder ``<registry>/<model-name>/<version>/`` holding ``model.ke
 ``manifest.json``. Everything here validates at the boundary and raises the errors
 of :mod:`tasks.errors`; past it, the rest of the code trusts the types.
 
+Where the registry lives is its backend's business (:mod:`tasks.registries`): a folder is read where it is, an
+``s3://``/``gs://`` registry is downloaded into a local cache first; either way the files are read from local disk.
+
 A model folder, version folder or file that is a symbolic link must resolve inside the registry;
 one that leads outside it is refused unless ``FEATUREAUDIT_ALLOW_EXTERNAL_LINKS=1`` is set.
 
@@ -41,12 +44,17 @@ from tasks.errors import (
     RegistryError,
     retry_unless_bad_input,
 )
+from tasks.registries import (  # noqa: F401  natural_key and the constants are part of this module's interface
+    ALLOW_EXTERNAL_LINKS,
+    MODEL_FILES,
+    check_inside as _check_inside,
+    check_name as _check_name,
+    natural_key,
+    open_registry,
+)
 
 TaskType = Literal["regression", "binary", "multiclass"]
 TASK_TYPES: tuple[str, ...] = ("regression", "binary", "multiclass")
-MODEL_FILES = ("model.keras", "model.h5")
-#: Set to 1 to follow symbolic links that lead out of the registry (refused by default).
-ALLOW_EXTERNAL_LINKS = "FEATUREAUDIT_ALLOW_EXTERNAL_LINKS"
 _MANIFEST_KEYS = {"target", "task", "features", "categorical", "groups", "training", "metric", "inputs", "output"}
 
 #: Set to a number of bytes to change :data:`MAX_MODEL_BYTES`.
@@ -100,6 +108,10 @@ class ModelVersion:
     max_test_rows: int | None = None
     sample_seed: int = 0
     imports: tuple[str, ...] = ()  # modules the operator named (--import) to register custom Keras objects
+    uri: str | None = None  # the registry as named: a folder's absolute path, or s3://bucket/prefix
+
+    # ``registry`` is always a local folder: the registry itself, or the cache an object store's version was
+    # downloaded into (:mod:`tasks.registries`); ``folder`` is where the version's files lie on this machine.
 
     @property
     def folder(self) -> Path:
@@ -142,11 +154,6 @@ class Split:
         return int(self.X.shape[0])
 
 
-def natural_key(name: str) -> tuple[tuple[int, Any], ...]:
-    """Sort key under which ``v10`` follows ``v9`` and ISO dates sort in date order."""
-    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", name) if part)
-
-
 def resolve_version(
     registry: str | Path, name: str, version: str | None = None, *, max_test_rows: int | None = None, seed: int = 0,
     imports: tuple[str, ...] = (),
@@ -156,27 +163,13 @@ def resolve_version(
     A test split over ``max_test_rows`` rows is sampled (seeded by ``seed``) wherever it is loaded; the modules
     ``imports`` are imported wherever the model is loaded (:func:`load_keras_model`).
     """
-    registry = Path(registry)
     if max_test_rows is not None and (isinstance(max_test_rows, bool) or max_test_rows < 1):
         raise FeatureAuditError(f"max_test_rows must be a positive number of rows, not {max_test_rows!r}")
     _check_name("model name", name)
     if version is not None:
         _check_name("version", version)
-    if not registry.is_dir():
-        raise RegistryError(f"registry {registry} does not exist or is not a folder")
-    model_dir = registry / name
-    if not model_dir.is_dir():
-        known = sorted(p.name for p in registry.iterdir() if p.is_dir())
-        raise RegistryError(f"registry {registry} has no model '{name}'; models present: {', '.join(known) or 'none'}")
-    versions = sorted((p.name for p in model_dir.iterdir() if p.is_dir() and not p.name.startswith(".")), key=natural_key)
-    if not versions:
-        raise RegistryError(f"model folder {model_dir} has no version folders")
-    if version is None:
-        version = versions[-1]
-    elif version not in versions:
-        raise RegistryError(f"model '{name}' has no version '{version}'; versions present: {', '.join(versions)}")
-    folder = model_dir / version
-    _check_inside(registry, model_dir, folder)
+    local = open_registry(registry).fetch(name, version)
+    registry, version, folder = local.root, local.version, local.folder
 
     model_path = next((folder / f for f in MODEL_FILES if (folder / f).is_file()), None)
     if model_path is None:
@@ -206,18 +199,13 @@ def resolve_version(
         max_test_rows=max_test_rows,
         sample_seed=seed,
         imports=tuple(imports),
+        uri=local.uri,
     )
 
 
 def list_models(registry: str | Path) -> list[str]:
     """The model names in a registry (its visible sub-folders), in natural order."""
-    registry = Path(registry)
-    if not registry.is_dir():
-        raise RegistryError(f"registry {registry} does not exist or is not a folder")
-    names = sorted((p.name for p in registry.iterdir() if p.is_dir() and not p.name.startswith(".")), key=natural_key)
-    if not names:
-        raise RegistryError(f"registry {registry} holds no model folders")
-    return names
+    return open_registry(registry).list_models()
 
 
 @task(name="list-models", retries=2, retry_delay_seconds=2, retry_condition_fn=retry_unless_bad_input)
@@ -579,26 +567,6 @@ def resolve_version_task(
 ) -> ModelVersion:
     """Resolve the model version to audit and hash its files."""
     return resolve_version(registry, name, version, max_test_rows=max_test_rows, seed=seed, imports=imports)
-
-
-def _check_name(what: str, value: str) -> None:
-    if not value or value in {".", ".."} or "/" in value or "\\" in value or ".." in value or "\x00" in value:
-        raise RegistryError(f"{what} {value!r} is not a plain folder name (no path separators or '..')")
-
-
-def _check_inside(registry: Path, *paths: Path) -> dict[Path, Path]:
-    """Each path's absolute location, links resolved; refuse one that leads out of the registry (unless allowed)."""
-    root = registry.resolve()
-    allowed = os.environ.get(ALLOW_EXTERNAL_LINKS, "").strip().lower() in {"1", "true", "yes"}
-    resolved = {}
-    for path in paths:
-        target = path.resolve()
-        if not allowed and not target.is_relative_to(root) and (path.exists() or path.is_symlink()):
-            how = "is a symbolic link to" if path.is_symlink() else "resolves to"
-            raise RegistryError(f"{path} {how} {target}, outside the registry {root}; copy it into the registry, "
-                                f"or set {ALLOW_EXTERNAL_LINKS}=1 to follow links that leave it")
-        resolved[path] = target
-    return resolved
 
 
 def _find_split(folder: Path, stem: str) -> Path | None:

@@ -48,3 +48,37 @@ def demo_registry(tmp_path_factory):
     from tasks.demo import build_demo_registry
 
     return build_demo_registry(tmp_path_factory.mktemp("demo-registry"), epochs=25)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3 server on loopback (moto), with dummy credentials and featureaudit pointed at it."""
+    from tests import s3
+
+    saved = {k: os.environ.get(k) for k in (*s3.CREDENTIALS, "FEATUREAUDIT_S3_ENDPOINT_URL")}
+    with s3.s3_server() as endpoint:
+        os.environ.update(s3.CREDENTIALS, FEATUREAUDIT_S3_ENDPOINT_URL=endpoint)
+        try:
+            yield endpoint
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def s3_linear_registry(s3_endpoint, linear_registry):
+    """The linear registry's files under s3://linear-audits/registry (read-only: tests that change it copy it)."""
+    from tests import s3
+
+    return s3.upload(s3_endpoint, linear_registry, "s3://linear-audits/registry")
+
+
+@pytest.fixture
+def audit_cache(tmp_path, monkeypatch):
+    """A fresh FEATUREAUDIT_CACHE for one test."""
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("FEATUREAUDIT_CACHE", str(folder))
+    return folder

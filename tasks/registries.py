@@ -1,0 +1,342 @@
+"""Registry backends: where model versions live, behind one small interface.
+
+A backend (:class:`Registry`) lists its models and fetches one version, the newest or a named one, into a
+local folder laid out as ``<root>/<model-name>/<version>/`` (:class:`LocalVersion`);
+:func:`tasks.sources.resolve_version` reads the manifest and splits from there and hashes the files, so every
+method loads from local disk whatever the backend.
+
+- :class:`FolderRegistry`: a folder path, today's layout; its files are used where they are.
+- :class:`ObjectStoreRegistry`: ``s3://bucket/prefix`` (or ``gs://…``) through fsspec, the same layout. A
+  version's files are downloaded into a cache folder under ``FEATUREAUDIT_CACHE`` (default
+  ``~/.cache/featureaudit``) keyed by each object's ETag and size: an unchanged object is not downloaded again, a
+  changed one is. Files are written to a temporary name and renamed, so concurrent runs never see half a file.
+  ``FEATUREAUDIT_S3_ENDPOINT_URL`` points s3fs at another S3-compatible server (MinIO, moto, …).
+
+:func:`open_registry` picks the backend from the reference. Names are plain folder names; nothing outside a
+registry (a link, a key outside the prefix) is followed; errors are :class:`~tasks.errors.RegistryError` lines
+naming the registry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from tasks.errors import FeatureAuditError, RegistryError
+
+#: The files of a version, by the name they have in it; anything else in a version folder is ignored.
+MODEL_FILES = ("model.keras", "model.h5")
+SPLIT_FILES = ("test.parquet", "test.csv", "train.parquet", "train.csv")
+VERSION_FILES = (*MODEL_FILES, *SPLIT_FILES, "manifest.json")
+#: Set to 1 to follow symbolic links that lead out of the registry (refused by default).
+ALLOW_EXTERNAL_LINKS = "FEATUREAUDIT_ALLOW_EXTERNAL_LINKS"
+#: The folder object-store versions are downloaded into (default ``~/.cache/featureaudit``).
+CACHE_ENV = "FEATUREAUDIT_CACHE"
+#: An S3-compatible endpoint for ``s3://`` registries (default: AWS).
+S3_ENDPOINT_ENV = "FEATUREAUDIT_S3_ENDPOINT_URL"
+#: The object-store schemes read through fsspec (each needs its fsspec package: s3fs, gcsfs).
+OBJECT_SCHEMES = ("s3", "gs", "gcs")
+_CREDENTIALS = {"s3": "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE",
+                "gs": "GOOGLE_APPLICATION_CREDENTIALS", "gcs": "GOOGLE_APPLICATION_CREDENTIALS"}
+_PACKAGES = {"s3": "s3fs (pip install 'featureaudit[s3]')", "gs": "gcsfs", "gcs": "gcsfs"}
+
+
+@dataclass(frozen=True)
+class LocalVersion:
+    """A fetched version: its files lie in ``root / name / version`` on local disk."""
+
+    root: Path
+    name: str
+    version: str
+    uri: str  # the registry as the operator named it: a folder's absolute path, or s3://bucket/prefix
+
+    @property
+    def folder(self) -> Path:
+        return self.root / self.name / self.version
+
+
+class Registry(Protocol):
+    """A registry backend: list the models, fetch a version (the newest when ``version`` is None)."""
+
+    uri: str
+
+    def list_models(self) -> list[str]: ...
+
+    def fetch(self, name: str, version: str | None = None) -> LocalVersion: ...
+
+
+def open_registry(reference: str | Path) -> Registry:
+    """The backend for a registry reference: ``s3://…``/``gs://…`` an object store, anything else a folder."""
+    text = str(reference)
+    scheme = text.split("://", 1)[0].lower() if "://" in text else ""
+    if scheme in OBJECT_SCHEMES:
+        return ObjectStoreRegistry(text)
+    if scheme:
+        raise RegistryError(f"registry {text}: unknown scheme '{scheme}://'; use a folder, s3://bucket/prefix or "
+                            "gs://bucket/prefix")
+    return FolderRegistry(Path(reference))
+
+
+def is_remote(reference: str | Path) -> bool:
+    """Whether a registry reference names an object store rather than a folder."""
+    return "://" in str(reference)
+
+
+def natural_key(name: str) -> tuple[tuple[int, Any], ...]:
+    """Sort key under which ``v10`` follows ``v9`` and ISO dates sort in date order."""
+    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", name) if part)
+
+
+def check_name(what: str, value: str) -> None:
+    """Refuse a model or version name that is not a plain folder name."""
+    if not value or value in {".", ".."} or "/" in value or "\\" in value or ".." in value or "\x00" in value:
+        raise RegistryError(f"{what} {value!r} is not a plain folder name (no path separators or '..')")
+
+
+def check_inside(registry: Path, *paths: Path) -> dict[Path, Path]:
+    """Each path's absolute location, links resolved; refuse one that leads out of the registry (unless allowed)."""
+    root = registry.resolve()
+    allowed = os.environ.get(ALLOW_EXTERNAL_LINKS, "").strip().lower() in {"1", "true", "yes"}
+    resolved = {}
+    for path in paths:
+        target = path.resolve()
+        if not allowed and not target.is_relative_to(root) and (path.exists() or path.is_symlink()):
+            how = "is a symbolic link to" if path.is_symlink() else "resolves to"
+            raise RegistryError(f"{path} {how} {target}, outside the registry {root}; copy it into the registry, "
+                                f"or set {ALLOW_EXTERNAL_LINKS}=1 to follow links that leave it")
+        resolved[path] = target
+    return resolved
+
+
+class FolderRegistry:
+    """``<registry>/<model>/<version>/`` on local disk: the files are used where they are."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.uri = str(self.root.absolute())
+
+    def list_models(self) -> list[str]:
+        if not self.root.is_dir():
+            raise RegistryError(f"registry {self.root} does not exist or is not a folder")
+        names = sorted((p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                       key=natural_key)
+        if not names:
+            raise RegistryError(f"registry {self.root} holds no model folders")
+        return names
+
+    def fetch(self, name: str, version: str | None = None) -> LocalVersion:
+        registry = self.root
+        if not registry.is_dir():
+            raise RegistryError(f"registry {registry} does not exist or is not a folder")
+        model_dir = registry / name
+        if not model_dir.is_dir():
+            known = sorted(p.name for p in registry.iterdir() if p.is_dir())
+            raise RegistryError(f"registry {registry} has no model '{name}'; models present: "
+                                f"{', '.join(known) or 'none'}")
+        versions = sorted((p.name for p in model_dir.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                          key=natural_key)
+        if not versions:
+            raise RegistryError(f"model folder {model_dir} has no version folders")
+        if version is None:
+            version = versions[-1]
+        elif version not in versions:
+            raise RegistryError(f"model '{name}' has no version '{version}'; versions present: {', '.join(versions)}")
+        check_inside(registry, model_dir, model_dir / version)
+        return LocalVersion(root=registry, name=name, version=version, uri=self.uri)
+
+
+class ObjectStoreRegistry:
+    """``s3://bucket/prefix/<model>/<version>/`` (or ``gs://…``) through fsspec, downloaded into a local cache."""
+
+    def __init__(self, uri: str):
+        self.uri = uri.rstrip("/")
+        self.scheme, rest = self.uri.split("://", 1)
+        self.scheme = self.scheme.lower()
+        self.prefix = rest.strip("/")
+        if not self.prefix or any(part in {".", ".."} for part in self.prefix.split("/")):
+            raise RegistryError(f"registry {uri} must name a bucket, optionally with a prefix: "
+                                f"{self.scheme}://bucket/prefix")
+        self.root = cache_folder() / self.scheme / hashlib.sha256(self.uri.encode()).hexdigest()[:16]
+        self._fs = None
+        self.downloaded: list[str] = []  # the keys this backend downloaded (the rest were cache hits)
+
+    @property
+    def fs(self):
+        if self._fs is None:
+            self._fs = _filesystem(self.scheme, self.uri)
+        return self._fs
+
+    def list_models(self) -> list[str]:
+        names = sorted(self._folders(self.prefix, f"registry {self.uri}"), key=natural_key)
+        if not names:
+            raise RegistryError(f"registry {self.uri} holds no model folders")
+        return names
+
+    def fetch(self, name: str, version: str | None = None) -> LocalVersion:
+        check_name("model name", name)
+        models = self._folders(self.prefix, f"registry {self.uri}")
+        if name not in models:
+            raise RegistryError(f"registry {self.uri} has no model '{name}'; models present: "
+                                f"{', '.join(sorted(models, key=natural_key)) or 'none'}")
+        versions = sorted(self._folders(f"{self.prefix}/{name}", f"model {self.uri}/{name}"), key=natural_key)
+        if not versions:
+            raise RegistryError(f"model {self.uri}/{name} has no version folders")
+        if version is None:
+            version = versions[-1]
+        elif version not in versions:
+            raise RegistryError(f"model '{name}' in {self.uri} has no version '{version}'; versions present: "
+                                f"{', '.join(versions)}")
+        key = f"{self.prefix}/{name}/{version}"
+        objects = {entry["name"].rstrip("/").rsplit("/", 1)[-1]: entry
+                   for entry in self._list(key, f"version {self.uri}/{name}/{version}")
+                   if entry.get("type") == "file" and _inside(entry["name"], key)}
+        local = LocalVersion(root=self.root, name=name, version=version, uri=self.uri)
+        local.folder.mkdir(parents=True, exist_ok=True)
+        for file_name in VERSION_FILES:
+            if file_name in objects:
+                self._download(f"{key}/{file_name}", objects[file_name], local.folder / file_name)
+            else:
+                _remove(local.folder / file_name)  # a file the version no longer has must not linger in the cache
+        label = self.root / "registry.txt"  # which registry this cache folder mirrors, for a reader of the cache
+        if _read_text(label) != self.uri + "\n":
+            _atomic_write(label, self.uri + "\n")
+        return local
+
+    def _download(self, key: str, info: dict[str, Any], target: Path) -> None:
+        """Fetch one object unless the cached copy has its ETag and size; write to a temp file, then rename."""
+        stamp = {"etag": str(info.get("ETag") or info.get("etag") or info.get("md5Hash") or ""),
+                 "size": int(info.get("size") or 0)}
+        meta = target.with_name(f".{target.name}.object.json")
+        if target.is_file() and target.stat().st_size == stamp["size"] and stamp["etag"] and _read_json(meta) == stamp:
+            return
+        _refuse_large_model(f"{self.scheme}://{key}", target.name, stamp["size"])
+        handle, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+        os.close(handle)
+        try:
+            self._call(lambda: self.fs.get_file(key, temp), f"{self.scheme}://{key}")
+            os.replace(temp, target)
+            _atomic_write(meta, json.dumps(stamp))  # after the file: a stale stamp costs a download, never a wrong hit
+        finally:
+            _remove(Path(temp))
+        self.downloaded.append(key)
+
+    def _folders(self, key: str, what: str) -> list[str]:
+        """The visible sub-folders under ``key`` that are plain names."""
+        names = []
+        for entry in self._list(key, what):
+            name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
+            if entry.get("type") == "directory" and _inside(entry["name"], key) and not name.startswith("."):
+                try:
+                    check_name("folder", name)
+                except RegistryError:
+                    continue
+                names.append(name)
+        return names
+
+    def _list(self, key: str, what: str) -> list[dict[str, Any]]:
+        def listing():
+            return self.fs.ls(key, detail=True)
+
+        try:
+            return self._call(listing, f"{self.scheme}://{key}")
+        except FileNotFoundError:
+            raise RegistryError(f"{what} does not exist (no such bucket or prefix)") from None
+
+    def _call(self, action, where: str):
+        """Run an fsspec call; credentials, access and connection failures as one line naming ``where``."""
+        try:
+            return action()
+        except FileNotFoundError:
+            raise
+        except PermissionError as exc:
+            raise RegistryError(f"{where}: access denied ({_first_line(exc)}); check the credentials "
+                                f"({_CREDENTIALS.get(self.scheme, 'the storage credentials')})") from None
+        except Exception as exc:  # botocore/gcsfs errors: classified by name, they are not importable here
+            kind = type(exc).__name__
+            if "Credentials" in kind or "credentials" in str(exc).lower():
+                raise RegistryError(f"{where}: no credentials found; set {_CREDENTIALS.get(self.scheme, 'them')}"
+                                    ) from None
+            if "Connect" in kind or "Endpoint" in kind:
+                raise RegistryError(f"{where}: cannot reach the object store ({_first_line(exc)}); check "
+                                    f"{S3_ENDPOINT_ENV} and the network") from None
+            raise RegistryError(f"{where}: {kind}: {_first_line(exc)}") from None
+
+
+def cache_folder() -> Path:
+    """Where object-store versions are downloaded: ``FEATUREAUDIT_CACHE`` or ``~/.cache/featureaudit``."""
+    raw = os.environ.get(CACHE_ENV, "").strip()
+    return Path(raw).expanduser() if raw else Path.home() / ".cache" / "featureaudit"
+
+
+def _filesystem(scheme: str, uri: str):
+    """A fresh fsspec filesystem for ``scheme`` (no listing cache: a new version must be seen at once)."""
+    import fsspec
+
+    options: dict[str, Any] = {"skip_instance_cache": True, "use_listings_cache": False}
+    endpoint = os.environ.get(S3_ENDPOINT_ENV, "").strip()
+    if scheme == "s3" and endpoint:
+        options["endpoint_url"] = endpoint
+    try:
+        return fsspec.filesystem(scheme, **options)
+    except ImportError:
+        raise FeatureAuditError(f"registry {uri} needs the package {_PACKAGES.get(scheme, scheme)}") from None
+
+
+def _refuse_large_model(where: str, name: str, size: int) -> None:
+    """Refuse, before downloading it, a model object over the model size limit (:func:`tasks.sources.check_model_file`
+    checks the download itself before Keras reads it)."""
+    if name not in MODEL_FILES:
+        return
+    from tasks.sources import _max_model_bytes, _size
+
+    limit = _max_model_bytes()
+    if size > limit:
+        from tasks.errors import ModelLoadError
+        from tasks.sources import MAX_MODEL_BYTES_ENV
+
+        raise ModelLoadError(f"{where} is {_size(size)}, over the limit of {_size(limit)} for a model file; not "
+                             f"downloaded (set {MAX_MODEL_BYTES_ENV} to a larger number of bytes if it is genuine)")
+
+
+def _inside(key: str, prefix: str) -> bool:
+    """Whether a listed key lies under ``prefix`` with no ``..`` in the rest."""
+    rest = key.rstrip("/")
+    return rest.startswith(prefix + "/") and ".." not in rest[len(prefix) + 1:].split("/")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    with os.fdopen(handle, "w", encoding="utf-8") as out:
+        out.write(text)
+    os.replace(temp, path)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, ValueError):
+        return None
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
