@@ -25,17 +25,14 @@ A file that is missing, is not JSON, is not such a document or has a newer schem
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
 
-import numpy as np
-
 from tasks.errors import ResultsError
-from tasks.result import Sampling, Status
+from tasks.result import Sampling, Status, json_ready
 
 if TYPE_CHECKING:
     from tasks.compare import Finding
@@ -239,20 +236,6 @@ def read_results(path: str | Path) -> ResultsDocument:
     return ResultsDocument.from_json(data, source=str(path))
 
 
-def json_ready(value: Any) -> Any:
-    """``value`` as JSON holds it: numpy scalars and arrays as Python numbers and lists, tuples as lists,
-    keys as strings, NaN and infinities as null (results.json stays strict JSON)."""
-    if isinstance(value, dict):
-        return {str(k): json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return json_ready(value.tolist())
-    if isinstance(value, np.generic):
-        return json_ready(value.item())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 # --- writing ---------------------------------------------------------------------------------------------------

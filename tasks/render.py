@@ -20,12 +20,12 @@ from prefect import task
 from tasks import charts
 from tasks.clusters import UnitRecords
 from tasks.compare import Comparison
-from tasks.document import MethodEntry, ModelIdentity, ResultsDocument, RunEntry, TestRows, WarningEntry, json_ready
+from tasks.document import MethodEntry, ModelIdentity, ResultsDocument, RunEntry, TestRows, WarningEntry
 from tasks.history import history as drift_history
 from tasks.methods import RESULT_TITLES
-from tasks.result import ImportanceResult
-from tasks.shap_importance import ShapDetails
+from tasks.result import ImportanceResult, json_ready
 from tasks.registries import is_remote
+from tasks.shap_importance import ShapDetails
 from tasks.sources import ModelVersion
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"

@@ -7,6 +7,7 @@ so a new method needs no change downstream.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -31,7 +32,7 @@ class Details:
     """
 
     def to_json(self) -> dict[str, Any]:
-        return _jsonable(dataclasses.asdict(self))
+        return json_ready(dataclasses.asdict(self))
 
 
 @dataclass(frozen=True, eq=False)
@@ -212,13 +213,17 @@ def rank_descending(values: np.ndarray) -> np.ndarray:
     return stats.rankdata(-np.asarray(values, dtype=float), method="min").astype(int)
 
 
-def _jsonable(value: Any) -> Any:
+def json_ready(value: Any) -> Any:
+    """``value`` as JSON holds it: numpy scalars and arrays as Python numbers and lists, tuples as lists,
+    keys as strings, NaN and infinities as null (results.json stays strict JSON)."""
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): json_ready(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [json_ready(v) for v in value]
     if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
+        return json_ready(value.tolist())
     if isinstance(value, np.generic):
-        return value.item()
+        return json_ready(value.item())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     return value

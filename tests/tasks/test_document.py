@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from tasks.compare import compare
-from tasks.document import SCHEMA, ResultsDocument, json_ready, read_results
+from tasks.document import SCHEMA, ResultsDocument, read_results
 from tasks.errors import FeatureAuditError, ResultsError
 from tasks.history import SAME_VERSION, history
 from tasks.render import RunInfo, results_document
-from tasks.result import Details, ImportanceResult
+from tasks.result import Details, ImportanceResult, json_ready
 from tasks.sources import resolve_version
 from tasks.subject import check_version
 
