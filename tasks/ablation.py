@@ -290,7 +290,7 @@ class AblationRun:
     weights: np.ndarray | None  # (n_features, n_seeds): first-layer |W| of each seed's baseline; None if unreadable
     weights_error: str | None  # why weight_magnitudes could not read the baseline, when it could not
     details: RunDetails
-    scores: np.ndarray | None = None  # (n_units, n_seeds): each retrain's own test metric (NaN where not run)
+    scores: np.ndarray  # (n_units, n_seeds): each retrain's own test metric (NaN where not run)
 
 
 @dataclass(frozen=True)
@@ -704,8 +704,7 @@ def ablation_results(version: ModelVersion, setup: AblationSetup, plan: Ablation
     features = list(version.features)
     units = list(plan.units)
     ordered = np.array([run.importances[units.index(name)] for name in setup.measured])  # back in unit order
-    scores = run.scores if run.scores is not None else np.full_like(run.importances, np.nan)
-    scores = np.array([scores[units.index(name)] for name in setup.measured])
+    scores = np.array([run.scores[units.index(name)] for name in setup.measured])
     baselines = np.asarray(run.details.baselines, dtype=float)
     check = retrain_check(scores, baselines, list(setup.measured), metric=setup.metric,
                           registered=setup.registered_score, null=setup.null_score)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tasks.adapter import Adapter, head_loss, input_name, numeric_adapter  # noqa: F401 (input_name: re-exported)
+from tasks.adapter import Adapter, head_loss, numeric_adapter
 from tasks.errors import FeatureAuditError
 
 MEMORY_SETTING = "FEATUREAUDIT_MEMORY_MB"

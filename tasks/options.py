@@ -71,5 +71,3 @@ def parse_options(**values: Any) -> AuditOptions:
         name = str(error["loc"][0]) if error["loc"] else "options"
         message = str(error.get("ctx", {}).get("error", "")) or error["msg"]
         raise FeatureAuditError(f"{FLAGS.get(name, name)} {values.get(name)!r}: {message}") from None
-    except FeatureAuditError:
-        raise

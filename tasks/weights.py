@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from prefect import get_run_logger, task
 
-from tasks.modeling import input_name
+from tasks.adapter import input_name
 from tasks.options import AuditOptions
 from tasks.result import ImportanceResult
 from tasks.sources import ModelVersion

@@ -279,3 +279,24 @@ def test_ablation_clusters_with_the_threshold_permutation_uses(tmp_path):
         ablation, _ = audit_ablation(version, n_seeds=1, max_seeds=1, cluster_threshold=threshold)
         assert [c["name"] for c in permutation.details.clusters] == expected
         assert [c["name"] for c in ablation.details.clusters] == expected
+
+
+def test_retrain_check_drops_diverged_baselines_and_does_not_rank_diverged_units():
+    from tasks.ablation import retrain_check
+
+    null, registered = 1.0, 0.1  # mse of a constant prediction, and of the registered model
+    baselines = np.array([0.12, np.inf, 0.11])  # seed 2's baseline diverged
+    scores = np.array([
+        [0.5, 0.4, 0.6],  # a driver: worse than the baseline, better than a constant
+        [0.13, 0.2, 9.0],  # diverged in seed 3
+        [np.nan, np.nan, np.nan],  # not run (beyond a budget)
+        [0.2, 5.0, 0.2],  # only diverged in the dropped seed: still ranked
+    ])
+    check = retrain_check(scores, baselines, ["a", "b", "c", "d"], metric=METRICS["mse"], registered=registered,
+                          null=null)
+    assert check.usable_seeds.tolist() == [True, False, True]
+    assert list(check.diverged) == ["b"] and "9" in check.diverged["b"]
+    assert "1 of 3 retrained baselines diverged" in check.note and "does not reproduce" not in check.note
+    weak = retrain_check(scores[:1], np.array([0.5, 0.6, 0.4]), ["a"], metric=METRICS["mse"], registered=registered,
+                         null=null)
+    assert weak.diverged == {} and "does not reproduce the model" in weak.note  # 0.5 > 2 × 0.1

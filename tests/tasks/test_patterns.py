@@ -24,7 +24,8 @@ PATTERNS = ("string_lookup", "integer_codes", "feature_space", "wide_deep", "blo
 # Where first-layer weights cannot be attributed to a feature, and the word the reason must hold.
 WEIGHTS_SKIPPED = {"sequence": "Conv1D", "image": "Conv2D", "feature_space": "HashedCrossing",
                    "custom_layer": "ScaledDense"}
-# The operator's modules that register a pattern's custom Keras objects (--import).
+# The operator's modules that register a pattern's custom Keras objects (--import). In this process the zoo's builder
+# has imported them already, so this only exercises the plumbing; test_sources checks the refusal without them.
 IMPORTS = {"custom_layer": ("tests.zoo_layers",)}
 
 
