@@ -70,6 +70,12 @@ class Registry(Protocol):
 
     def fetch(self, name: str, version: str | None = None) -> LocalVersion: ...
 
+    def snapshot(self, name: str) -> dict[str, str]:
+        """What a watcher compares between polls: ``{"latest": newest version}``, for MLflow also
+        ``{"@alias": version}`` per alias; a label ending in ``.stamp`` fingerprints that label's files, so a
+        version still being written (or rewritten in place) is seen to change."""
+        ...
+
 
 def open_registry(reference: str | Path) -> Registry:
     """The backend for a registry reference: ``s3://…``/``gs://…`` an object store, anything else a folder."""
@@ -150,6 +156,17 @@ class FolderRegistry:
         check_inside(registry, model_dir, model_dir / version)
         return LocalVersion(root=registry, name=name, version=version, uri=self.uri)
 
+    def snapshot(self, name: str) -> dict[str, str]:
+        newest = self.fetch(name).folder
+        stamp = []
+        for file_name in VERSION_FILES:
+            try:
+                info = (newest / file_name).stat()
+            except OSError:
+                continue
+            stamp.append(f"{file_name}:{info.st_size}:{info.st_mtime_ns}")
+        return {"latest": newest.name, "latest.stamp": ",".join(stamp)}
+
 
 class ObjectStoreRegistry:
     """``s3://bucket/prefix/<model>/<version>/`` (or ``gs://…``) through fsspec, downloaded into a local cache."""
@@ -207,6 +224,18 @@ class ObjectStoreRegistry:
         if _read_text(label) != self.uri + "\n":
             _atomic_write(label, self.uri + "\n")
         return local
+
+    def snapshot(self, name: str) -> dict[str, str]:
+        """The newest version and its objects' ETags and sizes, listed without downloading anything."""
+        check_name("model name", name)
+        versions = sorted(self._folders(f"{self.prefix}/{name}", f"model {self.uri}/{name}"), key=natural_key)
+        if not versions:
+            raise RegistryError(f"model {self.uri}/{name} has no version folders")
+        key = f"{self.prefix}/{name}/{versions[-1]}"
+        stamp = sorted(f"{entry['name'].rsplit('/', 1)[-1]}:{entry.get('ETag') or entry.get('etag') or ''}:"
+                       f"{entry.get('size') or 0}" for entry in self._list(key, f"version {self.uri}/{name}")
+                       if entry.get("type") == "file")
+        return {"latest": versions[-1], "latest.stamp": ",".join(stamp)}
 
     def _download(self, key: str, info: dict[str, Any], target: Path) -> None:
         """Fetch one object unless the cached copy has its ETag and size; write to a temp file, then rename."""

@@ -104,3 +104,22 @@ def test_s3_model_over_the_size_limit_is_refused_before_download(s3_versions, au
     with pytest.raises(ModelLoadError, match="s3://versions/teams/risk/linear/v10/model.keras is .* over the limit"):
         backend.fetch("linear")
     assert not any(k.endswith("model.keras") for k in backend.downloaded)
+
+
+def test_snapshot_names_the_newest_version_and_changes_when_its_files_do(versions_registry, s3_endpoint, tmp_path):
+    folder = tmp_path / "registry"
+    shutil.copytree(versions_registry, folder)
+    uri = s3.upload(s3_endpoint, folder, "s3://snapshots/registry")
+    for registry in (FolderRegistry(folder), ObjectStoreRegistry(uri)):
+        first = registry.snapshot("linear")
+        assert first["latest"] == "v10" and "model.keras:" in first["latest.stamp"]
+        assert registry.snapshot("linear") == first  # nothing changed: the same snapshot, nothing downloaded
+    assert ObjectStoreRegistry(uri).downloaded == []
+
+    (folder / "linear" / "v10" / "test.parquet").write_bytes((folder / "linear" / "v2" / "test.parquet").read_bytes())
+    rewritten = FolderRegistry(folder).snapshot("linear")
+    assert rewritten["latest"] == "v10" and rewritten["latest.stamp"] != first["latest.stamp"]
+    shutil.copytree(folder / "linear" / "v10", folder / "linear" / "v11")
+    assert FolderRegistry(folder).snapshot("linear")["latest"] == "v11"
+    s3.upload(s3_endpoint, folder, uri)
+    assert ObjectStoreRegistry(uri).snapshot("linear")["latest"] == "v11"
