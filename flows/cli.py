@@ -126,8 +126,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
-    from flows.serve import registry_deployment
-    from flows.serve import serve as serve_deployment
+    from flows.serve import landed_deployment, registry_deployment
+    from flows.serve import serve as serve_deployments
     from tasks.deliver import check_delivery
     from tasks.errors import RegistryError
     from tasks.registries import is_remote
@@ -144,7 +144,15 @@ def serve(args: argparse.Namespace) -> int:
     deployment = registry_deployment(registry=registry, models=args.model, cron=args.cron,
                                      timezone=args.timezone, out=str(Path(args.out).resolve()), email_to=email_to,
                                      options=options, name=args.name, imports=args.imports)
-    serve_deployment(deployment, port=args.port)
+    if args.watch_interval < 0:
+        raise FeatureAuditError(f"--watch-interval must be 0 (no watching) or a number of seconds, not {args.watch_interval:g}")
+    if not args.watch_interval:
+        serve_deployments(deployment, port=args.port)
+        return 0
+    landed = landed_deployment(registry=registry, out=str(Path(args.out).resolve()), email_to=email_to,
+                               options=options, imports=args.imports)
+    serve_deployments(deployment, landed, port=args.port,
+                      watch={"registry": registry, "models": args.model, "interval": args.watch_interval})
     return 0
 
 
@@ -382,6 +390,9 @@ def _parser() -> argparse.ArgumentParser:
     p_serve.add_argument("--timezone", help="IANA time zone of the schedule, e.g. Europe/Berlin (default: UTC)")
     p_serve.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
     p_serve.add_argument("--name", default="nightly", help="deployment name (default: nightly)")
+    p_serve.add_argument("--watch-interval", type=float, default=60.0, metavar="SECONDS",
+                         help="poll the registry this often and audit a new version when it lands; 0: only the "
+                              "schedule (default: 60)")
     p_serve.add_argument("--port", type=int, default=4200,
                          help="port of the local Prefect server started when PREFECT_API_URL is unset (default: 4200)")
     _add_common(p_serve)

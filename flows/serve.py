@@ -1,4 +1,10 @@
-"""Nightly scheduling: serve the registry flow on a cron schedule against a real Prefect server.
+"""Nightly scheduling, and audits of new versions as they land, served against a real Prefect server.
+
+``serve`` runs two deployments: the registry flow on a cron schedule (``featureaudit-registry/nightly``), and
+the one-model flow (``featureaudit/on-new-version``) started by a deployment trigger on the event
+``featureaudit.version.landed``. A watcher thread polls the registry every ``watch_interval`` seconds
+(:mod:`tasks.watch` decides, debounced, which versions are new) and emits that event once per new version;
+the triggered deployment runs one audit at a time, later ones queued.
 
 Prefect does not schedule on its ephemeral server, so when ``PREFECT_API_URL`` is unset this
 starts ``prefect server start`` (SQLite under ``PREFECT_HOME``) on 127.0.0.1, or reuses one
@@ -8,10 +14,12 @@ server is used as it is.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -25,6 +33,9 @@ from tasks.errors import FeatureAuditError
 from tasks.options import DEFAULT_CRON, DEFAULT_OUT, AuditOptions
 
 DEPLOYMENT_NAME = "nightly"
+WATCH_DEPLOYMENT_NAME = "on-new-version"
+#: The event a watcher emits for each new version; the triggered deployment expects it.
+LANDED_EVENT = "featureaudit.version.landed"
 DEFAULT_PORT = 4200
 STARTUP_TIMEOUT_S = 180.0
 
@@ -90,13 +101,120 @@ def registry_deployment(
         raise FeatureAuditError(f"--cron {cron!r} / --timezone {timezone!r}: {exc}") from None
 
 
-def serve(deployment, *, port: int = DEFAULT_PORT) -> None:
-    """Register ``deployment`` and run its scheduled flow runs here until interrupted."""
+def landed_deployment(
+    *, registry: str, out: str = DEFAULT_OUT, email_to: list[str] | None = None,
+    options: AuditOptions = AuditOptions(), imports: list[str] | None = None,
+):
+    """The one-model audit, started by :data:`LANDED_EVENT` from this registry with the event's model and version.
+
+    One run at a time (the others queue), so a model is never audited twice at once by this deployment.
+    """
+    from datetime import timedelta
+
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+    from prefect.events import DeploymentEventTrigger
+
+    from flows.audit import audit_model
+
+    trigger = DeploymentEventTrigger(
+        name=f"new version in {registry}", expect={LANDED_EVENT},
+        match={"prefect.resource.id": "featureaudit.model.*", "featureaudit.registry": registry},
+        for_each={"prefect.resource.id"}, posture="Reactive", threshold=1, within=timedelta(0),
+        parameters={"model": "{{ event.payload.model }}", "version": "{{ event.payload.version }}"},
+    )
+    parameters: dict[str, Any] = {"registry": registry, "out": out, "options": options.model_dump(mode="json"),
+                                  "email_to": email_to or None, "imports": list(imports or []) or None}
+    return audit_model.to_deployment(
+        name=WATCH_DEPLOYMENT_NAME, parameters=parameters, triggers=[trigger],
+        concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE),
+        description=f"Audit a new version of a model in {registry} when it lands (the registry is polled).")
+
+
+def serve(*deployments, port: int = DEFAULT_PORT, watch: dict[str, Any] | None = None) -> None:
+    """Register ``deployments`` and run their flow runs here until interrupted; with ``watch``
+    (``{registry, models, interval}``), also poll the registry and emit :data:`LANDED_EVENT` per new version."""
     from prefect import serve as prefect_serve
 
     with prefect_api(port) as url:
-        logger.info("serving %s on the Prefect server at %s", deployment.name, url)
-        prefect_serve(deployment, print_starting_message=True)
+        logger.info("serving %s on the Prefect server at %s", ", ".join(d.name for d in deployments), url)
+        stop = threading.Event()
+        if watch:
+            context = contextvars.copy_context()  # the thread emits to this server (Prefect's settings are contextvars)
+            threading.Thread(target=context.run, args=(watch_registry, watch["registry"], watch["models"]),
+                             kwargs={"interval": watch["interval"], "stop": stop}, name="featureaudit-watch",
+                             daemon=True).start()
+        try:
+            prefect_serve(*deployments, print_starting_message=True)
+        finally:
+            stop.set()
+
+
+def watch_registry(registry: str, models: list[str] | None, *, interval: float, stop: threading.Event,
+                   emit=None) -> None:
+    """Poll ``registry`` every ``interval`` seconds until ``stop`` is set; emit :data:`LANDED_EVENT` per new version.
+
+    A registry or model that cannot be read is logged once per distinct reason and polled again next time.
+    """
+    from tasks.errors import FeatureAuditError
+    from tasks.registries import open_registry
+    from tasks.watch import Watcher
+
+    emit = emit or emit_landed
+    watcher, reported = Watcher(), set()
+    if emit is emit_landed and not _wait_for_trigger(stop):
+        return
+
+    def warn_once(message: str) -> None:
+        if message not in reported:
+            reported.add(message)
+            logger.warning("watching %s: %s", registry, message)
+
+    while not stop.is_set():
+        snapshots: dict[str, dict[str, str]] = {}
+        try:
+            backend = open_registry(registry)
+            for name in models or backend.list_models():
+                try:
+                    snapshots[name] = backend.snapshot(name)
+                except FeatureAuditError as exc:
+                    warn_once(str(exc))
+        except FeatureAuditError as exc:
+            warn_once(str(exc))
+        for name, version in watcher.observe(snapshots):
+            logger.info("new version %s of %s: starting its audit", version, name)
+            emit(registry, name, version)
+        stop.wait(interval)
+
+
+def _wait_for_trigger(stop: threading.Event, timeout: float = STARTUP_TIMEOUT_S) -> bool:
+    """Wait until the triggered deployment and its automation are registered (an event before that starts nothing),
+    so the watcher's baseline is taken only once a new version can start its audit."""
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + timeout
+    while not stop.is_set() and time.monotonic() < deadline:
+        try:
+            with get_client(sync_client=True) as client:
+                deployment = client.read_deployment_by_name(f"featureaudit/{WATCH_DEPLOYMENT_NAME}")
+                if client.read_resource_related_automations(f"prefect.deployment.{deployment.id}"):
+                    return True
+        except Exception:  # not registered yet: the server answers 404 until serve has applied it
+            pass
+        stop.wait(1.0)
+    if not stop.is_set():
+        logger.warning("the deployment featureaudit/%s was not registered within %.0f s; new versions are not "
+                       "watched (the nightly run still audits them)", WATCH_DEPLOYMENT_NAME, timeout)
+    return False
+
+
+def emit_landed(registry: str, model: str, version: str) -> None:
+    """The Prefect event that starts the triggered deployment's audit of ``model`` ``version``."""
+    from prefect.events import emit_event
+
+    emit_event(event=LANDED_EVENT,
+               resource={"prefect.resource.id": f"featureaudit.model.{model}", "prefect.resource.name": model,
+                         "featureaudit.registry": registry},
+               payload={"model": model, "version": version, "registry": registry})
 
 
 def _start_server(port: int, url: str, timeout: float) -> subprocess.Popen:

@@ -137,19 +137,22 @@ def _artifacts(flow_run_id, key: str):
 def test_serve_registers_the_deployment_on_a_real_server_and_a_triggered_run_writes_its_report(
     linear_registry, tmp_path
 ):
+    """The nightly deployment runs when triggered; a version that lands later is audited once, by the watcher."""
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     port, out = free_port(), tmp_path / "reports"
+    registry = tmp_path / "registry"
+    shutil.copytree(linear_registry, registry)
     url = f"http://127.0.0.1:{port}/api"
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("PREFECT_API_URL", None)  # serve starts its own server
     log = (tmp_path / "serve.log").open("wb")
     serving = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "serve", "--registry", str(linear_registry), "--model", "linear",
+        [sys.executable, "-m", "flows.cli", "serve", "--registry", str(registry), "--model", "linear",
          "--methods", "weights,permutation", "--out", str(out), "--port", str(port), "--cron", "0 2 * * *",
-         "--timezone", "Europe/Berlin"],
+         "--timezone", "Europe/Berlin", "--watch-interval", "1"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:
@@ -169,9 +172,18 @@ def test_serve_registers_the_deployment_on_a_real_server_and_a_triggered_run_wri
             (schedule,) = deployment.schedules
             assert schedule.schedule.cron == "0 2 * * *" and schedule.schedule.timezone == "Europe/Berlin"
             flow_run = run_deployment("featureaudit-registry/nightly", timeout=240)
-        assert flow_run.state.is_completed(), (flow_run.state, (tmp_path / "serve.log").read_text()[-3000:])
-        (folder,) = (out / "linear" / "v1").iterdir()
-        assert sorted(p.name for p in folder.iterdir()) == ["report.html", "report.pdf", "results.json"]
+            assert flow_run.state.is_completed(), (flow_run.state, (tmp_path / "serve.log").read_text()[-3000:])
+            (folder,) = (out / "linear" / "v1").iterdir()
+            assert sorted(p.name for p in folder.iterdir()) == ["report.html", "report.pdf", "results.json"]
+
+            shutil.copytree(registry / "linear" / "v1", registry / "linear" / "v2")  # a new version lands
+            landed = _landed_runs(deadline=time.monotonic() + 240, serving=serving, log=tmp_path / "serve.log")
+            assert [run.parameters["version"] for run in landed] == ["v2"]
+            assert landed[0].parameters["model"] == "linear" and landed[0].state.is_completed()
+            time.sleep(5)  # five more polls: the same version is not audited again
+            assert len(_landed_runs(deadline=0, serving=serving, log=tmp_path / "serve.log")) == 1
+        (folder,) = (out / "linear" / "v2").iterdir()
+        assert (folder / "report.pdf").is_file()
     finally:
         os.killpg(serving.pid, signal.SIGINT)
         try:
@@ -182,3 +194,18 @@ def test_serve_registers_the_deployment_on_a_real_server_and_a_triggered_run_wri
         log.close()
     time.sleep(1)
     assert not server_is_up(url)  # the server serve started is stopped with it
+
+
+def _landed_runs(*, deadline: float, serving: subprocess.Popen, log: Path) -> list:
+    """The flow runs of the triggered deployment, once one of them is final (or at once, with a past deadline)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+
+    while True:
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs(deployment_filter=DeploymentFilter(
+                name=DeploymentFilterName(any_=["on-new-version"])))
+        if time.monotonic() >= deadline or any(run.state and run.state.is_final() for run in runs):
+            return runs
+        assert serving.poll() is None, log.read_text()[-3000:]
+        time.sleep(1)
