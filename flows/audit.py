@@ -38,6 +38,7 @@ from tasks.methods import METHODS
 from tasks.options import DEFAULT_OUT, AuditOptions
 from tasks.render import RunInfo, render_task, run_status
 from tasks.result import ImportanceResult
+from tasks.signing import check_signing_task
 from tasks.sources import list_models_task, resolve_version_task
 from tasks.subject import check_version_task
 
@@ -83,6 +84,7 @@ def audit_model(
     seed = options.seed
     check_output_task(out)
     report_base_url()  # a malformed report-store URL fails now, not after the night's compute
+    check_signing_task()  # a signing key that cannot sign fails now; the render step certifies with it
     recipients = check_delivery_task(email_to) if email_to else None
     resolved = resolve_version_task(registry, model, version, max_test_rows=options.max_test_rows, seed=seed,
                                     imports=tuple(imports or ()))

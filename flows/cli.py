@@ -5,7 +5,8 @@ Prefect's INFO logs, TensorFlow's C++ log and library warnings. Every failure is
 ``featureaudit: error: ...``, naming the file, folder or setting, and one of these exit statuses:
 
     0  success (a partial report, with a failed method, is a success with a warning line)
-    1  the report was written but could not be delivered (email)
+    1  the report was written but could not be delivered (email); verify: a signature or the report's results
+       have a problem (one line each)
     2  bad input: registry, model, manifest, data or an option; nothing written
     3  storage: the output folder cannot take the report, or writing it failed (disk full, read-only)
     4  an unexpected error (a bug): ``--verbose`` adds the traceback
@@ -56,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     added = set_environment(verbose=verbose)
     stoppable = stop_on_signals(_stopped) if args.handler in (run, demo) else nullcontext()
     try:
-        with stoppable, console(verbose=verbose), progress_bar(sys.stderr):
+        # sign and verify load no model: they skip importing TensorFlow and quiet their own libraries
+        quiet = console(verbose=verbose) if args.handler not in (sign, verify) else nullcontext()
+        with stoppable, quiet, progress_bar(sys.stderr):
             return args.handler(args)
     except DeliveryError as exc:
         return _fail(str(exc), EXIT_NOT_DELIVERED)
@@ -104,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
     from tasks.deliver import check_delivery
     from tasks.modeling import memory_budget
     from tasks.output import check_output
+    from tasks.signing import check_signing
     from tasks.sources import import_modules, resolve_version
     from tasks.subject import check_version
 
@@ -120,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
                               seed=options.seed, imports=imports)
     check_version(version)  # fail fast, before Prefect starts
     check_output(args.out)
+    check_signing(secrets=False)  # a signing key that cannot sign fails now (a Secret block: at the flow's start)
     memory_budget()  # FEATUREAUDIT_MEMORY_MB, refused now rather than when a method starts
     return _audit(args.registry, version.name, version.version, args.out, options, dask_address=args.dask_address,
                   email_to=email_to, imports=list(imports))
@@ -170,13 +175,102 @@ def _options(args: argparse.Namespace):
 
 
 def demo(args: argparse.Namespace) -> int:
-    from tasks.demo import MODEL_NAME, build_demo_registry
+    from tasks.demo import MODEL_NAME, build_demo_registry, demo_signing
 
     options = _options(args)
     registry = Path(args.out) / "demo-registry"
     build_demo_registry(registry)
     print(f"demo registry: {registry / MODEL_NAME / 'v1'}")
-    return _audit(str(registry), MODEL_NAME, None, args.out, options)
+    with demo_signing(Path(args.out) / "demo-signing"):  # a generated key, labelled as such in the report
+        return _audit(str(registry), MODEL_NAME, None, args.out, options)
+
+
+def sign(args: argparse.Namespace) -> int:
+    """Sign a role's field of a certified report in a new revision; in place (atomically) unless --out is given."""
+    from tasks.signing import SigningError, key_from_files, sign_pdf
+
+    password, password_label = None, "--password-env"
+    if args.password_env:
+        password_label = f"--password-env {args.password_env}"
+        password = os.environ.get(args.password_env)
+        if password is None:
+            raise SigningError(f"{password_label}: the environment variable {args.password_env} is not set")
+    key = key_from_files(args.key, args.cert, password, key_label="--key", cert_label="--cert",
+                         password_label=password_label)
+    signed = sign_pdf(_read_report(args.report), args.role, key, source=args.report, name=args.name,
+                      decision=args.decision, comment=args.comment, timestamp_url=args.timestamp_url)
+    target = Path(args.out or args.report)
+    _replace_file(target, signed)
+    print(target)
+    return EXIT_OK
+
+
+def verify(args: argparse.Namespace) -> int:
+    """List a report's signatures on stdout; one line per problem on stderr, exit 1 when there is any."""
+    from tasks.signing import SigningError, verify_pdf
+
+    trust = None
+    if args.trust:
+        trust = []
+        for path in args.trust:
+            try:
+                trust.append(Path(path).read_bytes())
+            except OSError as exc:
+                raise SigningError(f"--trust {path}: cannot read it ({exc.strerror or exc})") from None
+    beside = Path(args.results) if args.results else Path(args.report).parent / "results.json"
+    results = None
+    if args.results or beside.is_file():
+        try:
+            results = beside.read_bytes()
+        except OSError as exc:
+            raise SigningError(f"--results {beside}: cannot read it ({exc.strerror or exc})") from None
+    outcome = verify_pdf(_read_report(args.report), source=args.report, trust=trust, results=results,
+                         results_source=str(beside))
+    for check in outcome.signatures:
+        print(check.line())
+    for role in outcome.unsigned:
+        print(f"{role}: not signed yet")
+    if results is not None and not any(str(beside) in problem for problem in outcome.problems):
+        print(f"{beside}: the same as the results.json embedded in the report")
+    for problem in outcome.problems:
+        _fail(problem, 1)
+    return 1 if outcome.problems else EXIT_OK
+
+
+def _read_report(path: str) -> bytes:
+    from tasks.signing import SigningError
+
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise SigningError(f"{path}: cannot read it ({exc.strerror or exc}); give the path of a report.pdf") from None
+
+
+def _replace_file(target: Path, data: bytes) -> None:
+    """Write ``target`` through a temporary file beside it and a rename: readers see the old or the new file whole."""
+    import tempfile
+
+    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        if target.exists():
+            os.chmod(temporary, target.stat().st_mode & 0o777)
+        else:
+            os.chmod(temporary, 0o666 & ~_umask())
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
 
 
 def _audit(
@@ -397,6 +491,27 @@ def _parser() -> argparse.ArgumentParser:
                          help="port of the local Prefect server started when PREFECT_API_URL is unset (default: 4200)")
     _add_common(p_serve)
     p_serve.set_defaults(handler=serve)
+
+    p_sign = commands.add_parser("sign", help="sign a role's field of a certified report (a new revision)")
+    p_sign.add_argument("report", metavar="REPORT.pdf", help="a report certified when it was produced")
+    p_sign.add_argument("--role", required=True, choices=("reviewed", "approved"), help="the field to sign")
+    p_sign.add_argument("--key", required=True, help="PEM file of the signer's private key")
+    p_sign.add_argument("--cert", required=True, help="PEM file of the signer's certificate (its chain may follow)")
+    p_sign.add_argument("--password-env", metavar="NAME", help="environment variable holding the key's password")
+    p_sign.add_argument("--name", help="the signer's name as recorded (default: the certificate's common name)")
+    p_sign.add_argument("--decision", choices=("approve", "reject"), help="the decision, recorded in the signature")
+    p_sign.add_argument("--comment", help="a comment, recorded in the signature")
+    p_sign.add_argument("--timestamp-url", metavar="URL", help="an RFC 3161 timestamp authority to timestamp it")
+    p_sign.add_argument("--out", metavar="SIGNED.pdf", help="write the signed report here (default: in place)")
+    p_sign.set_defaults(handler=sign)
+
+    p_verify = commands.add_parser("verify", help="list a report's signatures and check them and its results.json")
+    p_verify.add_argument("report", metavar="REPORT.pdf", help="a report")
+    p_verify.add_argument("--trust", action="append", metavar="CA.pem",
+                          help="a CA certificate the signers must chain to (repeatable); without it trust is not checked")
+    p_verify.add_argument("--results", metavar="results.json",
+                          help="compare with this results.json (default: the one beside the report, if any)")
+    p_verify.set_defaults(handler=verify)
 
     p_demo = commands.add_parser("demo", help="build a demo registry with known drivers and audit it")
     p_demo.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")

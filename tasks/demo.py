@@ -11,6 +11,9 @@ matter only through their product; ``corr_1`` and ``corr_2`` are correlated (ρ 
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -88,3 +91,28 @@ def build_demo_registry(root: str | Path, *, random_state: int = 0, epochs: int 
     }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return root
+
+
+@contextmanager
+def demo_signing(folder: str | Path) -> Iterator[Path]:
+    """While the block runs, the pipeline signs with the demo's self-signed key (made once in ``folder``).
+
+    Its certificate names the organization :data:`tasks.signing.DEMO_ORGANIZATION`, so the report says it
+    was signed with a demonstration key, not evidence of authorship. Any signing settings are put back after.
+    """
+    from tasks import signing
+
+    key, cert = signing.demo_key(folder)
+    names = (signing.KEY_ENV, signing.CERT_ENV, signing.PASSWORD_ENV, signing.SECRET_ENV)
+    saved = {name: os.environ.get(name) for name in names}
+    for name in names:
+        os.environ.pop(name, None)
+    os.environ.update({signing.KEY_ENV: str(key), signing.CERT_ENV: str(cert)})
+    try:
+        yield Path(folder)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

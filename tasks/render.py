@@ -26,11 +26,20 @@ from tasks.methods import RESULT_TITLES
 from tasks.result import ImportanceResult, json_ready
 from tasks.registries import is_remote
 from tasks.shap_importance import ShapDetails
+from tasks.signing import (
+    Signer,
+    SigningKey,
+    certify_pdf,
+    check_signing,
+    covered_lines,
+    signature_boxes,
+    signing_key_from_env,
+    signoff_context,
+)
 from tasks.sources import ModelVersion
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 LIBRARIES = ("featureaudit", "tensorflow-cpu", "keras", "numpy", "pandas", "shap", "prefect", "weasyprint", "jinja2")
-SIGNOFF_ROLES = ("Prepared by", "Reviewed by", "Approved by")
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,7 @@ def build_context(
     comparison: Comparison,
     run: RunInfo,
     history: list[dict[str, Any]] | None = None,
+    signer: Signer | None = None,
 ) -> dict[str, Any]:
     """Everything the report shows, decided here; the templates only loop and format."""
     usable = [r for r in results if r.ok]
@@ -93,7 +103,8 @@ def build_context(
         "rank_chart": charts.data_uri(charts.rank_lines(weight, behaviours)) if weight and behaviours else None,
         "shap": _shap_section(next((r for r in usable if r.method == "shap"), None)),
         "history": history,
-        "signoff": SIGNOFF_ROLES,
+        "signoff": signoff_context(signer, covered_lines(run.run_id, comparison.verdict,
+                                                        [MethodEntry.from_result(r) for r in results])),
     }
 
 
@@ -110,8 +121,12 @@ def render_html(context: dict[str, Any]) -> str:
     return environment().get_template("report.html.j2").render(**context)
 
 
-def render_pdf(html: str, attachments: dict[str, bytes] | None = None) -> bytes:
-    """An archival PDF/A-3u of ``html`` with ``attachments`` embedded; only inline ``data:`` resources are fetched."""
+def render_pdf(html: str, attachments: dict[str, bytes] | None = None, *, certify: SigningKey | None = None) -> bytes:
+    """An archival PDF/A-3u of ``html`` with ``attachments`` embedded; only inline ``data:`` resources are fetched.
+
+    With ``certify`` the PDF is certified with that key, its signature fields over the sign-off block's signature
+    cells (:func:`tasks.signing.certify_pdf`); it stays PDF/A-3u.
+    """
     import io
 
     from weasyprint import HTML, Attachment
@@ -123,7 +138,11 @@ def render_pdf(html: str, attachments: dict[str, bytes] | None = None) -> bytes:
                    relationship="Data", url_fetcher=fetcher)
         for name, data in (attachments or {}).items()
     ]
-    return HTML(string=html, base_url=None, url_fetcher=fetcher).write_pdf(pdf_variant="pdf/a-3u", attachments=files)
+    document = HTML(string=html, base_url=None, url_fetcher=fetcher).render(pdf_variant="pdf/a-3u")
+    pdf = document.write_pdf(pdf_variant="pdf/a-3u", attachments=files)
+    if certify is None:
+        return pdf
+    return certify_pdf(pdf, certify, signature_boxes(document))
 
 
 def results_document(
@@ -166,15 +185,17 @@ def render_task(
     """Render report.html, report.pdf (results.json embedded) and results.json into memory.
 
     ``previous`` holds the earlier runs to compare with (see :func:`tasks.history.previous_runs`).
+    The PDF is certified when a signing key is configured (:mod:`tasks.signing`).
     """
     document = results_document(version, results, comparison, run)
     if previous:
         document = replace(document, history=tuple(drift_history(previous, document)))
     data = document.to_bytes()
-    html = render_html(build_context(version, results, comparison, run, document.history))
+    signer = check_signing()  # checked at the flow's start; the key is read here, where it certifies
+    html = render_html(build_context(version, results, comparison, run, document.history, signer=signer))
     return {
         "report.html": html.encode("utf-8"),
-        "report.pdf": render_pdf(html, {"results.json": data}),
+        "report.pdf": render_pdf(html, {"results.json": data}, certify=signing_key_from_env() if signer else None),
         "results.json": data,
     }
 
