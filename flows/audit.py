@@ -29,6 +29,7 @@ from tasks.ablation import (
     skipped,
 )
 from tasks.artifacts import publish_artifacts_task, publish_summary_task, report_base_url, report_summary
+from tasks.cache import CacheKey, ResultCache, reused
 from tasks.compare import compare_task
 from tasks.deliver import check_delivery_task, email_task_from_env
 from tasks.errors import RegistryRunFailed
@@ -72,6 +73,7 @@ def audit_model(
     version: str | None = None,
     out: str = DEFAULT_OUT,
     options: AuditOptions = AuditOptions(),
+    refresh: bool = False,
     email_to: list[str] | None = None,
     imports: list[str] | None = None,
 ) -> str:
@@ -79,8 +81,11 @@ def audit_model(
 
     ``options`` says which methods run and how (:class:`tasks.options.AuditOptions`). ``imports`` names
     modules that register the model's custom Keras objects; they are imported wherever it is loaded.
+    A method whose inputs did not change since an earlier run reuses that run's stored result, unless ``refresh``
+    (:mod:`tasks.cache`).
     """
     started = datetime.now(timezone.utc)
+    run_id = new_run_id(started)
     seed = options.seed
     check_output_task(out)
     report_base_url()  # a malformed report-store URL fails now, not after the night's compute
@@ -92,19 +97,22 @@ def audit_model(
         _name_run(f"{resolved.name} {resolved.version}")
     loaded = check_version_task(resolved)
     budget = Budget.parse(options.ablation_budget, n_features=len(resolved.features))
-    futures = {name: METHODS[name].task.with_options(task_run_name=name).submit(resolved, options)
-               for name in options.methods if METHODS[name].task is not None}
+    cache = ResultCache.for_run(out, run_id, started, model=resolved.name, version=resolved.version, refresh=refresh)
+    futures = {name: cache.apply(METHODS[name].task.with_options(task_run_name=name), CacheKey(name))
+               .submit(resolved, options) for name in options.methods if METHODS[name].task is not None}
     ablation: list[ImportanceResult] = []
+    ablation_state = None
     if "ablation" in options.methods:
         # Under a budget, ablation waits for permutation importance to choose which features come first.
         ranked = allow_failure(futures["permutation"]) if budget != Budget() and "permutation" in futures else None
-        ablation = _ablation(resolved, n_seeds=options.seeds, seed=seed, budget=budget, priority=ranked,
-                             cluster_threshold=options.cluster_threshold)
+        ablation, ablation_state = _ablation(resolved, n_seeds=options.seeds, seed=seed, budget=budget,
+                                             priority=ranked, cluster_threshold=options.cluster_threshold, cache=cache)
     results = _gather(futures, resolved.features, ablation)
     comparison = compare_task(results)
     timings = _seconds(futures) | ({"ablation": ablation[0].details.seconds} if ablation and ablation[0].ok else {})
-    run = RunInfo(run_id=new_run_id(started), started=started, seed=seed, flow_run_id=str(runtime.flow_run.id),
-                  timings=timings, loaded=loaded.to_dict())
+    run = RunInfo(run_id=run_id, started=started, seed=seed, flow_run_id=str(runtime.flow_run.id),
+                  timings=timings, loaded=loaded.to_dict(),
+                  reused=reused({name: f.state for name, f in futures.items()} | {"ablation": ablation_state}))
     files = render_task(resolved, results, comparison, run, previous_runs_task(out, resolved.name, resolved.version))
     folder = write_report_task(out, resolved.name, resolved.version, run.run_id, files)
     publish_artifacts_task(resolved.name, resolved.version, results, comparison, folder)
@@ -119,6 +127,7 @@ def audit_registry(
     models: list[str] | None = None,
     out: str = DEFAULT_OUT,
     options: AuditOptions = AuditOptions(),
+    refresh: bool = False,
     email_to: list[str] | None = None,
     imports: list[str] | None = None,
 ) -> dict[str, dict[str, str | None]]:
@@ -130,7 +139,7 @@ def audit_registry(
     names = models or list_models_task(registry)
     outcome = {}
     for name in names:
-        state = audit_model(registry=registry, model=name, out=out, options=options, email_to=email_to,
+        state = audit_model(registry=registry, model=name, out=out, options=options, refresh=refresh, email_to=email_to,
                             imports=imports, return_state=True)
         outcome[name] = _outcome(state)
     publish_summary_task(outcome)
@@ -146,31 +155,41 @@ def with_runner(dask_address: str | None = None):
     return audit_model.with_options(task_runner=DaskTaskRunner(address=dask_address))
 
 
-def _ablation(resolved, *, n_seeds: int, seed: int, budget: Budget, priority,
-              cluster_threshold: float) -> list[ImportanceResult]:
+def _ablation(resolved, *, n_seeds: int, seed: int, budget: Budget, priority, cluster_threshold: float,
+              cache: ResultCache) -> tuple[list[ImportanceResult], State | None]:
     """Retrain-ablation as many small tasks: a plan, one job per (seed, chunk of units) on the task runner, the results.
 
-    A Dask cluster of N workers runs N jobs at once; the numbers depend only on the plan.
+    A Dask cluster of N workers runs N jobs at once; the numbers depend only on the plan. Each task's result is
+    stored and reused (``cache``); the state returned is the results task's when every task was reused, else None.
     """
     if (none := skipped(resolved)) is not None:
-        return none
+        return none, None
     try:
-        plan: AblationPlan = ablation_plan_task.submit(resolved, n_seeds=n_seeds, seed=seed, budget=budget,
-                                                       priority=priority, cluster_threshold=cluster_threshold).result()
+        planning = cache.apply(ablation_plan_task, CacheKey("ablation-plan")).submit(
+            resolved, n_seeds=n_seeds, seed=seed, budget=budget, priority=priority, cluster_threshold=cluster_threshold)
+        plan: AblationPlan = planning.result()
+        job_task = cache.apply(ablation_job_task, CacheKey("ablation-job"))
+        states = [planning.state]
 
         def submit(jobs: list[Job]) -> list[JobScores]:
-            running = [ablation_job_task.submit(resolved, plan, job, seed=seed) for job in jobs]
-            return [future.result() for future in running]
+            running = [job_task.submit(resolved, plan, job, seed=seed) for job in jobs]
+            scores = [future.result() for future in running]
+            states.extend(future.state for future in running)
+            return scores
 
         logger = get_run_logger()
         slots, kind = _job_slots()
         logger.info("ablation: %s", estimate_line(plan, slots, kind=kind))
         run = run_ablation(plan, submit, n_features=len(resolved.features),
                            progress=lambda message, done, total: logger.info("ablation: %s (%d/%d)", message, done, total))
-        return ablation_results_task(resolved, plan, run, seed=seed)
+        state = cache.apply(ablation_results_task, CacheKey("ablation-results"))(resolved, plan, run, seed=seed,
+                                                                                 return_state=True)
+        results = state.result()
+        return results, state if all(s.name == "Cached" for s in (*states, state)) else None
     except Exception as exc:  # the method's own error, shown in the report; the other methods still count
         reason = f"{type(exc).__name__}: {exc}"
-        return [ImportanceResult.not_ok("ablation", "behavioural", resolved.features, status="failed", reason=reason)]
+        return [ImportanceResult.not_ok("ablation", "behavioural", resolved.features, status="failed",
+                                        reason=reason)], None
 
 
 def _job_slots() -> tuple[int, str]:

@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     check_signing(secrets=False)  # a signing key that cannot sign fails now (a Secret block: at the flow's start)
     memory_budget()  # FEATUREAUDIT_MEMORY_MB, refused now rather than when a method starts
     return _audit(args.registry, version.name, version.version, args.out, options, dask_address=args.dask_address,
-                  email_to=email_to, imports=list(imports))
+                  refresh=args.refresh, email_to=email_to, imports=list(imports))
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -275,13 +275,15 @@ def _umask() -> int:
 
 def _audit(
     registry: str, model: str, version: str | None, out: str, options, *, dask_address: str | None = None,
+    refresh: bool = False,
     email_to: list[str] | None = None, imports: list[str] | None = None,
 ) -> int:
     from flows.audit import with_runner
 
     flow = with_runner(dask_address)
     start_prefect_api()
-    state = flow(registry=registry, model=model, version=version, out=out, options=options, email_to=email_to,
+    state = flow(registry=registry, model=model, version=version, out=out, options=options, refresh=refresh,
+                 email_to=email_to,
                  imports=imports, return_state=True)
     folder = Path(state.result())  # a failed run raises its error here
     for name in ("report.pdf", "report.html", "results.json"):
@@ -474,6 +476,9 @@ def _parser() -> argparse.ArgumentParser:
     p_run.add_argument("--version", help="version folder (default: the newest under natural sort)")
     p_run.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
     p_run.add_argument("--dask-address", help="run the tasks on an existing Dask cluster, e.g. tcp://host:8786")
+    p_run.add_argument("--refresh", action="store_true",
+                       help="compute every method again, even where the version and options are unchanged since a "
+                            "stored result, and store the new results")
     _add_common(p_run)
     p_run.set_defaults(handler=run)
 

@@ -18,6 +18,9 @@ The top-level ``schema`` key says which shape a document has:
   method's ``sampling`` ``repeats`` (how drift always read a method without it), ``status`` ``partial`` when a
   method failed.
 
+In schema 2, ``run.reused`` is present only when the run reused stored results (:mod:`tasks.cache`): per method,
+the run that computed them, ``{run, started, model, version}``.
+
 A file that is missing, is not JSON, is not such a document or has a newer schema is one
 :class:`~tasks.errors.ResultsError` naming it. Inside, the types are trusted.
 """
@@ -70,6 +73,8 @@ class RunEntry:
     seed: int | None = None
     flow_run_id: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    #: method -> the run whose stored result this run reused (run, started, model, version); None: none reused
+    reused: dict[str, dict[str, Any]] | None = field(default=None, metadata={"optional": True})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -188,6 +193,8 @@ class ResultsDocument:
             del out["history"]
         if self.model.registry is None:
             del out["model"]["registry"]
+        if self.run.reused is None:
+            del out["run"]["reused"]
         return out
 
     def to_bytes(self) -> bytes:
@@ -374,7 +381,7 @@ _CONVERT: dict[type, dict[str, Convert]] = {
                     "paths": _dict_of(_str), "inputs": _list_of(_object), "output": _optional(_str),
                     "notes": _list_of(_str), "registry": _optional(_str)},
     RunEntry: {"id": _str, "started": _optional(_started), "seed": _optional(_int), "flow_run_id": _optional(_str),
-               "timings": _dict_of(_number)},
+               "timings": _dict_of(_number), "reused": _optional(_dict_of(_object))},
     FeatureRecord: {"feature": _str, "importance": _optional(_number), "std": _optional(_number),
                     "low": _optional(_number), "high": _optional(_number), "rank": _int},
     MethodEntry: {"method": _str, "kind": _optional(_str), "status": _one_of(*get_args(Status)),

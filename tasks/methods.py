@@ -27,6 +27,8 @@ class Method:
     title: str
     results: dict[str, str]  # result name -> its title in the report
     task: Callable[..., Any] | None  # a Prefect task (version, options); None: the flow wires it itself
+    #: Options that do not change its numbers: a stored result is reused across them (tasks/cache.py).
+    ignores: tuple[str, ...] = ()
 
 
 def _table() -> dict[str, Method]:
@@ -36,14 +38,16 @@ def _table() -> dict[str, Method]:
 
     methods = (
         Method("weights", "weight-based", "First-layer weights",
-               {"weights": "First-layer weights |W|", "weights_scaled": "Scale-aware weights |W|·std"}, weights_task),
+               {"weights": "First-layer weights |W|", "weights_scaled": "Scale-aware weights |W|·std"}, weights_task,
+               ignores=("seed", "repeats", "seeds", "cluster_threshold", "ablation_budget", "shap_rows")),
         Method("permutation", "behavioural", "Permutation importance",
                {"permutation": "Permutation importance", "permutation_accuracy": "Permutation importance (accuracy)"},
-               permutation_task),
+               permutation_task, ignores=("seeds", "ablation_budget", "shap_rows")),
         Method("ablation", "behavioural", "Retrain-ablation (drop-column)",
                {"ablation": "Retrain-ablation (drop-column)",
                 "weights_retrained": "Weights |W| of the retrained baselines"}, None),
-        Method("shap", "behavioural", "SHAP", {"shap": "SHAP (mean |φ|)"}, shap_task),
+        Method("shap", "behavioural", "SHAP", {"shap": "SHAP (mean |φ|)"}, shap_task,
+               ignores=("repeats", "seeds", "cluster_threshold", "ablation_budget")),
     )
     assert tuple(m.name for m in methods) == METHOD_NAMES  # the options validate against the same names
     return {m.name: m for m in methods}

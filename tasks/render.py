@@ -22,7 +22,7 @@ from tasks.clusters import UnitRecords
 from tasks.compare import Comparison
 from tasks.document import MethodEntry, ModelIdentity, ResultsDocument, RunEntry, TestRows, WarningEntry
 from tasks.history import history as drift_history
-from tasks.methods import RESULT_TITLES
+from tasks.methods import METHODS, RESULT_TITLES
 from tasks.result import ImportanceResult, json_ready
 from tasks.registries import is_remote
 from tasks.shap_importance import ShapDetails
@@ -52,6 +52,7 @@ class RunInfo:
     flow_run_id: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     loaded: dict[str, Any] | None = None  # tasks.subject.Loaded.to_dict(): inputs, audited output, loading notes
+    reused: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> the run its stored result came from
 
 
 def build_context(
@@ -91,6 +92,7 @@ def build_context(
         "verdict_rule": comparison.rule,
         "status": run_status(results),
         "sampling": version.test_sampling()["note"],
+        "reused": reused_line(run.reused, results, version),
         "warnings": [f.message for f in comparison.findings],
         "summary": _summary(version, comparison, results),
         "evidence": [{"method": e.method, "summary": e.summary(), "test": e.test}
@@ -158,7 +160,7 @@ def results_document(
                             notes=tuple(loaded.get("notes", [])),
                             registry=version.uri if is_remote(version.uri or "") else None),
         run=RunEntry(id=run.run_id, started=run.started, seed=run.seed, flow_run_id=run.flow_run_id,
-                     timings=json_ready(run.timings)),
+                     timings=json_ready(run.timings), reused=dict(run.reused) or None),
         methods={r.method: MethodEntry.from_result(r) for r in results},
         verdict=comparison.verdict,
         verdict_reason=comparison.reason,
@@ -211,6 +213,39 @@ def _input_rows(inputs: list[dict[str, Any]], limit: int = 8) -> list[dict[str, 
         rows.append({"name": item["name"], "shape": "(" + ", ".join(map(str, item["shape"])) + ")",
                      "dtype": item["dtype"], "columns": shown})
     return rows
+
+
+def reused_line(reused: dict[str, dict[str, Any]], results: list[ImportanceResult],
+                version: ModelVersion) -> str | None:
+    """The first page's line on stored results this run reused (:mod:`tasks.cache`); None when it computed all.
+
+    "Unchanged since run <id> (<date>); results reused." when every method computed was reused from one run;
+    otherwise the reused methods are named with the run each came from.
+    """
+    if not reused:
+        return None
+    ran = {m for m, entry in METHODS.items() for r in results if r.method in entry.results and r.status != "skipped"}
+    by_run: dict[str, list[str]] = {}
+    for method in METHODS:
+        if method in reused:
+            by_run.setdefault(_origin(reused[method], version), []).append(method)
+    every = ran <= set(reused)
+    if every and len(by_run) == 1:
+        return f"Unchanged since {next(iter(by_run))}; results reused."
+    parts = "; ".join(f"{', '.join(methods)} from {origin}" for origin, methods in by_run.items())
+    if every:
+        return f"Unchanged since earlier runs; results reused: {parts}."
+    return f"Results reused, their inputs unchanged: {parts}; the other methods were computed in this run."
+
+
+def _origin(origin: dict[str, Any], version: ModelVersion) -> str:
+    """'run <id> (<date>)', naming the model version when the result was stored for another with the same files."""
+    try:
+        date = datetime.fromisoformat(origin.get("started") or "").strftime("%Y-%m-%d %H:%M UTC")
+    except ValueError:
+        date = "date unknown"
+    other = (origin.get("model"), origin.get("version")) not in ((version.name, version.version), (None, None))
+    return f"run {origin.get('run')}" + (f" of {origin['model']} {origin['version']}" if other else "") + f" ({date})"
 
 
 def run_status(results: list[ImportanceResult]) -> str:

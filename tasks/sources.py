@@ -109,6 +109,7 @@ class ModelVersion:
     sample_seed: int = 0
     imports: tuple[str, ...] = ()  # modules the operator named (--import) to register custom Keras objects
     uri: str | None = None  # the registry as named: a folder's absolute path, or s3://bucket/prefix
+    manifest_sha256: str = ""  # manifest.json's digest: the manifest changes the numbers as the files do
 
     # ``registry`` is always a local folder: the registry itself, or the cache an object store's version was
     # downloaded into (:mod:`tasks.registries`); ``folder`` is where the version's files lie on this machine.
@@ -200,6 +201,7 @@ def resolve_version(
         sample_seed=seed,
         imports=tuple(imports),
         uri=local.uri,
+        manifest_sha256=sha256_file(folder / "manifest.json"),
     )
 
 
