@@ -28,10 +28,19 @@ from tasks.ablation import (
     run_ablation,
     skipped,
 )
+from tasks.approval import (
+    AWAITING,
+    DEFAULT_TIMEOUT_S,
+    REJECTED,
+    approval_step_task,
+    last_approved_task,
+    leave_expired_pause,
+    record_approval_task,
+)
 from tasks.artifacts import publish_artifacts_task, publish_summary_task, report_base_url, report_summary
 from tasks.cache import CacheKey, ResultCache, reused
 from tasks.compare import compare_task
-from tasks.deliver import check_delivery_task, email_task_from_env
+from tasks.deliver import check_delivery_task, email_decision_task_from_env, email_task_from_env
 from tasks.errors import RegistryRunFailed
 from tasks.history import previous_runs_task
 from tasks.output import check_output_task, new_run_id, write_report_task
@@ -76,6 +85,8 @@ def audit_model(
     refresh: bool = False,
     email_to: list[str] | None = None,
     imports: list[str] | None = None,
+    await_approval: bool = False,
+    approval_timeout: float = DEFAULT_TIMEOUT_S,
 ) -> str:
     """Audit one model version and return the folder its report was written to (run state 'Partial' if a method failed).
 
@@ -83,6 +94,8 @@ def audit_model(
     modules that register the model's custom Keras objects; they are imported wherever it is loaded.
     A method whose inputs did not change since an earlier run reuses that run's stored result, unless ``refresh``
     (:mod:`tasks.cache`).
+    With ``await_approval`` the run then pauses for a reviewer's decision in the Prefect UI, for at most
+    ``approval_timeout`` seconds (see :func:`_await_decision`).
     """
     started = datetime.now(timezone.utc)
     run_id = new_run_id(started)
@@ -113,11 +126,14 @@ def audit_model(
     run = RunInfo(run_id=run_id, started=started, seed=seed, flow_run_id=str(runtime.flow_run.id),
                   timings=timings, loaded=loaded.to_dict(),
                   reused=reused({name: f.state for name, f in futures.items()} | {"ablation": ablation_state}))
-    files = render_task(resolved, results, comparison, run, previous_runs_task(out, resolved.name, resolved.version))
+    files = render_task(resolved, results, comparison, run, previous_runs_task(out, resolved.name, resolved.version),
+                        approved=last_approved_task(out, resolved.name))
     folder = write_report_task(out, resolved.name, resolved.version, run.run_id, files)
     publish_artifacts_task(resolved.name, resolved.version, results, comparison, folder)
     if recipients:
         email_task_from_env()(folder, recipients)
+    if await_approval:
+        return _await_decision(out, folder, approval_timeout, recipients) or _final_state(folder, results)
     return _final_state(folder, results)
 
 
@@ -130,17 +146,21 @@ def audit_registry(
     refresh: bool = False,
     email_to: list[str] | None = None,
     imports: list[str] | None = None,
+    await_approval: bool = False,
+    approval_timeout: float = DEFAULT_TIMEOUT_S,
 ) -> dict[str, dict[str, str | None]]:
     """Audit the newest version of each model (all in the registry by default), one flow run per model.
 
     A model that fails does not stop the others; the run fails at the end, naming every model that failed.
-    Either way the run carries a table artifact with one line per model.
+    Either way the run carries a table artifact with one line per model. With ``await_approval`` each model's
+    run waits for its decision (or its timeout) before the next model starts.
     """
     names = models or list_models_task(registry)
     outcome = {}
     for name in names:
         state = audit_model(registry=registry, model=name, out=out, options=options, refresh=refresh, email_to=email_to,
-                            imports=imports, return_state=True)
+                            imports=imports, await_approval=await_approval, approval_timeout=approval_timeout,
+                            return_state=True)
         outcome[name] = _outcome(state)
     publish_summary_task(outcome)
     return _registry_state(outcome)
@@ -256,6 +276,34 @@ def _registry_state(outcome: dict[str, dict[str, str | None]]) -> dict[str, dict
         return Completed(data=outcome, name="Partial", message="some reports are partial: " + ", ".join(
             name for name, o in outcome.items() if o["status"] == "partial"))
     return outcome
+
+
+def _await_decision(out: str, folder: str, timeout: float, recipients: list[str] | None) -> State | None:
+    """Pause for the reviewer's decision on the report in ``folder`` and record it; None when approved.
+
+    Without a decision before ``timeout`` the run ends Completed, named 'Awaiting approval'; a rejection ends it
+    Completed, named 'Rejected', with the comment: the audit itself succeeded and its report is kept either way.
+    """
+    from prefect.exceptions import FlowPauseTimeout
+    from prefect.flow_runs import pause_flow_run
+
+    step = approval_step_task(folder)
+    try:
+        answer = pause_flow_run(wait_for_input=step.form, timeout=max(1, round(timeout)),
+                                poll_interval=step.poll_interval(timeout))
+    except FlowPauseTimeout:
+        leave_expired_pause(str(runtime.flow_run.id))
+        get_run_logger().warning("no decision within %g s: the report in %s is kept, unapproved", timeout, folder)
+        return Completed(data=folder, name=AWAITING, message=f"no decision within {timeout:g} s: "
+                                                              f"the report in {folder} is kept, unapproved")
+    entry = record_approval_task(out, folder, decision=answer.decision, name=answer.name, comment=answer.comment,
+                                 report_sha256=step.report_sha256, flow_run_id=str(runtime.flow_run.id))
+    if recipients:
+        email_decision_task_from_env()(folder, entry, recipients)
+    if entry.decision == "reject":
+        return Completed(data=folder, name=REJECTED, message=f"rejected by {entry.name}"
+                         + (f": {entry.comment}" if entry.comment else "") + f"; the report in {folder} is kept")
+    return None
 
 
 def _final_state(folder: str, results: list[ImportanceResult]) -> str | State:

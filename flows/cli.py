@@ -1,4 +1,5 @@
-"""The ``featureaudit`` command line: ``run`` audits a registered model, ``demo`` builds a demo registry and audits it.
+"""The ``featureaudit`` command line: ``run`` audits a registered model, ``demo`` builds a demo registry and audits it,
+``approvals`` verifies and lists the approval log (exit 0 intact, 1 with one line per problem).
 
 A successful run prints its output paths on stdout and next to nothing on stderr; ``--verbose`` shows
 Prefect's INFO logs, TensorFlow's C++ log and library warnings. Every failure is one line on stderr,
@@ -10,6 +11,7 @@ Prefect's INFO logs, TensorFlow's C++ log and library warnings. Every failure is
     2  bad input: registry, model, manifest, data or an option; nothing written
     3  storage: the output folder cannot take the report, or writing it failed (disk full, read-only)
     4  an unexpected error (a bug): ``--verbose`` adds the traceback
+    5  with --await-approval: the report was written but rejected, or not decided on before --approval-timeout
   130  stopped by SIGINT, 143 stopped by SIGTERM: at once, the report folder being assembled removed
        (see flows/lifecycle.py)
 """
@@ -36,6 +38,7 @@ EXIT_NOT_DELIVERED = 1
 EXIT_BAD_INPUT = 2
 EXIT_STORAGE = 3
 EXIT_UNEXPECTED = 4
+EXIT_NOT_APPROVED = 5
 
 #: Set before TensorFlow or Prefect are imported, unless the user has set them. Always: Prefect's
 #: telemetry off (the server's heartbeat logs "Failed to send telemetry" offline, and its writes to
@@ -126,8 +129,14 @@ def run(args: argparse.Namespace) -> int:
     check_output(args.out)
     check_signing(secrets=False)  # a signing key that cannot sign fails now (a Secret block: at the flow's start)
     memory_budget()  # FEATUREAUDIT_MEMORY_MB, refused now rather than when a method starts
+    approval = _approval(args)
+    if approval["await_approval"] and not os.environ.get("PREFECT_API_URL"):
+        raise FeatureAuditError(
+            "--await-approval needs PREFECT_API_URL: point it at a Prefect server whose UI the reviewer can open "
+            "(e.g. one started with 'prefect server start'); the temporary server started otherwise has no UI and "
+            "stops with this process")
     return _audit(args.registry, version.name, version.version, args.out, options, dask_address=args.dask_address,
-                  refresh=args.refresh, email_to=email_to, imports=list(imports))
+                  refresh=args.refresh, email_to=email_to, imports=list(imports), **approval)
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -148,7 +157,7 @@ def serve(args: argparse.Namespace) -> int:
     registry = args.registry if is_remote(args.registry) else str(Path(args.registry).resolve())
     deployment = registry_deployment(registry=registry, models=args.model, cron=args.cron,
                                      timezone=args.timezone, out=str(Path(args.out).resolve()), email_to=email_to,
-                                     options=options, name=args.name, imports=args.imports)
+                                     options=options, name=args.name, imports=args.imports, **_approval(args))
     if args.watch_interval < 0:
         raise FeatureAuditError(f"--watch-interval must be 0 (no watching) or a number of seconds, not {args.watch_interval:g}")
     if not args.watch_interval:
@@ -159,6 +168,37 @@ def serve(args: argparse.Namespace) -> int:
     serve_deployments(deployment, landed, port=args.port,
                       watch={"registry": registry, "models": args.model, "interval": args.watch_interval})
     return 0
+
+
+def _approval(args: argparse.Namespace) -> dict[str, bool | float]:
+    """The flows' approval parameters from --await-approval and --approval-timeout; a timeout not above 0 is refused."""
+    if args.approval_timeout <= 0:
+        raise FeatureAuditError(f"--approval-timeout must be a number of seconds above 0, not {args.approval_timeout:g}")
+    return {"await_approval": args.await_approval, "approval_timeout": args.approval_timeout}
+
+
+def approvals(args: argparse.Namespace) -> int:
+    """Verify each model's approval log (or one model's) and list its decisions; one line per problem on stderr."""
+    from tasks.approval import LOG_NAME, logged_models, verify_log
+
+    models = [args.model] if args.model else logged_models(args.out)
+    if args.model and not (Path(args.out) / args.model / LOG_NAME).is_file():
+        raise FeatureAuditError(f"{Path(args.out) / args.model / LOG_NAME}: no approval log for model '{args.model}' "
+                                "under --out; check --out and --model (a log is written at the first decision)")
+    if not models:
+        raise FeatureAuditError(f"{args.out}: no approval log under this folder (<out>/<model>/{LOG_NAME}); "
+                                "check --out (a log is written at the first decision)")
+    problems = []
+    for model in models:
+        entries, found = verify_log(args.out, model)
+        for e in entries:
+            comment = f" \"{' '.join(e.comment.split())}\"" if e.comment else ""
+            print(f"{e.time}  {e.decision:<7}  {e.model} {e.version} {e.run_id}  by {e.name}{comment}  "
+                  f"report sha256 {e.report_sha256[:16]}…  hash {e.hash[:16]}…")
+        problems += found
+    for problem in problems:
+        print(f"featureaudit: problem: {problem}", file=sys.stderr)
+    return 1 if problems else EXIT_OK
 
 
 def _options(args: argparse.Namespace):
@@ -276,18 +316,24 @@ def _umask() -> int:
 def _audit(
     registry: str, model: str, version: str | None, out: str, options, *, dask_address: str | None = None,
     refresh: bool = False,
-    email_to: list[str] | None = None, imports: list[str] | None = None,
+    email_to: list[str] | None = None, imports: list[str] | None = None, await_approval: bool = False,
+    approval_timeout: float | None = None,
 ) -> int:
     from flows.audit import with_runner
+    from tasks.approval import AWAITING, DEFAULT_TIMEOUT_S, REJECTED
 
     flow = with_runner(dask_address)
     start_prefect_api()
     state = flow(registry=registry, model=model, version=version, out=out, options=options, refresh=refresh,
                  email_to=email_to,
-                 imports=imports, return_state=True)
+                 imports=imports, await_approval=await_approval, approval_timeout=approval_timeout or DEFAULT_TIMEOUT_S,
+                 return_state=True)
     folder = Path(state.result())  # a failed run raises its error here
     for name in ("report.pdf", "report.html", "results.json"):
         print(folder / name)
+    if state.name in (REJECTED, AWAITING):
+        print(f"featureaudit: {state.name.lower()}: {state.message}", file=sys.stderr)
+        return EXIT_NOT_APPROVED
     if state.name == "Partial":
         print(f"featureaudit: warning: {state.message}", file=sys.stderr)
     return EXIT_OK
@@ -497,6 +543,12 @@ def _parser() -> argparse.ArgumentParser:
     _add_common(p_serve)
     p_serve.set_defaults(handler=serve)
 
+    p_approvals = commands.add_parser("approvals", help="verify the approval log's hash chain and the approved "
+                                      "reports' sha256, and list the decisions (exit 1 with one line per problem)")
+    p_approvals.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
+    p_approvals.add_argument("--model", help="one model's log (default: every model with a log under --out)")
+    p_approvals.set_defaults(handler=approvals)
+
     p_sign = commands.add_parser("sign", help="sign a role's field of a certified report (a new revision)")
     p_sign.add_argument("report", metavar="REPORT.pdf", help="a report certified when it was produced")
     p_sign.add_argument("--role", required=True, choices=("reviewed", "approved"), help="the field to sign")
@@ -545,6 +597,12 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                         f"(default: {defaults.max_test_rows})")
     parser.add_argument("--email-to", action="append", metavar="ADDRESS",
                         help="email the PDF to this address (repeatable); SMTP settings from FEATUREAUDIT_SMTP_*")
+    parser.add_argument("--await-approval", action="store_true",
+                        help="after writing the report, pause the run until a reviewer approves or rejects it in the "
+                             "Prefect UI; the decision is appended to <out>/<model>/approvals.jsonl")
+    parser.add_argument("--approval-timeout", type=float, default=7 * 24 * 3600.0, metavar="SECONDS",
+                        help="how long the run waits for a decision before ending 'Awaiting approval' (default: "
+                             "604800, a week)")
     parser.add_argument("--import", dest="imports", action="append", metavar="MODULE",
                         help="import this module before loading models, to register the custom Keras objects they use "
                              "(@keras.saving.register_keras_serializable; repeatable)")

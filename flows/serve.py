@@ -84,16 +84,21 @@ def prefect_api(port: int = DEFAULT_PORT, *, timeout: float = STARTUP_TIMEOUT_S)
 def registry_deployment(
     *, registry: str, models: list[str] | None = None, cron: str = DEFAULT_CRON, timezone: str | None = None,
     out: str = DEFAULT_OUT, email_to: list[str] | None = None, options: AuditOptions = AuditOptions(),
-    name: str = DEPLOYMENT_NAME, imports: list[str] | None = None,
+    name: str = DEPLOYMENT_NAME, imports: list[str] | None = None, await_approval: bool = False,
+    approval_timeout: float | None = None,
 ):
-    """The nightly deployment of the registry flow: one run per night, one subflow per model."""
+    """The nightly deployment of the registry flow: one run per night, one subflow per model; with
+    ``await_approval`` each model's run waits for a reviewer's decision in the UI (``approval_timeout`` seconds)."""
     from prefect.schedules import Cron
 
     from flows.audit import audit_registry
+    from tasks.approval import DEFAULT_TIMEOUT_S
 
     parameters: dict[str, Any] = {"registry": registry, "models": models or None, "out": out,
                                   "options": options.model_dump(mode="json"),
-                                  "email_to": email_to or None, "imports": list(imports or []) or None}
+                                  "email_to": email_to or None, "imports": list(imports or []) or None,
+                                  "await_approval": await_approval,
+                                  "approval_timeout": approval_timeout or DEFAULT_TIMEOUT_S}
     try:
         schedule = Cron(cron, timezone=timezone)
         return audit_registry.to_deployment(name=name, schedules=[schedule], parameters=parameters)

@@ -30,13 +30,16 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import getaddresses
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from prefect import get_run_logger, task
 from prefect.tasks import exponential_backoff
 
 from tasks.document import ResultsDocument, read_results
 from tasks.errors import DeliveryError, ResultsError
+
+if TYPE_CHECKING:
+    from tasks.approval import ApprovalEntry
 
 Security = Literal["starttls", "ssl", "none"]
 DEFAULT_PORTS: dict[str, int] = {"starttls": 587, "ssl": 465, "none": 25}
@@ -258,6 +261,45 @@ def email_report_task(folder: str, recipients: list[str]) -> int:
 def email_task_from_env():
     """``email_report_task`` with its backoff from ``FEATUREAUDIT_SMTP_RETRY_DELAY``."""
     return email_report_task.with_options(retry_delay_seconds=exponential_backoff(backoff_factor=retry_delay_from_env()))
+
+
+def decision_message(entry: ApprovalEntry, folder: str | Path, recipients: list[str], sender: str) -> EmailMessage:
+    """A short plain mail of a reviewer's decision: who, when, the comment, the report's sha256 and the log line's hash."""
+    decided = "approved" if entry.decision == "approve" else "rejected"
+    who = " ".join(entry.name.split())  # a name with a line break would make a second header line
+    message = EmailMessage()
+    message["Subject"] = f"featureaudit: {entry.model} {entry.version} {decided} by {who}"
+    message["From"] = sender
+    message["To"] = ", ".join(recipients)
+    lines = [f"{entry.model} {entry.version}, run {entry.run_id}: {decided} by {who} on {entry.time}."]
+    if entry.comment:
+        lines += ["", "Comment:", entry.comment]
+    lines += ["", f"Report: {Path(folder) / 'report.pdf'}", f"Report sha256: {entry.report_sha256}",
+              f"Approval log entry hash: {entry.hash}",
+              "The decision is the line with this hash in approvals.jsonl beside the model's reports; "
+              "'featureaudit approvals' verifies that log."]
+    message.set_content("\n".join(lines) + "\n")
+    return message
+
+
+@task(name="email-decision", retries=RETRIES, retry_delay_seconds=exponential_backoff(backoff_factor=10),
+      retry_condition_fn=retry_unless_permanent)
+def email_decision_task(folder: str, entry: ApprovalEntry, recipients: list[str]) -> int:
+    """Email the reviewer's decision to ``recipients``; retried with backoff only when a later try can succeed."""
+    settings = smtp_settings_from_env()
+    message = decision_message(entry, folder, recipients, settings.sender)
+    try:
+        send_message(settings, message)
+    except DeliveryError as exc:  # keeps its class: a PermanentDeliveryError is not retried
+        raise type(exc)(f"{exc} (the decision mail); the decision is recorded in approvals.jsonl") from None
+    get_run_logger().info("emailed %s to %d recipient(s)", message["Subject"], len(recipients))
+    return len(recipients)
+
+
+def email_decision_task_from_env():
+    """``email_decision_task`` with its backoff from ``FEATUREAUDIT_SMTP_RETRY_DELAY``."""
+    return email_decision_task.with_options(
+        retry_delay_seconds=exponential_backoff(backoff_factor=retry_delay_from_env()))
 
 
 def _secret_block(name: str) -> str:

@@ -9,8 +9,9 @@ history, a method's details, a model input) stays the JSON object it was written
 The top-level ``schema`` key says which shape a document has:
 
 - **2**: every key is present (``history`` only when an earlier run was compared with, ``model.registry`` only
-  when the registry is an object store such as ``s3://bucket/prefix``). Keys this version
-  does not know are ignored.
+  when the registry is an object store such as ``s3://bucket/prefix``, ``since_approval`` only in documents
+  written since approvals exist: what changed since the model's last approved report, or ``approved_run`` null
+  when there is none, :class:`tasks.approval.SinceApproval`). Keys this version does not know are ignored.
 - **1**: documents written before the key existed (also read when ``schema`` is absent). Such a document is read
   when it holds what every reader needs: the model's name and version, the run's id, the verdict, each method's
   status, each feature record in full (``feature``, ``importance``, ``std``, ``low``, ``high``, ``rank``) and
@@ -184,13 +185,16 @@ class ResultsDocument:
     weight_stability: dict[str, Any] | None = None
     warnings: tuple[WarningEntry, ...] = ()
     history: tuple[dict[str, Any], ...] | None = field(default=None, metadata={"optional": True})
+    since_approval: dict[str, Any] | None = field(default=None, metadata={"optional": True})
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON object results.json holds (``history`` only when there is one, ``model.registry`` only for a
-        registry that is not a local folder)."""
+        """The JSON object results.json holds (``history`` and ``since_approval`` only when there is one,
+        ``model.registry`` only for a registry that is not a local folder)."""
         out = _to_json(self)
         if self.history is None:
             del out["history"]
+        if self.since_approval is None:
+            del out["since_approval"]
         if self.model.registry is None:
             del out["model"]["registry"]
         if self.run.reused is None:
@@ -399,5 +403,6 @@ _CONVERT: dict[type, dict[str, Convert]] = {
                       "status": _one_of(*RUN_STATUS), "test_rows": _optional(_nested(TestRows)),
                       "agreement": _list_of(_object), "consensus": _list_of(_object),
                       "rank_evidence": _dict_of(_object), "weight_stability": _optional(_object),
-                      "warnings": _list_of(_nested(WarningEntry)), "history": _optional(_list_of(_object))},
+                      "warnings": _list_of(_nested(WarningEntry)), "history": _optional(_list_of(_object)),
+                      "since_approval": _optional(_object)},
 }

@@ -18,6 +18,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from prefect import task
 
 from tasks import charts
+from tasks.approval import Approved, SinceApproval, since_approval
 from tasks.clusters import UnitRecords
 from tasks.compare import Comparison
 from tasks.document import MethodEntry, ModelIdentity, ResultsDocument, RunEntry, TestRows, WarningEntry
@@ -61,9 +62,13 @@ def build_context(
     comparison: Comparison,
     run: RunInfo,
     history: list[dict[str, Any]] | None = None,
+    since: SinceApproval | None = None,
     signer: Signer | None = None,
 ) -> dict[str, Any]:
-    """Everything the report shows, decided here; the templates only loop and format."""
+    """Everything the report shows, decided here; the templates only loop and format.
+
+    ``since`` is what changed since the model's last approved report (:func:`tasks.approval.since_approval`).
+    """
     usable = [r for r in results if r.ok]
     weight = next((r for r in usable if r.method == "weights"), None)
     behaviours = [r for r in usable if r.kind == "behavioural" and weight and r.features == weight.features]
@@ -105,6 +110,7 @@ def build_context(
         "rank_chart": charts.data_uri(charts.rank_lines(weight, behaviours)) if weight and behaviours else None,
         "shap": _shap_section(next((r for r in usable if r.method == "shap"), None)),
         "history": history,
+        "since_approval": _since_section(since),
         "signoff": signoff_context(signer, covered_lines(run.run_id, comparison.verdict,
                                                         [MethodEntry.from_result(r) for r in results])),
     }
@@ -183,22 +189,49 @@ def render_task(
     comparison: Comparison,
     run: RunInfo,
     previous: dict[str, ResultsDocument] | None = None,
+    approved: Approved | None = None,
 ) -> dict[str, bytes]:
     """Render report.html, report.pdf (results.json embedded) and results.json into memory.
 
-    ``previous`` holds the earlier runs to compare with (see :func:`tasks.history.previous_runs`).
+    ``previous`` holds the earlier runs to compare with (see :func:`tasks.history.previous_runs`), ``approved``
+    the model's last approved report (:func:`tasks.approval.last_approved`; None: there is none).
     The PDF is certified when a signing key is configured (:mod:`tasks.signing`).
     """
     document = results_document(version, results, comparison, run)
     if previous:
         document = replace(document, history=tuple(drift_history(previous, document)))
+    since = since_approval(approved, document)
+    document = replace(document, since_approval=since.to_json())
     data = document.to_bytes()
     signer = check_signing()  # checked at the flow's start; the key is read here, where it certifies
-    html = render_html(build_context(version, results, comparison, run, document.history, signer=signer))
+    html = render_html(build_context(version, results, comparison, run, document.history, since, signer=signer))
     return {
         "report.html": html.encode("utf-8"),
         "report.pdf": render_pdf(html, {"results.json": data}, certify=signing_key_from_env() if signer else None),
         "results.json": data,
+    }
+
+
+def _since_section(since: SinceApproval | None) -> dict[str, Any] | None:
+    """The section after the verdict: only what differs from the last approved report."""
+    if since is None:
+        return None
+    changes = since.changed_features
+    return {
+        "found": since.found,
+        "approved_run": since.approved_run,
+        "approved_version": since.approved_version,
+        "approved_by": since.approved_by,
+        "approved_at": since.approved_at,
+        "verdict_before": since.verdict_before,
+        "verdict_now": since.verdict_now,
+        "verdict_changed": since.verdict_changed,
+        "new_warnings": list(since.new_warnings),
+        "resolved_warnings": list(since.resolved_warnings),
+        "changes": changes,
+        "compared_methods": sorted(since.changes or {}),
+        "differences": list(since.differences),
+        "nothing_changed": not (since.verdict_changed or since.new_warnings or since.resolved_warnings or changes),
     }
 
 
