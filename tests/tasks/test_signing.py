@@ -80,8 +80,9 @@ def _text(pdf: bytes) -> str:
     return re.sub(r"\s+", " ", " ".join(page.extract_text() for page in pypdf.PdfReader(io.BytesIO(pdf)).pages))
 
 
-def test_certified_report_stays_pdfa_3u_with_results_attached(certified, report):
-    reader = pypdf.PdfReader(io.BytesIO(certified))
+@pytest.mark.parametrize("stage", ["certified", "fully_signed"])
+def test_signed_report_stays_pdfa_3u_with_results_attached(stage, report, request):
+    reader = pypdf.PdfReader(io.BytesIO(request.getfixturevalue(stage)))
     root = reader.trailer["/Root"]
     xmp = root["/Metadata"].get_object().get_data().decode("utf-8")
     assert re.search(r"pdfaid:part[^0-9]*3", xmp) and re.search(r"pdfaid:conformance[^A-Z]*U", xmp)
