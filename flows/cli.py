@@ -50,6 +50,9 @@ QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVE
 #: Loggers whose warnings are about the machine, not the run (WeasyPrint: "Using fontTools instead of
 #: HarfBuzz-Subset"; TensorFlow and absl: graph and retracing notices): errors only unless --verbose.
 QUIET_LOGGERS = ("weasyprint", "fontTools", "tensorflow", "absl")
+#: The --registry help of run, serve and publish.
+REGISTRY_HELP = ("registry: a folder or s3://bucket/prefix laid out <registry>/<model>/<version>/, or mlflow (the "
+                 "MLflow Model Registry at MLFLOW_TRACKING_URI) or mlflow+http://host:port")
 #: Prefect's run loggers: on the console only with --verbose; they always reach the Prefect API (the UI).
 RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
 
@@ -61,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     stoppable = stop_on_signals(_stopped) if args.handler in (run, demo) else nullcontext()
     try:
         # sign and verify load no model: they skip importing TensorFlow and quiet their own libraries
-        quiet = console(verbose=verbose) if args.handler not in (sign, verify) else nullcontext()
+        quiet = console(verbose=verbose) if args.handler not in (sign, verify, publish) else nullcontext()
         with stoppable, quiet, progress_bar(sys.stderr):
             return args.handler(args)
     except DeliveryError as exc:
@@ -110,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
     from tasks.deliver import check_delivery
     from tasks.modeling import memory_budget
     from tasks.output import check_output
+    from tasks.registries import is_alias
     from tasks.signing import check_signing
     from tasks.sources import import_modules, resolve_version
     from tasks.subject import check_version
@@ -130,12 +134,13 @@ def run(args: argparse.Namespace) -> int:
     check_signing(secrets=False)  # a signing key that cannot sign fails now (a Secret block: at the flow's start)
     memory_budget()  # FEATUREAUDIT_MEMORY_MB, refused now rather than when a method starts
     approval = _approval(args)
-    if approval["await_approval"] and not os.environ.get("PREFECT_API_URL"):
+    if approval["await_approval"] and not _prefect_api_url():
         raise FeatureAuditError(
             "--await-approval needs PREFECT_API_URL: point it at a Prefect server whose UI the reviewer can open "
             "(e.g. one started with 'prefect server start'); the temporary server started otherwise has no UI and "
             "stops with this process")
-    return _audit(args.registry, version.name, version.version, args.out, options, dask_address=args.dask_address,
+    asked = args.version if is_alias(args.version) else version.version  # an alias is resolved again, and recorded
+    return _audit(args.registry, version.name, asked, args.out, options, dask_address=args.dask_address,
                   refresh=args.refresh, email_to=email_to, imports=list(imports), **approval)
 
 
@@ -175,6 +180,13 @@ def _approval(args: argparse.Namespace) -> dict[str, bool | float]:
     if args.approval_timeout <= 0:
         raise FeatureAuditError(f"--approval-timeout must be a number of seconds above 0, not {args.approval_timeout:g}")
     return {"await_approval": args.await_approval, "approval_timeout": args.approval_timeout}
+
+
+def _prefect_api_url() -> str | None:
+    """The Prefect API this process talks to: ``PREFECT_API_URL`` from the environment or the active profile."""
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value() or None
 
 
 def approvals(args: argparse.Namespace) -> int:
@@ -311,6 +323,17 @@ def _umask() -> int:
     os.umask(mask)
     return mask
 
+
+def publish(args: argparse.Namespace) -> int:
+    """Publish a model version (tasks.publish); print its reference, e.g. models:/credit/3."""
+    from tasks.publish import publish as publish_version
+
+    published = publish_version(args.registry, args.model, model_file=Path(args.model_file), test=Path(args.test),
+                                train=Path(args.train) if args.train else None,
+                                manifest=Path(args.manifest) if args.manifest else None, version=args.version,
+                                alias=args.alias)
+    print(published.reference)
+    return EXIT_OK
 
 
 def _audit(
@@ -517,9 +540,10 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     p_run = commands.add_parser("run", help="audit the newest (or a given) version of a registered model")
-    p_run.add_argument("--registry", required=True, help="registry: a folder or s3://bucket/prefix, laid out <registry>/<model>/<version>/")
-    p_run.add_argument("--model", required=True, help="model name (a folder in the registry)")
-    p_run.add_argument("--version", help="version folder (default: the newest under natural sort)")
+    p_run.add_argument("--registry", required=True, help=REGISTRY_HELP)
+    p_run.add_argument("--model", required=True, help="model name (a folder in the registry, or a registered model)")
+    p_run.add_argument("--version", help="version folder, an MLflow version number, or an MLflow alias as @champion "
+                                         "(default: the newest: under natural sort, or MLflow's highest number)")
     p_run.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
     p_run.add_argument("--dask-address", help="run the tasks on an existing Dask cluster, e.g. tcp://host:8786")
     p_run.add_argument("--refresh", action="store_true",
@@ -529,7 +553,7 @@ def _parser() -> argparse.ArgumentParser:
     p_run.set_defaults(handler=run)
 
     p_serve = commands.add_parser("serve", help="audit the registry's models on a cron schedule (a Prefect deployment)")
-    p_serve.add_argument("--registry", required=True, help="registry: a folder or s3://bucket/prefix, laid out <registry>/<model>/<version>/")
+    p_serve.add_argument("--registry", required=True, help=REGISTRY_HELP)
     p_serve.add_argument("--model", action="append", help="a model to audit (repeatable; default: every model)")
     p_serve.add_argument("--cron", default=DEFAULT_CRON, help=f"cron schedule (default: {DEFAULT_CRON}, nightly at 02:00)")
     p_serve.add_argument("--timezone", help="IANA time zone of the schedule, e.g. Europe/Berlin (default: UTC)")
@@ -575,6 +599,20 @@ def _parser() -> argparse.ArgumentParser:
     p_demo.add_argument("--seed", type=int, help="seed for every random choice (default: 0)")
     _add_verbose(p_demo)
     p_demo.set_defaults(handler=demo)
+
+    p_publish = commands.add_parser("publish", help="put a model, its splits and a manifest into a registry as a new "
+                                    "version; prints the version's reference")
+    p_publish.add_argument("--registry", required=True, help=REGISTRY_HELP)
+    p_publish.add_argument("--model", required=True, help="model name")
+    p_publish.add_argument("--version", help="version folder to create (default: the next vN); not for MLflow, which "
+                                             "numbers its versions")
+    p_publish.add_argument("--model-file", required=True, help="the model: model.keras (model.h5 for a folder or "
+                                                               "object store)")
+    p_publish.add_argument("--test", required=True, help="test split: .parquet or .csv")
+    p_publish.add_argument("--train", help="training split: .parquet or .csv (optional; ablation retrains on it)")
+    p_publish.add_argument("--manifest", help="manifest.json (default: the newest version's)")
+    p_publish.add_argument("--alias", help="MLflow only: point this alias (e.g. champion) at the new version")
+    p_publish.set_defaults(handler=publish)
     return parser
 
 

@@ -9,7 +9,10 @@ history, a method's details, a model input) stays the JSON object it was written
 The top-level ``schema`` key says which shape a document has:
 
 - **2**: every key is present (``history`` only when an earlier run was compared with, ``model.registry`` only
-  when the registry is an object store such as ``s3://bucket/prefix``, ``since_approval`` only in documents
+  when the registry is an object store such as ``s3://bucket/prefix`` or an MLflow tracking server (its URI, any
+  password removed), ``model.provenance`` only for an MLflow version: ``kind``, the ``run_id`` that logged it, the
+  ``alias`` it was asked for by (or null) and its model artifact's ``source``, :class:`tasks.registries.Provenance`;
+  ``since_approval`` only in documents
   written since approvals exist: what changed since the model's last approved report, or ``approved_run`` null
   when there is none, :class:`tasks.approval.SinceApproval`). Keys this version does not know are ignored.
 - **1**: documents written before the key existed (also read when ``schema`` is absent). Such a document is read
@@ -36,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
 
 from tasks.errors import ResultsError
+from tasks.registries import Provenance
 from tasks.result import Sampling, Status, json_ready
 
 if TYPE_CHECKING:
@@ -63,6 +67,7 @@ class ModelIdentity:
     output: str | None = None  # the audited output of a model with several
     notes: tuple[str, ...] = ()  # what loading had to do (a legacy .h5 loaded without compiling, …)
     registry: str | None = field(default=None, metadata={"optional": True})  # s3://bucket/prefix; None: a folder
+    provenance: Provenance | None = field(default=None, metadata={"optional": True})  # MLflow: run id, alias asked for
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -197,6 +202,8 @@ class ResultsDocument:
             del out["since_approval"]
         if self.model.registry is None:
             del out["model"]["registry"]
+        if self.model.provenance is None:
+            del out["model"]["provenance"]
         if self.run.reused is None:
             del out["run"]["reused"]
         return out
@@ -383,7 +390,9 @@ def _methods(value: Any, where: str, legacy: bool) -> dict[str, MethodEntry]:
 _CONVERT: dict[type, dict[str, Convert]] = {
     ModelIdentity: {"name": _str, "version": _str, "task": _optional(_str), "sha256": _dict_of(_str),
                     "paths": _dict_of(_str), "inputs": _list_of(_object), "output": _optional(_str),
-                    "notes": _list_of(_str), "registry": _optional(_str)},
+                    "notes": _list_of(_str), "registry": _optional(_str),
+                    "provenance": _optional(_nested(Provenance))},
+    Provenance: {"kind": _str, "run_id": _optional(_str), "alias": _optional(_str), "source": _optional(_str)},
     RunEntry: {"id": _str, "started": _optional(_started), "seed": _optional(_int), "flow_run_id": _optional(_str),
                "timings": _dict_of(_number), "reused": _optional(_dict_of(_object))},
     FeatureRecord: {"feature": _str, "importance": _optional(_number), "std": _optional(_number),

@@ -11,6 +11,9 @@ method loads from local disk whatever the backend.
   ``~/.cache/featureaudit``) keyed by each object's ETag and size: an unchanged object is not downloaded again, a
   changed one is. Files are written to a temporary name and renamed, so concurrent runs never see half a file.
   ``FEATUREAUDIT_S3_ENDPOINT_URL`` points s3fs at another S3-compatible server (MinIO, moto, …).
+- :class:`tasks.mlflow_registry.MlflowRegistry`: ``mlflow`` (the tracking server in ``MLFLOW_TRACKING_URI``) or
+  ``mlflow+http://host:port``; its versions are numbered, may have aliases (``@champion``), and are downloaded
+  into the same cache. Only it has aliases: a folder or object store refuses a version named ``@…``.
 
 :func:`open_registry` picks the backend from the reference. Names are plain folder names; nothing outside a
 registry (a link, a key outside the prefix) is followed; errors are :class:`~tasks.errors.RegistryError` lines
@@ -48,6 +51,17 @@ _PACKAGES = {"s3": "s3fs (pip install 'featureaudit[s3]')", "gs": "gcsfs", "gcs"
 
 
 @dataclass(frozen=True)
+class Provenance:
+    """Where a version came from in a registry that keeps its own records (MLflow): the run that logged it, the
+    alias it was asked for by, and its model artifact."""
+
+    kind: str  # the registry's kind: "mlflow"
+    run_id: str | None = None
+    alias: str | None = None  # the alias asked for ("champion" for --version @champion), None for a number or newest
+    source: str | None = None  # the model artifact's URI in that registry (runs:/<id>/model, models:/m-<id>)
+
+
+@dataclass(frozen=True)
 class LocalVersion:
     """A fetched version: its files lie in ``root / name / version`` on local disk."""
 
@@ -55,6 +69,7 @@ class LocalVersion:
     name: str
     version: str
     uri: str  # the registry as the operator named it: a folder's absolute path, or s3://bucket/prefix
+    provenance: Provenance | None = None  # a registry's own record of the version (MLflow); None for folders
 
     @property
     def folder(self) -> Path:
@@ -78,20 +93,44 @@ class Registry(Protocol):
 
 
 def open_registry(reference: str | Path) -> Registry:
-    """The backend for a registry reference: ``s3://…``/``gs://…`` an object store, anything else a folder."""
+    """The backend for a registry reference: ``mlflow``/``mlflow+http://…`` an MLflow Model Registry,
+    ``s3://…``/``gs://…`` an object store, anything else a folder."""
     text = str(reference)
+    if is_mlflow(text):
+        from tasks.mlflow_registry import MlflowRegistry
+
+        return MlflowRegistry(text)
     scheme = text.split("://", 1)[0].lower() if "://" in text else ""
     if scheme in OBJECT_SCHEMES:
         return ObjectStoreRegistry(text)
     if scheme:
-        raise RegistryError(f"registry {text}: unknown scheme '{scheme}://'; use a folder, s3://bucket/prefix or "
-                            "gs://bucket/prefix")
+        raise RegistryError(f"registry {text}: unknown scheme '{scheme}://'; use a folder, s3://bucket/prefix, "
+                            "gs://bucket/prefix, mlflow or mlflow+http://host:port")
     return FolderRegistry(Path(reference))
 
 
 def is_remote(reference: str | Path) -> bool:
-    """Whether a registry reference names an object store rather than a folder."""
-    return "://" in str(reference)
+    """Whether a registry reference names an object store or an MLflow registry rather than a folder."""
+    return "://" in str(reference) or is_mlflow(reference)
+
+
+def is_mlflow(reference: str | Path) -> bool:
+    """Whether a registry reference names an MLflow Model Registry: ``mlflow`` or ``mlflow+<tracking URI>``."""
+    text = str(reference)
+    return text == "mlflow" or text.lower().startswith("mlflow+")
+
+
+def is_alias(version: str | None) -> bool:
+    """Whether a requested version is an alias (``@champion``) rather than a version name or number."""
+    return bool(version) and version.startswith("@")
+
+
+def refuse_alias(uri: str, version: str | None) -> None:
+    """Refuse an alias asked of a registry that has none (a folder or an object store)."""
+    if is_alias(version):
+        raise RegistryError(f"registry {uri} has no aliases ('{version}'): aliases belong to an MLflow Model "
+                            "Registry (--registry mlflow); name a version folder, or leave out --version for the "
+                            "newest")
 
 
 def natural_key(name: str) -> tuple[tuple[int, Any], ...]:
@@ -137,6 +176,7 @@ class FolderRegistry:
         return names
 
     def fetch(self, name: str, version: str | None = None) -> LocalVersion:
+        refuse_alias(self.uri, version)
         registry = self.root
         if not registry.is_dir():
             raise RegistryError(f"registry {registry} does not exist or is not a folder")
@@ -196,6 +236,7 @@ class ObjectStoreRegistry:
         return names
 
     def fetch(self, name: str, version: str | None = None) -> LocalVersion:
+        refuse_alias(self.uri, version)
         check_name("model name", name)
         models = self._folders(self.prefix, f"registry {self.uri}")
         if name not in models:

@@ -8,7 +8,7 @@ data file can make rendering read a local file or reach the network.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
@@ -82,6 +82,8 @@ def build_context(
             "inputs": _input_rows((run.loaded or {}).get("inputs", [])),
             "output": (run.loaded or {}).get("output"),
             "notes": (run.loaded or {}).get("notes", []),
+            "registry": registry_uri(version),
+            "provenance": asdict(version.provenance) if version.provenance else None,
         },
         "run": {
             "id": run.run_id,
@@ -153,6 +155,11 @@ def render_pdf(html: str, attachments: dict[str, bytes] | None = None, *, certif
     return certify_pdf(pdf, certify, signature_boxes(document))
 
 
+def registry_uri(version: ModelVersion) -> str | None:
+    """The registry a report names: an object store's URI or an MLflow tracking URI (no password); None for a folder."""
+    return version.uri if version.provenance is not None or is_remote(version.uri or "") else None
+
+
 def results_document(
     version: ModelVersion, results: list[ImportanceResult], comparison: Comparison, run: RunInfo
 ) -> ResultsDocument:
@@ -164,7 +171,7 @@ def results_document(
                             paths={name: str(path) for name, path in version.resolved.items()},
                             inputs=tuple(loaded.get("inputs", [])), output=loaded.get("output"),
                             notes=tuple(loaded.get("notes", [])),
-                            registry=version.uri if is_remote(version.uri or "") else None),
+                            registry=registry_uri(version), provenance=version.provenance),
         run=RunEntry(id=run.run_id, started=run.started, seed=run.seed, flow_run_id=run.flow_run_id,
                      timings=json_ready(run.timings), reused=dict(run.reused) or None),
         methods={r.method: MethodEntry.from_result(r) for r in results},

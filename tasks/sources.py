@@ -47,6 +47,7 @@ from tasks.errors import (
 from tasks.registries import (  # noqa: F401  natural_key and the constants are part of this module's interface
     ALLOW_EXTERNAL_LINKS,
     MODEL_FILES,
+    Provenance,
     check_inside as _check_inside,
     check_name as _check_name,
     natural_key,
@@ -109,6 +110,7 @@ class ModelVersion:
     sample_seed: int = 0
     imports: tuple[str, ...] = ()  # modules the operator named (--import) to register custom Keras objects
     uri: str | None = None  # the registry as named: a folder's absolute path, or s3://bucket/prefix
+    provenance: Provenance | None = None  # the registry's own record of the version (MLflow: run id, alias asked for)
     manifest_sha256: str = ""  # manifest.json's digest: the manifest changes the numbers as the files do
 
     # ``registry`` is always a local folder: the registry itself, or the cache an object store's version was
@@ -201,6 +203,7 @@ def resolve_version(
         sample_seed=seed,
         imports=tuple(imports),
         uri=local.uri,
+        provenance=local.provenance,
         manifest_sha256=sha256_file(folder / "manifest.json"),
     )
 
