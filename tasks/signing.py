@@ -329,7 +329,7 @@ class SignatureCheck:
         trust = {None: "trust not checked", True: "trusted", False: "not trusted"}[self.trusted]
         parts = [f"{self.role}: {self.signer}" + (" (demonstration key: not evidence of authorship)" if self.demo
                                                   else ""),
-                 f"signed {when}" + (" (timestamped)" if self.timestamped else ""),
+                 f"signed {when}" + (" (timestamped)" if self.timestamped else " (signer's clock)"),
                  ("certification, " if self.certification else "") + ("valid" if self.valid else "NOT valid"),
                  trust, f"changed after it: {self.changes}"]
         if self.decision:
@@ -570,7 +570,9 @@ def _check(sig, status, *, trusted: bool | None, allowed_levels) -> SignatureChe
     shown = signer.common_name if not name or name == signer.common_name else f"{name} ({signer.common_name})"
     return SignatureCheck(field=sig.field_name, signer=shown,
                           signed_at=signed_at.astimezone(timezone.utc) if signed_at else None,
-                          timestamped=timestamp is not None, valid=bool(status.intact and status.valid),
+                          timestamped=timestamp is not None,
+                          valid=bool(status.intact and status.valid and status.coverage is not None
+                                     and status.coverage.name in ("ENTIRE_REVISION", "ENTIRE_FILE")),
                           trusted=trusted, certification=sig.docmdp_level is not None, changes=changes,
                           allowed=allowed, demo=signer.demo, decision=decision.group(1) if decision else None,
                           comment=comment.group(1).strip() if comment else None)
