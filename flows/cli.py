@@ -150,11 +150,13 @@ def serve(args: argparse.Namespace) -> int:
     from tasks.deliver import check_delivery
     from tasks.errors import RegistryError
     from tasks.registries import is_remote
+    from tasks.signing import check_signing
     from tasks.sources import import_modules, list_models
 
     options = _options(args)
     import_modules(args.imports or ())  # a module that does not import fails now, not every night
     email_to = check_delivery(args.email_to) if args.email_to else None
+    check_signing(secrets=False)  # a signing key that cannot sign fails at start, not every night
     present = list_models(args.registry)  # fail fast on names; each model's files are checked at each run
     missing = [name for name in args.model or [] if name not in present]
     if missing:

@@ -117,13 +117,14 @@ def test_sign_refuses_an_unset_password_variable_and_an_unreadable_report(pki, t
     assert "report.pdf: cannot read it (No such file or directory)" in capsys.readouterr().err
 
 
-def test_a_key_that_cannot_sign_stops_run_before_anything_is_computed(linear_registry, pki, tmp_path, capsys,
-                                                                      monkeypatch):
+@pytest.mark.parametrize("command", [["run", "--model", "linear"], ["serve"]])
+def test_a_key_that_cannot_sign_stops_run_and_serve_before_anything_starts(linear_registry, pki, tmp_path, capsys,
+                                                                           monkeypatch, command):
     monkeypatch.setenv("FEATUREAUDIT_SIGNING_KEY", str(pki["reviewer"].key))
     monkeypatch.setenv("FEATUREAUDIT_SIGNING_CERT", str(pki["reviewer"].cert))
     monkeypatch.setenv("FEATUREAUDIT_SIGNING_KEY_PASSWORD", "not it")
     out = tmp_path / "out"
-    code = main(["run", "--registry", str(linear_registry), "--model", "linear", "--out", str(out)])
+    code = main([command[0], "--registry", str(linear_registry), *command[1:], "--out", str(out)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert "FEATUREAUDIT_SIGNING_KEY_PASSWORD does not decrypt FEATUREAUDIT_SIGNING_KEY" in err
