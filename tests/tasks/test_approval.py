@@ -199,3 +199,15 @@ def test_the_form_description_escapes_what_came_from_files():
     assert "**Verdict on the weight-based ranking: disagree**" in text and "ab" * 32 in text
     assert "](http" not in text and r"\[x\]\(http://e.test\) is under\-ranked" in text
     assert "No approved report of this model yet." in text
+
+
+def test_await_approval_needs_a_prefect_server_and_a_positive_timeout(linear_registry, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    run = ["run", "--registry", str(linear_registry), "--model", "linear", "--out", str(tmp_path / "out"),
+           "--methods", "weights", "--await-approval"]
+    assert main(run) == 2
+    assert "featureaudit: error: --await-approval needs PREFECT_API_URL" in capsys.readouterr().err
+    assert main(run + ["--approval-timeout", "0"]) == 2
+    assert "--approval-timeout must be a number of seconds above 0, not 0" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused before anything is written
+
