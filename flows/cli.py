@@ -63,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     added = set_environment(verbose=verbose)
     stoppable = stop_on_signals(_stopped) if args.handler in (run, demo) else nullcontext()
     try:
-        # sign and verify load no model: they skip importing TensorFlow and quiet their own libraries
-        quiet = console(verbose=verbose) if args.handler not in (sign, verify, publish) else nullcontext()
+        # sign, verify and approvals load no model: they skip importing TensorFlow and quiet their own libraries
+        quiet = console(verbose=verbose) if args.handler not in (sign, verify, publish, approvals) else nullcontext()
         with stoppable, quiet, progress_bar(sys.stderr):
             return args.handler(args)
     except DeliveryError as exc:
