@@ -1,5 +1,6 @@
 """The ``featureaudit`` command line: ``run`` audits a registered model, ``demo`` builds a demo registry and audits it,
-``approvals`` verifies and lists the approval log (exit 0 intact, 1 with one line per problem).
+``approvals`` verifies and lists the approval log (exit 0 intact, 1 with one line per problem), ``publish`` puts a
+model, its splits and manifest into a registry as a new version and prints its reference.
 
 A successful run prints its output paths on stdout and next to nothing on stderr; ``--verbose`` shows
 Prefect's INFO logs, TensorFlow's C++ log and library warnings. Every failure is one line on stderr,

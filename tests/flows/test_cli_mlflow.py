@@ -11,6 +11,8 @@ import pypdf
 import pytest
 
 from flows.cli import main
+from tasks.document import read_results
+from tasks.registries import Provenance
 from tests.mlflow_server import mlflow_tracking, model_files  # noqa: F401  fixtures
 
 CHEAP = ["--methods", "weights,permutation", "--repeats", "2"]
@@ -66,6 +68,9 @@ def test_runs_by_number_alias_and_newest_record_the_version_run_and_alias(publis
     assert model["provenance"] == {"kind": "mlflow", "run_id": runs["1"], "alias": "champion",
                                    "source": f"runs:/{runs['1']}/model"}
     assert f"Registry {mlflow_tracking}" in page and "alias @champion → version 1" in page
+    (results,) = (tmp_path / "alias").rglob("results.json")
+    assert read_results(results).model.provenance == Provenance(kind="mlflow", run_id=runs["1"], alias="champion",
+                                                                source=f"runs:/{runs['1']}/model")
     assert runs["1"] in page.replace(" ", "") and model["sha256"]["model.keras"] in page.replace(" ", "")
 
     model, page = _run(capsys, tmp_path / "newest", "--registry", "mlflow")
