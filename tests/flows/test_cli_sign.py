@@ -134,7 +134,7 @@ def test_a_key_that_cannot_sign_stops_run_and_serve_before_anything_starts(linea
 def test_a_prefect_secret_block_holds_the_key(pki, monkeypatch):
     from prefect.blocks.system import Secret
 
-    from tasks.signing import check_signing
+    from tasks.signing import SigningError, check_signing
 
     approver = pki["approver"]
     Secret(value={"key": approver.key.read_text(), "cert": approver.cert.read_text()}).save(
@@ -142,7 +142,8 @@ def test_a_prefect_secret_block_holds_the_key(pki, monkeypatch):
     env = {"FEATUREAUDIT_SIGNING_SECRET": "featureaudit-signing-test"}
     assert check_signing(env).common_name == "Alan Approver"
     assert check_signing(env, secrets=False) is None  # the command line leaves it to the flow's first task
-    with pytest.raises(Exception, match="cannot load Prefect Secret block 'no-such-block'"):
+    with pytest.raises(SigningError,
+                       match="FEATUREAUDIT_SIGNING_SECRET: cannot load Prefect Secret block 'no-such-block'"):
         check_signing({"FEATUREAUDIT_SIGNING_SECRET": "no-such-block"})
 
 
