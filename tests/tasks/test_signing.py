@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 import numpy as np
 import pypdf
 import pytest
+import weasyprint
 
 from tasks.compare import compare
 from tasks.render import RunInfo, build_context, render_html, render_pdf, results_document
@@ -86,9 +87,11 @@ def test_signed_report_stays_pdfa_3u_with_results_attached(stage, report, reques
     root = reader.trailer["/Root"]
     xmp = root["/Metadata"].get_object().get_data().decode("utf-8")
     assert re.search(r"pdfaid:part[^0-9]*3", xmp) and re.search(r"pdfaid:conformance[^A-Z]*U", xmp)
-    # PDF/A: the info dictionary and the XMP metadata agree on the producer
-    producer = re.search(r'pdf:Producer="([^"]*)"|<pdf:Producer>([^<]*)<', xmp)
-    assert reader.trailer["/Info"]["/Producer"] in producer.groups()
+    # PDF/A: the info dictionary and the XMP metadata agree (title, creator tool, producer)
+    info = reader.trailer["/Info"]
+    assert re.search(r'pdf:Producer="([^"]*)"', xmp).group(1) == info["/Producer"]
+    assert re.search(r'xmp:CreatorTool="([^"]*)"', xmp).group(1) == info["/Creator"] == f"featureaudit with WeasyPrint {weasyprint.__version__}"
+    assert re.search(r'<rdf:li xml:lang="x-default">([^<]*)</rdf:li>', xmp).group(1) == info["/Title"]
     assert "/OutputIntents" in root
     assert reader.attachments["results.json"] == [report[0]]
     specs = [ref.get_object() for ref in root["/AF"]]  # WeasyPrint lists the one file twice
