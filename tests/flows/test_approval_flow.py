@@ -178,3 +178,39 @@ def test_a_rejection_ends_in_its_state_with_the_comment_and_is_emailed(runs):
     assert decision_mail["Subject"] == "featureaudit: lin v2 rejected by Grace Checker"
     body = decision_mail.get_content()
     assert "a no longer drives it: explain why" in body and entry.hash in body and entry.report_sha256 in body
+
+
+def test_a_registry_run_started_as_a_deployment_waits_in_its_model_run(registry, tmp_path):
+    """As a served deployment runs it (prefect.engine's run_flow on a flow run the server created): the model's
+    subflow run pauses, the decision resumes it, and the registry run completes with the model's line."""
+    from prefect.client.orchestration import get_client
+    from prefect.flow_engine import run_flow
+    from prefect.flow_runs import resume_flow_run
+    from prefect.logging.loggers import flow_run_logger
+
+    from flows.audit import audit_registry
+
+    parameters = {"registry": str(registry), "models": ["lin"], "out": str(tmp_path), "options": {"methods": ["weights"]},
+                  "await_approval": True, "approval_timeout": TIMEOUT_S}
+    with get_client(sync_client=True) as client:
+        parent = client.create_flow_run(audit_registry, parameters=parameters)
+    outcome = {}
+
+    def serve_it():
+        try:
+            outcome["state"] = run_flow(audit_registry, flow_run=parent, error_logger=flow_run_logger(parent),
+                                        return_type="state")
+        except BaseException as exc:  # shown by the wait below
+            outcome["state"] = exc
+
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(serve_it,))
+    thread.start()
+    paused, _ = _paused_run(thread, outcome)
+    assert paused.id != parent.id and paused.name == "lin v2"  # the model's run pauses, inside the registry run
+    resume_flow_run(paused.id, run_input={"decision": "approve", "name": "Ada Reviewer"})
+    thread.join(timeout=180)
+    assert outcome["state"].is_completed(), outcome["state"]
+    line = outcome["state"].result()["lin"]
+    assert line["status"] == "complete" and line["version"] == "v2"
+    [entry] = verify_log(tmp_path, "lin")[0]
+    assert (entry.decision, entry.flow_run_id, entry.run_id) == ("approve", str(paused.id), Path(line["folder"]).name)
