@@ -286,6 +286,7 @@ def sign_pdf(pdf: bytes, role: str, key: SigningKey, *, source: str, name: str |
         timestamper = HTTPTimeStamper(timestamp_url, timeout=20)
     with quiet_logs():
         writer = IncrementalPdfFileWriter(io.BytesIO(pdf))
+        _keep_pdfa_metadata(writer)
         out = io.BytesIO()
         try:
             signers.PdfSigner(meta, _pyhanko_signer(key), stamp_style=_stamp_style(), timestamper=timestamper
@@ -523,7 +524,7 @@ def _stamp_style():
 def _keep_pdfa_metadata(writer) -> None:
     """PDF/A wants the info dictionary and the XMP metadata to agree. pyHanko writes its own name as the XMP's
     producer but appends it to the info dictionary's: the info dictionary gets the XMP's value up front, and the
-    renderer moves to the creator tool (in both), where it belongs."""
+    renderer moves to the creator tool (in both), where it belongs, unless a creator is named already."""
     from pyhanko.pdf_utils import generic
     from pyhanko.pdf_utils.metadata.model import VENDOR
 
@@ -531,8 +532,10 @@ def _keep_pdfa_metadata(writer) -> None:
         return
     reference = writer.trailer.raw_get("/Info")
     info = reference.get_object()
-    producer = str(info.get("/Producer", "")) if "/Producer" in info else ""
-    if producer and producer != VENDOR:
+    producer = str(info["/Producer"]) if "/Producer" in info else ""
+    if producer == VENDOR:
+        return
+    if producer and "/Creator" not in info:
         creator = f"featureaudit with {producer}"
         info["/Creator"] = generic.TextStringObject(creator)
         writer.document_meta.creator = creator
