@@ -1,4 +1,5 @@
-"""Email delivery: the report's PDF by SMTP, with the summary and warnings in the body.
+"""Email delivery: the report's PDF by SMTP, with the summary and warnings in the body; and, after an approval step,
+a short plain mail of the reviewer's decision (:func:`decision_message`).
 
 Settings come from the environment::
 
