@@ -80,6 +80,17 @@ _ARRAY_KINDS = "biufc"
 logger = logging.getLogger("featureaudit.cache")
 
 
+def _logger() -> Any:
+    """The task run's logger (its lines reach the Prefect UI), else this module's."""
+    from prefect import get_run_logger
+    from prefect.exceptions import MissingContextError
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logger
+
+
 class NotStored(ValueError):
     """A stored file that is not a featureaudit result this version can read: computed again instead."""
 
@@ -140,7 +151,7 @@ class CacheKey:
         try:
             return f"{self.what}-{digest(self.inputs(parameters))}"
         except (TypeError, ValueError, KeyError) as exc:
-            logger.info("%s: not cached (%s)", self.what, exc)
+            _logger().info("%s: not cached (%s)", self.what, exc)
             return None
 
     def inputs(self, parameters: dict[str, Any]) -> dict[str, Any]:
@@ -298,7 +309,7 @@ class ResultsFolder(LocalFileSystem):
         try:
             check_record(content)
         except NotStored as exc:
-            logger.warning("stored result %s is not readable (%s): computing it again", resolved.name, exc)
+            _logger().warning("stored result %s is not readable (%s): computing it again", resolved.name, exc)
             raise
         return content
 
@@ -318,8 +329,8 @@ class ResultsFolder(LocalFileSystem):
                 Path(temporary).unlink(missing_ok=True)
                 raise
         except OSError as exc:
-            logger.warning("results cache %s cannot store a result (%s): it will be computed again next time",
-                           resolved.parent, exc.strerror or exc)
+            _logger().warning("results cache %s cannot store a result (%s): it will be computed again next time",
+                              resolved.parent, exc.strerror or exc)
         return str(resolved)
 
     async def awrite_path(self, path: str, content: bytes) -> str:

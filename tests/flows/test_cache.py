@@ -235,3 +235,18 @@ def test_prefect_finds_no_stored_result_in_a_record_another_serializer_wrote(tmp
     written = store.create_result_record({"a": (1, 2)}, key="ours")
     store.persist_result_record(written)
     assert store.exists("ours") and store.read("ours").result == {"a": (1, 2)}
+
+
+def test_run_refresh_on_the_command_line_computes_again(linear_registry, tmp_path, capsys):
+    from flows.cli import main
+
+    def run(*extra: str) -> dict:
+        assert main(["run", "--registry", str(linear_registry), "--model", "linear", "--out", str(tmp_path / "out"),
+                     "--methods", "weights", *extra]) == 0
+        out, err = capsys.readouterr()
+        assert "Traceback" not in err
+        return json.loads(Path(out.split()[-1]).read_text())["run"]
+
+    first, again, fresh = run(), run(), run("--refresh")
+    assert "reused" not in first and again["reused"]["weights"]["run"] == first["id"]
+    assert "reused" not in fresh
