@@ -266,10 +266,10 @@ def verify(args: argparse.Namespace) -> int:
 
     trust = None
     if args.trust:
-        trust = []
+        trust = {}
         for path in args.trust:
             try:
-                trust.append(Path(path).read_bytes())
+                trust[path] = Path(path).read_bytes()
             except OSError as exc:
                 raise SigningError(f"--trust {path}: cannot read it ({exc.strerror or exc})") from None
     beside = Path(args.results) if args.results else Path(args.report).parent / "results.json"

@@ -353,11 +353,11 @@ class Verification:
         return not self.problems
 
 
-def verify_pdf(pdf: bytes, *, source: str, trust: Iterable[bytes] | None = None, results: bytes | None = None,
+def verify_pdf(pdf: bytes, *, source: str, trust: Mapping[str, bytes] | None = None, results: bytes | None = None,
                results_source: str = "results.json") -> Verification:
-    """Verify a report's signatures (intact, trusted when ``trust`` holds CA certificates, nothing changed after each
-    beyond form filling and signing) and its embedded results.json (against the text, and byte for byte against
-    ``results`` when given)."""
+    """Verify a report's signatures (intact, trusted when ``trust`` maps file names to PEM CA certificates, nothing
+    changed after each beyond form filling and signing) and its embedded results.json (against the text, and byte for
+    byte against ``results`` when given)."""
     from pyhanko.sign import fields
     from pyhanko.sign.diff_analysis import ModificationLevel
     from pyhanko.sign.validation import validate_pdf_signature
@@ -365,7 +365,7 @@ def verify_pdf(pdf: bytes, *, source: str, trust: Iterable[bytes] | None = None,
     from pyhanko_certvalidator import ValidationContext
 
     reader = _reader(pdf, source)
-    anchors = [anchor for data in (trust or ()) for anchor in _certificates(data, "--trust")]
+    anchors = [anchor for name, data in (trust or {}).items() for anchor in _certificates(data, f"--trust {name}")]
     context = ValidationContext(trust_roots=[_asn1(cert) for cert in anchors], allow_fetching=False)
     usage = KeyUsageConstraints(key_usage={"digital_signature", "non_repudiation"}, match_all_key_usages=False)
     checks, problems = [], []

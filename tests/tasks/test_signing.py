@@ -136,7 +136,7 @@ def test_fields_lie_over_the_signoff_cells(certified):
 
 
 def test_certify_review_approve_verifies_with_three_trusted_signatures(fully_signed, pki, report):
-    outcome = verify_pdf(fully_signed, source="report.pdf", trust=[pki["ca"].cert_path.read_bytes()], results=report[0])
+    outcome = verify_pdf(fully_signed, source="report.pdf", trust={"ca.pem": pki["ca"].cert_path.read_bytes()}, results=report[0])
     assert outcome.ok, outcome.problems
     assert [c.role for c in outcome.signatures] == ["Prepared by", "Reviewed by", "Approved by"]
     assert all(c.valid and c.trusted and c.allowed for c in outcome.signatures)
@@ -190,10 +190,12 @@ def test_an_annotation_added_after_the_last_signature_is_named(fully_signed):
 
 def test_a_signer_outside_the_trusted_ca_is_named(certified, pki):
     signed = sign_pdf(certified, "reviewed", _key(pki["outsider"]), source="report.pdf")
-    outcome = verify_pdf(signed, source="report.pdf", trust=[pki["ca"].cert_path.read_bytes()])
+    outcome = verify_pdf(signed, source="report.pdf", trust={"ca.pem": pki["ca"].cert_path.read_bytes()})
     assert outcome.problems == ("report.pdf: the Reviewed by signer Oscar Outsider does not chain to a CA given "
                                 "with --trust",)
     assert outcome.unsigned == ("Approved by",)
+    with pytest.raises(SigningError, match="--trust notes.txt holds no PEM certificate"):
+        verify_pdf(signed, source="report.pdf", trust={"notes.txt": b"not a certificate"})
 
 
 def test_results_beside_the_report_must_equal_the_embedded_one(certified, report):
