@@ -91,7 +91,8 @@ def tracking_uri(reference: str) -> str:
         uri = os.environ.get(TRACKING_ENV, "").strip()
         if not uri:
             raise RegistryError(f"--registry mlflow needs {TRACKING_ENV}: set it to the MLflow tracking server, e.g. "
-                                f"{TRACKING_ENV}=http://127.0.0.1:5000, or name it as --registry mlflow+http://host:port")
+                                f"{TRACKING_ENV}=http://127.0.0.1:5000, or name it as "
+                                "--registry mlflow+http://host:port")
         return uri
     uri = reference[len("mlflow+"):].strip()
     if "://" not in uri:
@@ -213,8 +214,8 @@ class MlflowRegistry:
         if "model.keras" not in listed:
             present = ", ".join(f"data/{n}" for n in sorted(listed)) or "nothing under data/"
             raise RegistryError(f"{what} has no {MODEL_ARTIFACT} in its model artifact {record.source}: featureaudit "
-                                "reads the Keras 3 file that mlflow.keras.log_model stores (not save_exported_model=True)"
-                                f"; found {present}")
+                                "reads the Keras 3 file that mlflow.keras.log_model stores (not "
+                                f"save_exported_model=True); found {present}")
         files = {"model.keras": _Artifact(f"{model_uri.rstrip('/')}/{MODEL_ARTIFACT}", listed["model.keras"])}
         logged = self._list(f"runs:/{run_id}/{ARTIFACT_FOLDER}", what) if run_id else {}
         tags = dict(getattr(record, "tags", None) or {})
@@ -240,8 +241,8 @@ class MlflowRegistry:
         path = found.group(2).strip("/") if found else ""
         suffixes = (".json",) if stem == "manifest" else (".parquet", ".csv")
         if not found or ".." in path.split("/") or not path.endswith(suffixes):
-            raise RegistryError(f"{what}: tag {tag}={value!r} must name a run artifact, runs:/<run-id>/<path> ending in "
-                                f"{' or '.join(suffixes)}")
+            raise RegistryError(f"{what}: tag {tag}={value!r} must name a run artifact, runs:/<run-id>/<path> "
+                                f"ending in {' or '.join(suffixes)}")
         run_id = found.group(1)
         parent, _, base = path.rpartition("/")
         listed = self._list(f"runs:/{run_id}/{parent}" if parent else f"runs:/{run_id}", what)
@@ -256,7 +257,8 @@ class MlflowRegistry:
 
         entries = self._call(lambda: mlflow.artifacts.list_artifacts(artifact_uri=artifact_uri,
                                                                       tracking_uri=self.tracking_uri), what)
-        return {entry.path.rstrip("/").rsplit("/", 1)[-1]: entry.file_size for entry in entries or [] if not entry.is_dir}
+        return {entry.path.rstrip("/").rsplit("/", 1)[-1]: entry.file_size
+                for entry in entries or [] if not entry.is_dir}
 
     def _download(self, artifact: _Artifact, target: Path) -> None:
         """Fetch one artifact unless the cached copy has its URI and size; write it to a temp folder, then rename."""
