@@ -262,7 +262,7 @@ def sign(args: argparse.Namespace) -> int:
 
 def verify(args: argparse.Namespace) -> int:
     """List a report's signatures on stdout; one line per problem on stderr, exit 1 when there is any."""
-    from tasks.signing import SigningError, verify_pdf
+    from tasks.signing import SigningError, printable, verify_pdf
 
     trust = None
     if args.trust:
@@ -281,14 +281,14 @@ def verify(args: argparse.Namespace) -> int:
             raise SigningError(f"--results {beside}: cannot read it ({exc.strerror or exc})") from None
     outcome = verify_pdf(_read_report(args.report), source=args.report, trust=trust, results=results,
                          results_source=str(beside))
-    for check in outcome.signatures:
-        print(check.line())
+    for check in outcome.signatures:  # names, comments and field names come from the PDF: no control characters
+        print(printable(check.line()))
     for role in outcome.unsigned:
-        print(f"{role}: not signed yet")
+        print(printable(f"{role}: not signed yet"))
     if results is not None and not any(str(beside) in problem for problem in outcome.problems):
         print(f"{beside}: the same as the results.json embedded in the report")
     for problem in outcome.problems:
-        _fail(problem, 1)
+        _fail(printable(problem), 1)
     return 1 if outcome.problems else EXIT_OK
 
 

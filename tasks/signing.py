@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import re
+import unicodedata
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -390,6 +391,12 @@ def verify_pdf(pdf: bytes, *, source: str, trust: Mapping[str, bytes] | None = N
 
 def field_name(role: str) -> str:
     return FIELD_PREFIX + role
+
+
+def printable(text: str) -> str:
+    """``text`` safe for a terminal: what a PDF or a results.json supplies (names, comments, field names) may hold
+    control characters, such as escape sequences; each becomes '?'."""
+    return "".join("?" if unicodedata.category(char).startswith("C") else char for char in text)
 
 
 @contextmanager

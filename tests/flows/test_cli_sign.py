@@ -106,6 +106,17 @@ def test_sign_refuses_a_signed_role_with_one_line_exit_2(signed_run, pki, capsys
     assert err == f"featureaudit: error: {report}: 'Reviewed by' is signed already; a role is signed once\n"
 
 
+def test_verify_prints_no_control_characters_from_the_pdf(signed_run, pki, capsys, tmp_path):
+    report = tmp_path / "report.pdf"
+    report.write_bytes(signed_run.certified)
+    assert _sign(report, pki["approver"], "approved", "--name", "Alan\x1b]0;owned\x07", "--comment", "ok\x1b[2J") == 0
+    capsys.readouterr()
+    assert main(["verify", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out
+    assert "Approved by: Alan?]0;owned? (Alan Approver)" in out and "comment: ok?[2J" in out
+
+
 def test_sign_refuses_an_unset_password_variable_and_an_unreadable_report(pki, tmp_path, capsys):
     reviewer = pki["reviewer"]
     code = main(["sign", str(tmp_path / "report.pdf"), "--role", "reviewed", "--key", str(reviewer.key), "--cert",
