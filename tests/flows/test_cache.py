@@ -121,6 +121,14 @@ def test_one_value_changed_in_the_test_split_recomputes_every_method(twice, line
     assert changed["results"]["model"]["sha256"]["test.parquet"] != first["results"]["model"]["sha256"]["test.parquet"]
 
 
+def test_a_changed_manifest_recomputes_every_method(twice, linear_registry, tmp_path):
+    _, out, _, _ = twice
+    registry = _copy(linear_registry, tmp_path)
+    manifest = registry / "linear" / "v1" / "manifest.json"
+    manifest.write_text(json.dumps(json.loads(manifest.read_text()) | {"training": {"epochs": 6, "batch_size": 128}}))
+    assert _audit(registry, out)["states"] == {name: ["Completed"] for name in METHODS}
+
+
 def test_a_new_model_with_the_same_splits_reuses_nothing(twice, linear_registry, tmp_path):
     _, out, _, _ = twice
     registry = _copy(linear_registry, tmp_path)
