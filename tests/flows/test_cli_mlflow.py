@@ -139,3 +139,22 @@ def test_publish_into_a_folder_and_s3_round_trips_through_run(model_files, s3_en
                  str(tmp_path / "alias-out")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "has no aliases ('@champion')" in err and len(err.splitlines()) == 1
+
+
+def test_publish_into_mlflow_prints_only_the_reference_and_refuses_a_version_or_bad_alias(
+        mlflow_tracking, model_files, capfd):  # noqa: F811
+    registry = f"mlflow+{mlflow_tracking}"
+    files = ["--model-file", str(model_files["model0"]), "--test", str(model_files["test"]), "--manifest",
+             str(model_files["manifest"])]
+    assert main(["publish", "--registry", registry, "--model", "quiet", *files, "--alias", "blue"]) == 0
+    assert capfd.readouterr() == ("models:/quiet/1\n", "")
+    for extra, message in ((["--version", "5"], "--version 5: an MLflow Model Registry numbers its versions itself"),
+                           (["--alias", "latest"], "--alias 'latest': an MLflow alias is letters, digits")):
+        assert main(["publish", "--registry", registry, "--model", "quiet", *files, *extra]) == 2
+        out, err = capfd.readouterr()
+        assert out == "" and message in err and len(err.strip().splitlines()) == 1
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=mlflow_tracking)
+    assert [v.version for v in client.search_model_versions("name='quiet'")] == ["1"]  # nothing else registered
+    assert client.get_registered_model("quiet").aliases == {"blue": "1"}
