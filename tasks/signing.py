@@ -49,6 +49,8 @@ DEMO_LABEL = "Signed with a demonstration key: not evidence of authorship"
 KEY_ENV, CERT_ENV, PASSWORD_ENV, SECRET_ENV = (
     "FEATUREAUDIT_SIGNING_KEY", "FEATUREAUDIT_SIGNING_CERT", "FEATUREAUDIT_SIGNING_KEY_PASSWORD",
     "FEATUREAUDIT_SIGNING_SECRET")
+#: Seconds a timestamp request may take in all (connecting, sending, the answer) before signing gives up.
+TIMESTAMP_TIMEOUT_S = 20
 _CSS_PX_TO_PT = 0.75
 _QUIET = ("pyhanko", "pyhanko_certvalidator", "fontTools")
 
@@ -282,9 +284,7 @@ def sign_pdf(pdf: bytes, role: str, key: SigningKey, *, source: str, name: str |
                                         md_algorithm="sha256", name=name or signer_info.common_name, reason=reason)
     timestamper = None
     if timestamp_url:
-        from pyhanko.sign.timestamps import HTTPTimeStamper
-
-        timestamper = HTTPTimeStamper(timestamp_url, timeout=20)
+        timestamper = _timestamper(timestamp_url)
     with quiet_logs():
         writer = IncrementalPdfFileWriter(io.BytesIO(pdf))
         _keep_pdfa_metadata(writer)
@@ -296,8 +296,8 @@ def sign_pdf(pdf: bytes, role: str, key: SigningKey, *, source: str, name: str |
         except Exception as exc:
             if timestamper is None:
                 raise
-            raise SigningError(f"--timestamp-url {timestamp_url}: no timestamp obtained ({type(exc).__name__}: "
-                               f"{exc}); check the URL or sign without it") from None
+            raise SigningError(f"--timestamp-url {timestamp_url}: no timestamp obtained ({_timestamp_failure(exc)}); "
+                               "check the URL or sign without it") from None
     return out.getvalue()
 
 
@@ -320,6 +320,7 @@ class SignatureCheck:
     demo: bool
     decision: str | None = None
     comment: str | None = None
+    timestamp_trusted: bool | None = None  # None: not timestamped, or no trust anchors were given
 
     @property
     def role(self) -> str:
@@ -331,7 +332,9 @@ class SignatureCheck:
         trust = {None: "trust not checked", True: "trusted", False: "not trusted"}[self.trusted]
         parts = [f"{self.role}: {self.signer}" + (" (demonstration key: not evidence of authorship)" if self.demo
                                                   else ""),
-                 f"signed {when}" + (" (timestamped)" if self.timestamped else " (signer's clock)"),
+                 f"signed {when}" + ((" (timestamped)" if self.timestamp_trusted is not False
+                                      else " (timestamped by an authority not trusted)")
+                                     if self.timestamped else " (signer's clock)"),
                  ("certification, " if self.certification else "") + ("valid" if self.valid else "NOT valid"),
                  trust, f"changed after it: {self.changes}"]
         if self.decision:
@@ -379,7 +382,7 @@ def verify_pdf(pdf: bytes, *, source: str, trust: Mapping[str, bytes] | None = N
                 problems.append(f"{source}: the signature in field {sig.field_name} cannot be validated "
                                 f"({type(exc).__name__}: {exc})")
                 continue
-            checks.append(_check(sig, status, trusted=None if trust is None else bool(status.trusted),
+            checks.append(_check(sig, status, trust_given=trust is not None,
                                  allowed_levels=(ModificationLevel.NONE, ModificationLevel.LTA_UPDATES,
                                                  ModificationLevel.FORM_FILLING)))
         unsigned = tuple(ROLES.get(name.removeprefix(FIELD_PREFIX), name)
@@ -515,6 +518,53 @@ def _pyhanko_signer(key: SigningKey):
                         cert_registry=SimpleCertificateStore.from_certs(chain))
 
 
+def _timestamper(url: str):
+    """An RFC 3161 client for ``url`` that gives up after ``TIMESTAMP_TIMEOUT_S`` and says why an answer is unusable:
+    a refusal by its status (asn1crypto cannot parse a response without a token, which is what a refusal is), or a
+    body that is no timestamp response at all."""
+    from asn1crypto import core, tsp
+    from pyhanko.sign.timestamps import HTTPTimeStamper, TimestampRequestError
+
+    class Refusal(core.Sequence):
+        _fields = [("status", tsp.PKIStatusInfo)]
+
+    class Timestamper(HTTPTimeStamper):
+        async def async_request_tsa_response(self, req):
+            unusable = TimestampRequestError("the answer is not an RFC 3161 timestamp response")
+            try:
+                response = await super().async_request_tsa_response(req)
+            except ValueError:  # not even DER
+                raise unusable from None
+            try:
+                response["status"].native  # asn1crypto parses on access
+                return response
+            except ValueError:
+                pass
+            try:
+                status = Refusal.load(response.dump())["status"].native
+            except ValueError:
+                raise unusable from None
+            if status["status"] == "granted":  # granted, yet no token that parses
+                raise unusable
+            reasons = "; ".join([*(status["status_string"] or []), *sorted(status["fail_info"] or [])])
+            raise TimestampRequestError(f"the authority answered '{status['status']}'" +
+                                        (f": {reasons}" if reasons else ""))
+
+    return Timestamper(url, timeout=TIMESTAMP_TIMEOUT_S)
+
+
+def _timestamp_failure(exc: BaseException) -> str:
+    """Why no timestamp came, in words: pyHanko wraps the connection's own error (refused, timed out, HTTP status)."""
+    from pyhanko.sign.timestamps import TimestampRequestError
+
+    cause = exc.__cause__
+    if isinstance(exc, TimeoutError) or isinstance(cause, TimeoutError):
+        return f"no answer within {TIMESTAMP_TIMEOUT_S:g} s"
+    if not isinstance(exc, TimestampRequestError):
+        return f"{type(exc).__name__}: {exc}"
+    return f"{exc}: {cause}" if cause is not None else str(exc)
+
+
 def _stamp_style():
     """The signature's visible appearance: role, signer, time and decision, in an embedded font (PDF/A)."""
     import matplotlib
@@ -560,7 +610,7 @@ def _reader(pdf: bytes, source: str):
         raise SigningError(f"{source} is not a readable PDF ({type(exc).__name__}: {exc})") from None
 
 
-def _check(sig, status, *, trusted: bool | None, allowed_levels) -> SignatureCheck:
+def _check(sig, status, *, trust_given: bool, allowed_levels) -> SignatureCheck:
     signer = _signer(_cryptography_cert(status.signing_cert))
     reason = str(sig.sig_object.get("/Reason", "")) if "/Reason" in sig.sig_object else ""
     decision = re.search(r"decision: (\w+)", reason)
@@ -582,8 +632,11 @@ def _check(sig, status, *, trusted: bool | None, allowed_levels) -> SignatureChe
                           signed_at=signed_at.astimezone(timezone.utc) if signed_at else None,
                           timestamped=timestamp is not None,
                           valid=bool(status.intact and status.valid and status.coverage is not None
-                                     and status.coverage.name in ("ENTIRE_REVISION", "ENTIRE_FILE")),
-                          trusted=trusted, certification=sig.docmdp_level is not None, changes=changes,
+                                     and status.coverage.name in ("ENTIRE_REVISION", "ENTIRE_FILE")
+                                     and (timestamp is None or (timestamp.intact and timestamp.valid))),
+                          trusted=bool(status.trusted) if trust_given else None,
+                          timestamp_trusted=bool(timestamp.trusted) if trust_given and timestamp else None,
+                          certification=sig.docmdp_level is not None, changes=changes,
                           allowed=allowed, demo=signer.demo, decision=decision.group(1) if decision else None,
                           comment=comment.group(1).strip() if comment else None)
 
@@ -609,6 +662,9 @@ def _signature_problems(source: str, checks: list[SignatureCheck], embedded: lis
         if check.trusted is False:
             problems.append(f"{source}: the {check.role} signer {check.signer} does not chain to a CA given with "
                             "--trust")
+        if check.timestamp_trusted is False:
+            problems.append(f"{source}: the timestamp authority of the {check.role} signature does not chain to a CA "
+                            "given with --trust, so its signing time is not established; add that authority's CA")
     changed = [check for check in checks if not check.allowed]
     if changed:  # every signature before a change reports it: name the last one it follows
         last = changed[-1]

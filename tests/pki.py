@@ -1,4 +1,5 @@
-"""A small test PKI made with ``cryptography``: a CA and the certificates of the people who sign a report."""
+"""A small test PKI made with ``cryptography``: a CA, the certificates of the people who sign a report, and a timestamp
+authority's."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 
@@ -82,3 +83,23 @@ class TestCA:
         )
         key_path, cert_path = _write(self.folder, common_name.replace(" ", "-"), key, cert, password)
         return Identity(common_name, key_path, cert_path, password)
+
+    def issue_timestamping(self, common_name: str = "featureaudit test TSA") -> Identity:
+        """A timestamp authority's RSA key and certificate from this CA: extended key usage timeStamping only, critical
+        (RFC 3161 2.3)."""
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        now = datetime.now(timezone.utc)
+        cert = (
+            x509.CertificateBuilder().subject_name(_name(common_name)).issuer_name(self.cert.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=365))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=True, key_encipherment=False,
+                                         data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                                         crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.TIME_STAMPING]), critical=True)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False)
+            .sign(self.key, hashes.SHA256())
+        )
+        key_path, cert_path = _write(self.folder, common_name.replace(" ", "-"), key, cert, None)
+        return Identity(common_name, key_path, cert_path)

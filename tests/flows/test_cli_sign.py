@@ -1,7 +1,9 @@
 """featureaudit run certifies its report when a key is configured; sign adds the reviewers' signatures; verify checks."""
 
+import contextlib
 import os
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -171,3 +173,77 @@ def test_demo_signs_with_its_own_labelled_key_and_puts_the_settings_back(tmp_pat
     assert "FEATUREAUDIT_SIGNING_KEY" not in os.environ
     assert sorted(p.name for p in (tmp_path / "demo-signing").iterdir()) == ["demo-signing.cert.pem",
                                                                            "demo-signing.key.pem"]
+
+
+@pytest.fixture(scope="module")
+def tsa_identity(pki):
+    return pki["ca"].issue_timestamping()
+
+
+def test_sign_with_a_timestamp_authority_verifies_with_its_time_trusted(signed_run, pki, tsa_identity, capsys,
+                                                                          tmp_path):
+    from tests.tsa import tsa_server
+
+    report = tmp_path / "report.pdf"
+    report.write_bytes(signed_run.certified)
+    stated = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(hours=3)  # not the signer's clock
+    with tsa_server(tsa_identity, at=stated) as tsa:
+        assert _sign(report, pki["approver"], "approved", "--decision", "approve", "--timestamp-url", tsa.url) == 0
+    assert tsa.requests and all(request["cert_req"].native for request in tsa.requests)  # the TSA's certificate too
+    capsys.readouterr()
+
+    assert main(["verify", str(report), "--trust", str(pki["ca"].cert_path)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    [line] = [line for line in captured.out.splitlines() if line.startswith("Approved by: Alan Approver")]
+    assert f"; signed {stated:%Y-%m-%d %H:%M:%S} UTC (timestamped); valid; trusted; changed after it: none" in line
+    assert "(signer's clock)" in captured.out.splitlines()[0]  # the certification was not timestamped
+
+    assert main(["verify", str(report)]) == 0
+    assert "(timestamped); valid; trust not checked" in capsys.readouterr().out
+
+
+def test_a_timestamp_from_an_authority_outside_trust_is_named(signed_run, pki, capsys, tmp_path):
+    from tests.tsa import tsa_server
+
+    report = tmp_path / "report.pdf"
+    report.write_bytes(signed_run.certified)
+    with tsa_server(pki["other"].issue_timestamping("another TSA")) as tsa:
+        assert _sign(report, pki["approver"], "approved", "--timestamp-url", tsa.url) == 0
+    capsys.readouterr()
+    assert main(["verify", str(report), "--trust", str(pki["ca"].cert_path)]) == 1
+    captured = capsys.readouterr()
+    assert "(timestamped by an authority not trusted); valid; trusted" in captured.out
+    assert captured.err == (f"featureaudit: error: {report}: the timestamp authority of the Approved by signature does "
+                            "not chain to a CA given with --trust, so its signing time is not established; add that "
+                            "authority's CA\n")
+    assert main(["verify", str(report), "--trust", str(pki["ca"].cert_path), "--trust",
+                 str(pki["other"].cert_path)]) == 0
+
+
+@pytest.mark.parametrize("answer, reason", [
+    ("down", "Cannot connect to host 127.0.0.1"),
+    ("garbage", "the answer is not an RFC 3161 timestamp response"),
+    ("rejection", "the authority answered 'rejection': policy not accepted; unaccepted_policy"),
+    ("hang", "no answer within 1 s"),
+])
+def test_sign_with_a_failing_timestamp_authority_is_one_line_exit_2_and_writes_nothing(
+        signed_run, pki, tsa_identity, capsys, tmp_path, monkeypatch, answer, reason):
+    from tests.tsa import closed_port_url, tsa_server
+
+    monkeypatch.setattr("tasks.signing.TIMESTAMP_TIMEOUT_S", 1)  # the hanging authority: give up after 1 s, not 20
+    report = tmp_path / "report.pdf"
+    report.write_bytes(signed_run.certified)
+    copy = tmp_path / "signed.pdf"
+    with contextlib.ExitStack() as stack:
+        url = closed_port_url() if answer == "down" else stack.enter_context(tsa_server(tsa_identity,
+                                                                                         answer=answer)).url
+        codes = [_sign(report, pki["reviewer"], "reviewed", "--timestamp-url", url),
+                 _sign(report, pki["reviewer"], "reviewed", "--timestamp-url", url, "--out", str(copy))]
+    assert codes == [2, 2]
+    captured = capsys.readouterr()
+    errors = captured.err.splitlines()
+    assert captured.out == "" and len(errors) == 2 and errors[0] == errors[1]
+    assert errors[0].startswith(f"featureaudit: error: --timestamp-url {url}: no timestamp obtained (")
+    assert reason in errors[0] and errors[0].endswith("); check the URL or sign without it")
+    assert report.read_bytes() == signed_run.certified and sorted(p.name for p in tmp_path.iterdir()) == ["report.pdf"]
