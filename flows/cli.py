@@ -172,7 +172,7 @@ def serve(args: argparse.Namespace) -> int:
         serve_deployments(deployment, port=args.port)
         return 0
     landed = landed_deployment(registry=registry, out=str(Path(args.out).resolve()), email_to=email_to,
-                               options=options, imports=args.imports)
+                               options=options, imports=args.imports, **_approval(args))
     serve_deployments(deployment, landed, port=args.port,
                       watch={"registry": registry, "models": args.model, "interval": args.watch_interval})
     return 0

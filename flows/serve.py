@@ -81,24 +81,30 @@ def prefect_api(port: int = DEFAULT_PORT, *, timeout: float = STARTUP_TIMEOUT_S)
             process.kill()
 
 
+def audit_parameters(
+    *, registry: str, out: str = DEFAULT_OUT, email_to: list[str] | None = None,
+    options: AuditOptions = AuditOptions(), imports: list[str] | None = None, await_approval: bool = False,
+    approval_timeout: float | None = None,
+) -> dict[str, Any]:
+    """The parameters both deployments share, as the flows take them (the options as JSON, for the UI's form)."""
+    from tasks.approval import DEFAULT_TIMEOUT_S
+
+    return {"registry": registry, "out": out, "options": options.model_dump(mode="json"),
+            "email_to": email_to or None, "imports": list(imports or []) or None,
+            "await_approval": await_approval, "approval_timeout": approval_timeout or DEFAULT_TIMEOUT_S}
+
+
 def registry_deployment(
     *, registry: str, models: list[str] | None = None, cron: str = DEFAULT_CRON, timezone: str | None = None,
-    out: str = DEFAULT_OUT, email_to: list[str] | None = None, options: AuditOptions = AuditOptions(),
-    name: str = DEPLOYMENT_NAME, imports: list[str] | None = None, await_approval: bool = False,
-    approval_timeout: float | None = None,
+    name: str = DEPLOYMENT_NAME, **shared: Any,
 ):
-    """The nightly deployment of the registry flow: one run per night, one subflow per model; with
-    ``await_approval`` each model's run waits for a reviewer's decision in the UI (``approval_timeout`` seconds)."""
+    """The nightly deployment of the registry flow: one run per night, one subflow per model. ``shared`` are
+    :func:`audit_parameters`' (with ``await_approval``, each model's run waits for a reviewer's decision)."""
     from prefect.schedules import Cron
 
     from flows.audit import audit_registry
-    from tasks.approval import DEFAULT_TIMEOUT_S
 
-    parameters: dict[str, Any] = {"registry": registry, "models": models or None, "out": out,
-                                  "options": options.model_dump(mode="json"),
-                                  "email_to": email_to or None, "imports": list(imports or []) or None,
-                                  "await_approval": await_approval,
-                                  "approval_timeout": approval_timeout or DEFAULT_TIMEOUT_S}
+    parameters = {**audit_parameters(registry=registry, **shared), "models": models or None}
     try:
         schedule = Cron(cron, timezone=timezone)
         return audit_registry.to_deployment(name=name, schedules=[schedule], parameters=parameters)
@@ -106,11 +112,9 @@ def registry_deployment(
         raise FeatureAuditError(f"--cron {cron!r} / --timezone {timezone!r}: {exc}") from None
 
 
-def landed_deployment(
-    *, registry: str, out: str = DEFAULT_OUT, email_to: list[str] | None = None,
-    options: AuditOptions = AuditOptions(), imports: list[str] | None = None,
-):
-    """The one-model audit, started by :data:`LANDED_EVENT` from this registry with the event's model and version.
+def landed_deployment(*, registry: str, **shared: Any):
+    """The one-model audit, started by :data:`LANDED_EVENT` from this registry with the event's model and version
+    (``shared``: :func:`audit_parameters`').
 
     One run at a time (the others queue), so a model is never audited twice at once by this deployment.
     """
@@ -127,10 +131,8 @@ def landed_deployment(
         for_each={"prefect.resource.id"}, posture="Reactive", threshold=1, within=timedelta(0),
         parameters={"model": "{{ event.payload.model }}", "version": "{{ event.payload.version }}"},
     )
-    parameters: dict[str, Any] = {"registry": registry, "out": out, "options": options.model_dump(mode="json"),
-                                  "email_to": email_to or None, "imports": list(imports or []) or None}
     return audit_model.to_deployment(
-        name=WATCH_DEPLOYMENT_NAME, parameters=parameters, triggers=[trigger],
+        name=WATCH_DEPLOYMENT_NAME, parameters=audit_parameters(registry=registry, **shared), triggers=[trigger],
         concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE),
         description=f"Audit a new version of a model in {registry} when it lands (the registry is polled).")
 

@@ -5,7 +5,7 @@ MLflow, ``@alias`` labels naming a version; a ``<label>.stamp`` fingerprinting t
 poll is the baseline and starts nothing: the versions already there are the nightly run's business. A change
 is acted on only once the next poll sees the same snapshot again, so a version still being copied in is not
 audited half-written; then each version a label moved to (or whose files changed in place) is audited once,
-however many labels point at it. A model that appears after the baseline has its newest version audited.
+however many labels point at it, asked for by an alias that moved to it where there is one. A model that appears after the baseline has its newest version audited.
 
 Plain code, no Prefect: :mod:`flows.serve` polls, and turns each version returned here into a Prefect event
 that the deployment's trigger answers with one audit run.
@@ -46,12 +46,17 @@ class Watcher:
 
 
 def moved(before: dict[str, str], now: dict[str, str]) -> list[str]:
-    """The versions that labels point at now and did not before, or whose files changed; each once, in label order."""
-    versions: list[str] = []
+    """What to audit: each version that a label points at now and did not before (or whose files changed), once.
+
+    A version an alias moved to is named by the alias (``@champion``), so its audit records the alias; otherwise
+    by the version itself.
+    """
+    refs: dict[str, str] = {}  # version -> how to ask for it
     for label, version in now.items():
         if label.endswith(STAMP):
             continue
         stamp = label + STAMP
-        if (before.get(label) != version or before.get(stamp) != now.get(stamp)) and version not in versions:
-            versions.append(version)
-    return versions
+        if before.get(label) != version or before.get(stamp) != now.get(stamp):
+            if version not in refs or label.startswith("@") and not refs[version].startswith("@"):
+                refs[version] = label if label.startswith("@") else version
+    return list(refs.values())

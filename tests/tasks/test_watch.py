@@ -34,9 +34,11 @@ def test_a_moved_alias_audits_its_new_target_and_two_labels_on_one_version_audit
     watcher = Watcher()
     watcher.observe({"credit": snap("7", champion="5")})
     watcher.observe({"credit": snap("7", champion="6")})
-    assert watcher.observe({"credit": snap("7", champion="6")}) == [("credit", "6")]
+    assert watcher.observe({"credit": snap("7", champion="6")}) == [("credit", "@champion")]  # recorded as asked
     watcher.observe({"credit": snap("8", champion="8", challenger="8")})
-    assert watcher.observe({"credit": snap("8", champion="8", challenger="8")}) == [("credit", "8")]
+    assert watcher.observe({"credit": snap("8", champion="8", challenger="8")}) == [("credit", "@champion")]
+    watcher.observe({"credit": snap("9", champion="8", challenger="8")})
+    assert watcher.observe({"credit": snap("9", champion="8", challenger="8")}) == [("credit", "9")]
 
 
 def test_a_model_that_appears_later_has_its_newest_version_audited_and_an_unreadable_one_waits():
