@@ -297,7 +297,8 @@ def _await_decision(out: str, folder: str, timeout: float, recipients: list[str]
         return Completed(data=folder, name=AWAITING, message=f"no decision within {timeout:g} s: "
                                                               f"the report in {folder} is kept, unapproved")
     entry = record_approval_task(out, folder, decision=answer.decision, name=answer.name, comment=answer.comment,
-                                 report_sha256=step.report_sha256, flow_run_id=str(runtime.flow_run.id))
+                                 report_sha256=step.report_sha256, report_bytes=step.report_bytes,
+                                 flow_run_id=str(runtime.flow_run.id))
     if recipients:
         email_decision_task_from_env()(folder, entry, recipients)
     if entry.decision == "reject":

@@ -3,7 +3,8 @@ approved report.
 
 The log is ``<out>/<model>/approvals.jsonl``, one JSON object per line (:class:`ApprovalEntry`): who decided
 (``name``), when (``time``, UTC ISO 8601), ``decision`` (approve or reject), ``comment``, ``model``, ``version``,
-``run_id``, ``report_sha256`` (of report.pdf as written, hashed before the run paused), ``flow_run_id``, ``prev``
+``run_id``, ``report_sha256`` and ``report_bytes`` (of report.pdf as written, hashed before the run paused; a
+signature appended later leaves those bytes intact: :func:`report_unchanged`), ``flow_run_id``, ``prev``
 (the previous line's ``hash``; the first line's is 64 zeros) and ``hash``: the sha256 of the line's other keys as
 canonical JSON (sorted keys, no spaces, UTF-8). Editing, removing or reordering any line breaks the chain at the
 next line or at the line itself. A line is appended under an exclusive ``fcntl`` lock on the log and synced to disk
@@ -74,9 +75,17 @@ class ApprovalEntry:
     flow_run_id: str | None
     prev: str
     hash: str
+    report_bytes: int | None = None  # the report's length as decided on: signatures appended later keep this prefix
+
+    def values(self) -> dict[str, Any]:
+        """The line's keys (``report_bytes`` only where it was recorded)."""
+        out = asdict(self)
+        if out["report_bytes"] is None:
+            del out["report_bytes"]
+        return out
 
     def to_line(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"))
+        return json.dumps(self.values(), ensure_ascii=False, separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -135,6 +144,7 @@ class ApprovalStep:
 
     report_sha256: str
     description: str
+    report_bytes: int | None = None
 
     @property
     def form(self) -> type[ApprovalInput]:
@@ -168,9 +178,29 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def report_unchanged(path: str | Path, entry: ApprovalEntry) -> bool:
+    """Whether ``path`` is the report decided on: the same bytes, or those bytes with revisions appended after them.
+
+    A reviewer signing the PDF (``featureaudit sign``) appends an incremental revision and leaves every byte before
+    it as it was; whether the appended revisions change anything beyond signatures and form fields is what
+    ``featureaudit verify`` checks.
+    """
+    if file_sha256(path) == entry.report_sha256:
+        return True
+    if entry.report_bytes is None or Path(path).stat().st_size <= entry.report_bytes:
+        return False
+    digest, left = hashlib.sha256(), entry.report_bytes
+    with open(path, "rb") as handle:
+        while left:
+            block = handle.read(min(left, 1 << 20))
+            digest.update(block)
+            left -= len(block)
+    return digest.hexdigest() == entry.report_sha256
+
+
 def append_entry(out: str | Path, *, name: str, decision: Decision, comment: str, model: str, version: str,
                  run_id: str, report_sha256: str, flow_run_id: str | None = None,
-                 time: datetime | None = None) -> ApprovalEntry:
+                 time: datetime | None = None, report_bytes: int | None = None) -> ApprovalEntry:
     """Append a decision to ``<out>/<model>/approvals.jsonl`` under an exclusive lock, chained to the last line,
     synced to disk; write the same entry as the run folder's ``approval.json``; return it."""
     path = log_path(out, model)
@@ -185,6 +215,8 @@ def append_entry(out: str | Path, *, name: str, decision: Decision, comment: str
             values = {"name": name, "time": when, "decision": decision, "comment": comment, "model": model,
                       "version": version, "run_id": run_id, "report_sha256": report_sha256,
                       "flow_run_id": flow_run_id, "prev": prev}
+            if report_bytes is not None:
+                values["report_bytes"] = report_bytes
             entry = ApprovalEntry(**values, hash=entry_hash(values))
             handle.seek(0, os.SEEK_END)
             handle.write(entry.to_line() + "\n")
@@ -192,7 +224,7 @@ def append_entry(out: str | Path, *, name: str, decision: Decision, comment: str
             os.fsync(handle.fileno())
         receipt = Path(out) / model / version / run_id / RECEIPT_NAME
         if receipt.parent.is_dir():
-            receipt.write_text(json.dumps(asdict(entry), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+            receipt.write_text(json.dumps(entry.values(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     except OSError as exc:
         raise ApprovalError(f"cannot append to the approval log {path}: {exc.strerror or exc}; "
                             "check that --out is writable") from None
@@ -220,7 +252,7 @@ def read_log(path: str | Path) -> tuple[list[ApprovalEntry], list[str]]:
             problems.append(problem)
             prev = None  # the next line cannot be checked against it
             continue
-        if entry.hash != entry_hash(asdict(entry)):
+        if entry.hash != entry_hash(entry.values()):
             problems.append(f"{where}: its hash does not match its content: the line was edited")
         elif prev is not None and entry.prev != prev:
             problems.append(f"{where}: 'prev' is not the hash of the line before it: a line before it was removed, "
@@ -241,7 +273,7 @@ def verify_log(out: str | Path, model: str) -> tuple[list[ApprovalEntry], list[s
     for entry in entries:
         hashes.add(entry.hash)
         report = root / entry.version / entry.run_id / "report.pdf"
-        if report.is_file() and file_sha256(report) != entry.report_sha256:
+        if report.is_file() and not report_unchanged(report, entry):
             decided = "approved" if entry.decision == "approve" else "rejected"
             problems.append(f"{report}: its sha256 is not the one {decided} by {entry.name} on {entry.time}: "
                             "the report was changed after the decision")
@@ -272,7 +304,7 @@ def last_approved(out: str | Path, model: str) -> Approved | None:
             continue
         folder = root / entry.version / entry.run_id
         try:
-            if file_sha256(folder / "report.pdf") != entry.report_sha256:
+            if not report_unchanged(folder / "report.pdf", entry):
                 continue
             return Approved(entry, read_results(folder / "results.json"))
         except (OSError, ResultsError):
@@ -359,7 +391,8 @@ def approval_step(folder: str | Path) -> ApprovalStep:
     document = read_results(folder / "results.json")
     since = SinceApproval.from_json(document.since_approval) if document.since_approval is not None else None
     digest = file_sha256(folder / "report.pdf")
-    return ApprovalStep(report_sha256=digest, description=approval_description(document, digest, since))
+    return ApprovalStep(report_sha256=digest, description=approval_description(document, digest, since),
+                        report_bytes=(folder / "report.pdf").stat().st_size)
 
 
 @task(name="prepare-approval")
@@ -376,13 +409,13 @@ def last_approved_task(out: str, model: str) -> Approved | None:
 
 @task(name="record-approval")
 def record_approval_task(out: str, folder: str, *, decision: Decision, name: str, comment: str, report_sha256: str,
-                         flow_run_id: str | None) -> ApprovalEntry:
+                         flow_run_id: str | None, report_bytes: int | None = None) -> ApprovalEntry:
     """Append the reviewer's decision on the report in ``folder`` to the model's approval log (never retried: an
     append is not idempotent)."""
     document = read_results(Path(folder) / "results.json")
     return append_entry(out, name=name, decision=decision, comment=comment, model=document.model.name,
                         version=document.model.version, run_id=document.run.id, report_sha256=report_sha256,
-                        flow_run_id=flow_run_id)
+                        flow_run_id=flow_run_id, report_bytes=report_bytes)
 
 
 def _parse(line: str, where: str) -> tuple[ApprovalEntry | None, str]:
@@ -391,7 +424,7 @@ def _parse(line: str, where: str) -> tuple[ApprovalEntry | None, str]:
     except json.JSONDecodeError:
         return None, f"{where}: not JSON: the line was edited or cut"
     names = {f.name for f in fields(ApprovalEntry)}
-    if not isinstance(values, dict) or set(values) != names:
+    if not isinstance(values, dict) or not names - {"report_bytes"} <= set(values) <= names:
         return None, f"{where}: not an approval entry (expected the keys {', '.join(sorted(names))})"
     if values["decision"] not in ("approve", "reject"):
         return None, f"{where}: decision {values['decision']!r} is neither approve nor reject"

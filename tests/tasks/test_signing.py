@@ -285,3 +285,25 @@ def test_a_misconfigured_key_is_one_line_naming_the_setting(pki, tmp_path, case,
     with pytest.raises(SigningError, match=message):
         check_key(signing_key_from_env(env))
     assert signing_key_from_env({}) is None
+
+
+def test_signing_after_approval_keeps_the_approval_and_a_changed_approved_byte_is_named(certified, pki, tmp_path):
+    from tasks.approval import append_entry, file_sha256, last_approved, verify_log
+
+    folder = tmp_path / "m" / "v1" / "r1"
+    folder.mkdir(parents=True)
+    pdf = folder / "report.pdf"
+    pdf.write_bytes(certified)
+    (folder / "results.json").write_text("{}")
+    append_entry(tmp_path, name="Alan Approver", decision="approve", comment="", model="m", version="v1", run_id="r1",
+                 report_sha256=file_sha256(pdf), report_bytes=len(certified))
+    pdf.write_bytes(sign_pdf(certified, "approved", _key(pki["approver"]), source="report.pdf", decision="approve"))
+    assert len(pdf.read_bytes()) > len(certified)  # the signature is an appended revision
+    assert verify_log(tmp_path, "m")[1] == []
+
+    tampered = bytearray(pdf.read_bytes())
+    tampered[len(certified) // 2] ^= 1  # a byte of the approved revision
+    pdf.write_bytes(bytes(tampered))
+    (problem,) = verify_log(tmp_path, "m")[1]
+    assert "report.pdf: its sha256 is not the one approved by Alan Approver" in problem
+    assert last_approved(tmp_path, "m") is None
