@@ -38,7 +38,7 @@ from tasks.approval import (
     record_approval_task,
 )
 from tasks.artifacts import publish_artifacts_task, publish_summary_task, report_base_url, report_summary
-from tasks.cache import CacheKey, ResultCache, reused
+from tasks.cache import CacheKey, ResultCache, prune_task, reused
 from tasks.compare import compare_task
 from tasks.deliver import check_delivery_task, email_decision_task_from_env, email_task_from_env
 from tasks.errors import RegistryRunFailed
@@ -111,6 +111,7 @@ def audit_model(
     loaded = check_version_task(resolved)
     budget = Budget.parse(options.ablation_budget, n_features=len(resolved.features))
     cache = ResultCache.for_run(out, run_id, started, model=resolved.name, version=resolved.version, refresh=refresh)
+    prune_task(cache.folder)
     futures = {name: cache.apply(METHODS[name].task.with_options(task_run_name=name), CacheKey(name))
                .submit(resolved, options) for name in options.methods if METHODS[name].task is not None}
     ablation: list[ImportanceResult] = []

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+from prefect import task
 from prefect.filesystems import LocalFileSystem
 from prefect.serializers import Serializer
 
@@ -65,6 +66,9 @@ from tasks.sources import ModelVersion
 #: Where stored results go instead of ``<out>/.featureaudit-cache`` (on a Dask cluster: a path every worker reaches).
 CACHE_ENV = "FEATUREAUDIT_RESULTS_CACHE"
 CACHE_FOLDER = ".featureaudit-cache"
+#: Stored results neither read nor written for this many days are removed when a run starts (default 30).
+KEEP_DAYS_ENV = "FEATUREAUDIT_RESULTS_CACHE_DAYS"
+DEFAULT_KEEP_DAYS = 30
 SERIALIZER_TYPE = "featureaudit-results"
 FORMAT = 1
 #: The libraries whose versions can change a method's numbers.
@@ -311,6 +315,10 @@ class ResultsFolder(LocalFileSystem):
         except NotStored as exc:
             _logger().warning("stored result %s is not readable (%s): computing it again", resolved.name, exc)
             raise
+        try:
+            os.utime(resolved)  # reused: kept by prune() as long as it is in use
+        except OSError:
+            pass
         return content
 
     async def aread_path(self, path: str) -> bytes:
@@ -356,6 +364,45 @@ def check_record(content: bytes) -> Origin | None:
         raise NotStored("no stored result")
     ResultsSerializer().loads(record["result"].encode())
     return Origin(**fields) if fields.get("run") and fields.get("started") else None
+
+
+def keep_days() -> int:
+    """``FEATUREAUDIT_RESULTS_CACHE_DAYS``: how long an unused stored result is kept (0: removed at the next run)."""
+    raw = os.environ.get(KEEP_DAYS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_KEEP_DAYS
+    try:
+        days = int(raw)
+    except ValueError:
+        days = -1
+    if days < 0:
+        from tasks.errors import FeatureAuditError
+
+        raise FeatureAuditError(f"{KEEP_DAYS_ENV}={raw!r} is not a whole number of days (0 or more)")
+    return days
+
+
+def prune(folder: str | Path, days: int, *, now: float | None = None) -> int:
+    """Remove the stored results in ``folder`` neither read nor written for ``days`` days (and temporary files a
+    killed run left, after a day); return how many. A result still in use is touched by every read, so it stays."""
+    import time
+
+    root = Path(folder)
+    if not root.is_dir():
+        return 0
+    now = time.time() if now is None else now
+    removed = 0
+    for path in root.iterdir():
+        try:
+            if not path.is_file() or path.is_symlink():
+                continue
+            age = now - path.stat().st_mtime
+            if age > days * 86400 and not path.name.startswith(".") or path.name.startswith(".") and age > 86400:
+                path.unlink()
+                removed += 1
+        except OSError:
+            continue
+    return removed
 
 
 def cache_folder(out: str | Path) -> Path:
@@ -404,3 +451,13 @@ def reused_from(state: Any) -> Origin | None:
 def reused(states: dict[str, Any]) -> dict[str, dict[str, str | None]]:
     """The methods whose task ended Cached, each with the run that computed its result (as results.json holds it)."""
     return {name: origin.to_json() for name, state in states.items() if (origin := reused_from(state)) is not None}
+
+
+@task(name="prune-results-cache")
+def prune_task(folder: str) -> int:
+    """Remove stored results unused for ``FEATUREAUDIT_RESULTS_CACHE_DAYS`` days, so the cache does not grow without
+    bound as versions, options and code change."""
+    removed = prune(folder, keep_days())
+    if removed:
+        _logger().info("results cache %s: removed %d stored results unused for %d days", folder, removed, keep_days())
+    return removed

@@ -258,3 +258,30 @@ def test_run_refresh_on_the_command_line_computes_again(linear_registry, tmp_pat
     first, again, fresh = run(), run(), run("--refresh")
     assert "reused" not in first and again["reused"]["weights"]["run"] == first["id"]
     assert "reused" not in fresh
+
+
+def test_stored_results_unused_for_the_keep_days_are_pruned_and_a_read_keeps_one(twice, tmp_path, monkeypatch):
+    import os
+
+    from tasks.cache import KEEP_DAYS_ENV, keep_days, prune
+    from tasks.errors import FeatureAuditError
+
+    _, out, first, _ = twice
+    folder = tmp_path / "stored"
+    folder.mkdir()
+    [record] = _records(out, "weights", first["results"]["run"]["id"])
+    now = time.time()
+    for name, age_days in (("used", 40), ("unused", 40), ("recent", 1), (".left.part", 2), (".writing.part", 0.01)):
+        path = folder / name
+        path.write_bytes(record.read_bytes())
+        os.utime(path, (now - age_days * 86400, now - age_days * 86400))
+    ResultsFolder(basepath=str(folder)).read_path("used")  # reused by a run: touched
+    assert prune(folder, 30) == 2
+    assert sorted(p.name for p in folder.iterdir()) == [".writing.part", "recent", "used"]
+
+    assert keep_days() == 30
+    monkeypatch.setenv(KEEP_DAYS_ENV, "0")
+    assert keep_days() == 0
+    monkeypatch.setenv(KEEP_DAYS_ENV, "a month")
+    with pytest.raises(FeatureAuditError, match="FEATUREAUDIT_RESULTS_CACHE_DAYS='a month' is not a whole number"):
+        keep_days()
