@@ -202,10 +202,13 @@ def test_the_form_description_escapes_what_came_from_files():
 
 
 def test_await_approval_needs_a_prefect_server_and_a_positive_timeout(linear_registry, tmp_path, capsys, monkeypatch):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     run = ["run", "--registry", str(linear_registry), "--model", "linear", "--out", str(tmp_path / "out"),
            "--methods", "weights", "--await-approval"]
-    assert main(run) == 2
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):  # no server, even where a test harness set one
+        assert main(run + ["--approval-timeout", "20"]) == 2  # (were it not refused: a 20 s pause, not a week)
     assert "featureaudit: error: --await-approval needs PREFECT_API_URL" in capsys.readouterr().err
     assert main(run + ["--approval-timeout", "0"]) == 2
     assert "--approval-timeout must be a number of seconds above 0, not 0" in capsys.readouterr().err
