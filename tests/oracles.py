@@ -18,10 +18,15 @@ Misleading (the weights misrank a planted feature, named in ``Case.planted``):
   reached through first-layer weights of 0.05 and amplified downstream (``Multiply``).
 - ``embedding``: named inputs with an integer categorical behind an ``Embedding`` whose table is
   large but whose downstream weights are ~0: the weights rank it first, it does almost nothing.
+
+Versions (:func:`build_version`): the ``linear`` and ``additive`` processes again under another version
+name, with fresh data, some features' effects set otherwise (a planted change), and the model
+optionally retrained on its own training split.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +44,7 @@ EPSILON = 0.05
 WIDE_DRIVERS = tuple(np.geomspace(3.0, 0.3, 10).round(3))
 KINDS = ("linear", "wide", "additive", "scale", "interaction", "embedding")
 FAITHFUL = ("linear", "wide", "additive")
+CHANGEABLE = ("linear", "additive")  # the kinds build_version can change and retrain
 
 
 @dataclass(frozen=True)
@@ -47,10 +53,15 @@ class Case:
     seed: int
     features: tuple[str, ...]
     planted: tuple[str, ...]  # the features the weights misrank by construction (empty when faithful)
+    version: str = ""  # the registry version folder; v<seed> when empty
 
     @property
     def faithful(self) -> bool:
         return not self.planted
+
+    @property
+    def folder(self) -> str:
+        return self.version or f"v{self.seed}"
 
 
 def build(root: Path, kind: str, seed: int, *, n_train: int = 1500, n_test: int = 1000, epochs: int = 8) -> Case:
@@ -65,15 +76,39 @@ def build(root: Path, kind: str, seed: int, *, n_train: int = 1500, n_test: int 
     return Case(kind, seed, tuple(features), tuple(planted))
 
 
+def build_version(root: Path, kind: str, seed: int, *, version: str, data_seed: int,
+                  effects: Mapping[str, float] | None = None, retrain: bool = False,
+                  n_train: int = 1500, n_test: int = 1000, epochs: int = 8) -> Case:
+    """Write ``<root>/<kind>/<version>/``: the process of ``build(root, kind, seed)`` (same features, same signs)
+    with data drawn from ``data_seed``, the effects named in ``effects`` set to those values, and with ``retrain``
+    the model fitted for ``epochs`` on its training split from the true weights (in order, so it is reproducible)."""
+    if kind not in CHANGEABLE:
+        raise ValueError(f"build_version takes {', '.join(CHANGEABLE)}, not {kind!r}")
+    builder = {"linear": _linear, "additive": _additive}[kind]
+    model, frame_of, features, _, manifest = builder(np.random.default_rng(seed), effects=effects)
+    unknown = set(effects or {}) - set(features)
+    if unknown:
+        raise ValueError(f"effects name {', '.join(sorted(unknown))}, not features of {kind!r}: {', '.join(features)}")
+    data = np.random.default_rng(data_seed)
+    train, test = frame_of(n_train, data), frame_of(n_test, data)
+    if retrain:
+        model.fit(train[list(features)].to_numpy(np.float32), train["y"].to_numpy(np.float32), epochs=epochs,
+                  batch_size=64, shuffle=False, verbose=0)
+    manifest = {"training": {"epochs": epochs, "batch_size": 64}, "features": list(features), **manifest}
+    write_version(root, kind, version, model, test, train, **manifest)
+    return Case(kind, seed, tuple(features), (), version)
+
+
 def _names(n_drivers: int, n_noise: int, rng, extra: tuple[str, ...] = ()) -> list[str]:
     """Driver and noise columns in a seeded order, so no rule can lean on a column's position."""
     names = [f"d{i}" for i in range(n_drivers)] + [f"n{i}" for i in range(n_noise)] + list(extra)
     return [names[i] for i in rng.permutation(len(names))]
 
 
-def _effects(features: list[str]) -> np.ndarray:
-    return np.array([DRIVERS[int(f[1:])] if f.startswith("d") else NOISE if f.startswith("n") else 0.0
-                     for f in features])
+def _effects(features: list[str], changed: Mapping[str, float] | None = None) -> np.ndarray:
+    changed = changed or {}
+    return np.array([changed[f] if f in changed else DRIVERS[int(f[1:])] if f.startswith("d")
+                     else NOISE if f.startswith("n") else 0.0 for f in features])
 
 
 def _frame(features, rng, n, y_of, scale=None, integer=()):
@@ -96,11 +131,11 @@ def _compile(model, lr=0.01):
     return model
 
 
-def _linear(rng):
+def _linear(rng, effects: Mapping[str, float] | None = None):
     import keras
 
     features = _names(len(DRIVERS), 3, rng)
-    w = _effects(features) * rng.choice([-1.0, 1.0], size=len(features))
+    w = _effects(features, effects) * rng.choice([-1.0, 1.0], size=len(features))
     model = keras.Sequential([keras.Input((len(features),), name="x"), keras.layers.Dense(1)])
     model.layers[0].set_weights([w.astype(np.float32)[:, None], np.zeros(1, np.float32)])
     y_of = lambda f: f[features].to_numpy(np.float64) @ w  # noqa: E731
@@ -133,11 +168,11 @@ def _g(x):
     return 1.5 * np.maximum(x, 0) + 0.3 * np.maximum(-x, 0)
 
 
-def _additive(rng, scaled: str | None = None):
+def _additive(rng, scaled: str | None = None, effects: Mapping[str, float] | None = None):
     import keras
 
     features = _names(len(DRIVERS), 3, rng)
-    effects = _effects(features)
+    effects = _effects(features, effects)
     x_scale = np.array([100.0 if f == scaled else 1.0 for f in features])
     kernel, out = _additive_block(effects, x_scale)
     x = keras.Input((len(features),), name="x")
@@ -216,7 +251,7 @@ def audit(registry: Path, case: Case, *, seed: int = 0, methods=("weights", "per
     from tasks.sources import resolve_version
     from tasks.weights import audit_weights
 
-    version = resolve_version(registry, case.kind, f"v{case.seed}")
+    version = resolve_version(registry, case.kind, case.folder)
     results = []
     if "weights" in methods:
         results += audit_weights(version)
