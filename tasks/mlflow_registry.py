@@ -42,17 +42,15 @@ from urllib.parse import urlsplit, urlunsplit
 
 from tasks.errors import FeatureAuditError, RegistryError
 from tasks.registries import (
-    VERSION_FILES,
     LocalVersion,
     Provenance,
     _atomic_write,
     _read_json,
-    _read_text,
     _refuse_large_model,
-    _remove,
     cache_folder,
     check_name,
     is_alias,
+    mirror_version,
 )
 
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
@@ -154,16 +152,7 @@ class MlflowRegistry:
         provenance = Provenance(kind="mlflow", run_id=record.run_id or None,
                                 alias=version[1:] if is_alias(version) else None, source=record.source or None)
         local = LocalVersion(root=self.root, name=name, version=number, uri=self.uri, provenance=provenance)
-        local.folder.mkdir(parents=True, exist_ok=True)
-        for file_name in VERSION_FILES:
-            if file_name in files:
-                self._download(files[file_name], local.folder / file_name)
-            else:
-                _remove(local.folder / file_name)  # a file the version no longer has must not linger in the cache
-        label = self.root / "registry.txt"  # which registry this cache folder mirrors, for a reader of the cache
-        if _read_text(label) != self.uri + "\n":
-            _atomic_write(label, self.uri + "\n")
-        return local
+        return mirror_version(local, files, lambda file_name, target: self._download(files[file_name], target))
 
     def snapshot(self, name: str) -> dict[str, str]:
         """The newest version number and, per alias of the model, the version it points at (``{"@champion": "3"}``)."""

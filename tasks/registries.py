@@ -27,6 +27,7 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -255,16 +256,8 @@ class ObjectStoreRegistry:
                    for entry in self._list(key, f"version {self.uri}/{name}/{version}")
                    if entry.get("type") == "file" and _inside(entry["name"], key)}
         local = LocalVersion(root=self.root, name=name, version=version, uri=self.uri)
-        local.folder.mkdir(parents=True, exist_ok=True)
-        for file_name in VERSION_FILES:
-            if file_name in objects:
-                self._download(f"{key}/{file_name}", objects[file_name], local.folder / file_name)
-            else:
-                _remove(local.folder / file_name)  # a file the version no longer has must not linger in the cache
-        label = self.root / "registry.txt"  # which registry this cache folder mirrors, for a reader of the cache
-        if _read_text(label) != self.uri + "\n":
-            _atomic_write(label, self.uri + "\n")
-        return local
+        return mirror_version(local, objects, lambda file_name, target: self._download(
+            f"{key}/{file_name}", objects[file_name], target))
 
     def snapshot(self, name: str) -> dict[str, str]:
         """The newest version and its objects' ETags and sizes, listed without downloading anything."""
@@ -336,6 +329,23 @@ class ObjectStoreRegistry:
                 raise RegistryError(f"{where}: cannot reach the object store ({_first_line(exc)}); check "
                                     f"{S3_ENDPOINT_ENV} and the network") from None
             raise RegistryError(f"{where}: {kind}: {_first_line(exc)}") from None
+
+
+def mirror_version(local: LocalVersion, available: Any, download: Callable[[str, Path], None]) -> LocalVersion:
+    """Bring a downloaded version's cache folder in line with the registry: each of :data:`VERSION_FILES` that the
+    version has (``available``) is downloaded by ``download(file_name, target)`` (which skips an unchanged one), any
+    other removed, so a file the version no longer has does not linger; the cache folder says which registry it
+    mirrors (``registry.txt``, for a reader of the cache)."""
+    local.folder.mkdir(parents=True, exist_ok=True)
+    for file_name in VERSION_FILES:
+        if file_name in available:
+            download(file_name, local.folder / file_name)
+        else:
+            _remove(local.folder / file_name)
+    label = local.root / "registry.txt"
+    if _read_text(label) != local.uri + "\n":
+        _atomic_write(label, local.uri + "\n")
+    return local
 
 
 def cache_folder() -> Path:
