@@ -16,9 +16,6 @@ import pytest  # noqa: E402
 
 from tests import helpers  # noqa: E402
 
-#: The MLflow tracking server and the model files published to it: session fixtures, one server for every module.
-pytest_plugins = ["tests.mlflow_server"]
-
 
 @pytest.fixture(scope="session")
 def linear_registry(tmp_path_factory):

@@ -61,17 +61,9 @@ def mlflow_server(folder: Path) -> Iterator[str]:
         _wait_healthy(uri, process, folder / "server.log")
         yield uri
     finally:
-        import signal
+        from tests.helpers import stop_group
 
-        try:
-            os.killpg(process.pid, signal.SIGTERM)  # the server and the uvicorn worker it started
-        except ProcessLookupError:
-            pass
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_group(process)  # the server and the uvicorn worker it started
         log.close()
 
 
@@ -114,6 +106,8 @@ def mlp(seed: int, train: pd.DataFrame, epochs: int = 3):
     return model
 
 
+# Imported by each test module that uses it, so each module gets a server and a registry of its own: the tests
+# number the versions they publish from 1.
 @pytest.fixture(scope="session")
 def mlflow_tracking(tmp_path_factory) -> Iterator[str]:
     """A real MLflow tracking server for the session: its URI (the environment is left as it was)."""

@@ -13,6 +13,7 @@ import pytest
 from flows.cli import main
 from tasks.document import read_results
 from tasks.registries import Provenance
+from tests.mlflow_server import mlflow_tracking, model_files  # noqa: F401  fixtures
 
 CHEAP = ["--methods", "weights,permutation", "--repeats", "2"]
 

@@ -9,6 +9,7 @@ import pytest
 from tasks.errors import DataError, ManifestError, ModelLoadError, RegistryError
 from tasks.publish import next_version, publish
 from tasks.sources import resolve_version, sha256_file
+from tests.mlflow_server import model_files  # noqa: F401  fixture
 
 
 def _files(model_files, **changes):  # noqa: F811

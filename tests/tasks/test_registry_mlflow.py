@@ -14,7 +14,7 @@ from tasks.mlflow_registry import MlflowRegistry, public_uri
 from tasks.publish import publish
 from tasks.registries import open_registry
 from tasks.sources import load_keras_model, resolve_version, sha256_file
-from tests.mlflow_server import FEATURES
+from tests.mlflow_server import FEATURES, mlflow_tracking, model_files  # noqa: F401  fixtures
 
 
 @pytest.fixture(scope="module")
