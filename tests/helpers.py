@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -90,3 +93,19 @@ def train_embedding_model(frame: pd.DataFrame, seed: int = 0, epochs: int = 30):
     }
     model.fit(feed, frame["y"].to_numpy(np.float32), epochs=epochs, batch_size=64, shuffle=False, verbose=0)
     return model
+
+
+def stop_group(process: subprocess.Popen, first: int = signal.SIGTERM, *, timeout: float = 20) -> None:
+    """Stop a process started with ``start_new_session=True`` and everything it started: ``first`` to the group, then
+    SIGKILL after ``timeout`` seconds. A group already gone is fine."""
+    try:
+        os.killpg(process.pid, first)
+        process.wait(timeout=timeout)
+    except ProcessLookupError:
+        process.wait()
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait()

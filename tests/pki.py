@@ -65,10 +65,23 @@ class TestCA:
     def issue(self, common_name: str, *, password: str | None = None, days: int = 365,
               expired: bool = False) -> Identity:
         """A signer's certificate from this CA (``expired``: valid only until yesterday)."""
-        key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.now(timezone.utc)
         start, end = (now - timedelta(days=30), now - timedelta(days=1)) if expired else (
             now - timedelta(days=1), now + timedelta(days=days))
+        return self._leaf(common_name, ec.generate_private_key(ec.SECP256R1()), start, end,
+                          x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), False, password)
+
+    def issue_timestamping(self, common_name: str = "featureaudit test TSA") -> Identity:
+        """A timestamp authority's RSA key and certificate from this CA: extended key usage timeStamping only, critical
+        (RFC 3161 2.3)."""
+        now = datetime.now(timezone.utc)
+        return self._leaf(common_name, rsa.generate_private_key(public_exponent=65537, key_size=2048),
+                          now - timedelta(days=1), now + timedelta(days=365),
+                          x509.ExtendedKeyUsage([ExtendedKeyUsageOID.TIME_STAMPING]), True, None)
+
+    def _leaf(self, common_name: str, key, start: datetime, end: datetime, usage: x509.ExtendedKeyUsage,
+              usage_critical: bool, password: str | None) -> Identity:
+        """A certificate for ``key`` signed by this CA, valid from ``start`` to ``end``, for ``usage``."""
         cert = (
             x509.CertificateBuilder().subject_name(_name(common_name)).issuer_name(self.cert.subject)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
@@ -77,29 +90,9 @@ class TestCA:
             .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=True, key_encipherment=False,
                                          data_encipherment=False, key_agreement=False, key_cert_sign=False,
                                          crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), critical=False)
+            .add_extension(usage, critical=usage_critical)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False)
             .sign(self.key, hashes.SHA256())
         )
         key_path, cert_path = _write(self.folder, common_name.replace(" ", "-"), key, cert, password)
         return Identity(common_name, key_path, cert_path, password)
-
-    def issue_timestamping(self, common_name: str = "featureaudit test TSA") -> Identity:
-        """A timestamp authority's RSA key and certificate from this CA: extended key usage timeStamping only, critical
-        (RFC 3161 2.3)."""
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        now = datetime.now(timezone.utc)
-        cert = (
-            x509.CertificateBuilder().subject_name(_name(common_name)).issuer_name(self.cert.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=365))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=True, key_encipherment=False,
-                                         data_encipherment=False, key_agreement=False, key_cert_sign=False,
-                                         crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.TIME_STAMPING]), critical=True)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False)
-            .sign(self.key, hashes.SHA256())
-        )
-        key_path, cert_path = _write(self.folder, common_name.replace(" ", "-"), key, cert, None)
-        return Identity(common_name, key_path, cert_path)

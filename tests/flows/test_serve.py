@@ -17,6 +17,7 @@ from flows.audit import audit_registry
 from flows.serve import server_is_up
 from tasks.errors import FeatureAuditError
 from tasks.options import AuditOptions
+from tests.helpers import stop_group
 from tests.smtp import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -185,12 +186,7 @@ def test_serve_registers_the_deployment_on_a_real_server_and_a_triggered_run_wri
         (folder,) = (out / "linear" / "v2").iterdir()
         assert (folder / "report.pdf").is_file()
     finally:
-        os.killpg(serving.pid, signal.SIGINT)
-        try:
-            serving.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(serving.pid, signal.SIGKILL)
-            serving.wait()
+        stop_group(serving, signal.SIGINT, timeout=60)
         log.close()
     time.sleep(1)
     assert not server_is_up(url)  # the server serve started is stopped with it
