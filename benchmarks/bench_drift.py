@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 warnings.filterwarnings("ignore")
 
 from tasks.document import FeatureRecord, MethodEntry, ModelIdentity, ResultsDocument, RunEntry  # noqa: E402
-from tasks.history import PREVIOUS_VERSION, drift  # noqa: E402
+from tasks.history import MATERIAL_SHARE, PREVIOUS_VERSION, drift  # noqa: E402
 from tasks.result import ImportanceResult  # noqa: E402
 from tests import oracles  # noqa: E402
 
@@ -50,6 +50,11 @@ SEEDS = range(5)
 AUDIT_SEED = 0
 PLANTS = ("removed", "halved", "-20%", "added")
 CONDITIONS = {"set": ("weights", "permutation", "shap"), "retrained": ("weights", "permutation", "ablation", "shap")}
+#: Materiality floors compared (a change must be at least this share of the method's top importance);
+#: the rule's own, tasks.history.MATERIAL_SHARE, is the one the table and the last line report.
+FLOORS = (0.0, 0.025, 0.05, 0.10, 0.15)
+#: (condition, floor, "behavioural" | "weight-based") -> found, planted, alarms, compared
+SWEEP: dict[tuple[str, float, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
 
 
 def plant(kind: str, seed: int) -> tuple[str | None, dict[str, float]]:
@@ -102,6 +107,10 @@ def main() -> None:
                       + f"  ({time.perf_counter() - tick:.0f} s)", flush=True)
     _table(counts, behavioural)
     print(f"{time.perf_counter() - started:.0f} s in all; * marks the planted feature")
+    print(f"materiality floor (share of the method's top importance; the rule's is {MATERIAL_SHARE:g}):")
+    for (condition, floor, kind), tally in sorted(SWEEP.items()):
+        print(f"  {condition:<9} floor {floor:<5g} {kind:<12} detected {tally['found']}/{tally['planted']}, "
+              f"false alarms {tally['alarms']}/{tally['compared']}")
     for condition in CONDITIONS:
         total = defaultdict(int)
         for (where, method), tally in counts.items():
@@ -120,6 +129,15 @@ def main() -> None:
 def _tally(counts, condition: str, change: str, planted: str | None, before: ResultsDocument, after: ResultsDocument,
            features: tuple[str, ...]) -> list[str]:
     """Count one pair's drift claims per method (planted feature found, others reported); return them as text."""
+    for floor in FLOORS:
+        for method, moved in drift(before, after, PREVIOUS_VERSION, material=floor)["changes"].items():
+            reported = {c["feature"] for c in moved}
+            kind = "weight-based" if method.startswith("weights") else "behavioural"
+            tally = SWEEP[condition, floor, kind]
+            tally["planted"] += planted is not None
+            tally["found"] += planted is not None and planted in reported
+            tally["compared"] += len(features) - (planted is not None)
+            tally["alarms"] += len(reported - {planted})
     claims = []
     for method, moved in drift(before, after, PREVIOUS_VERSION)["changes"].items():
         reported = {c["feature"] for c in moved}

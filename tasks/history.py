@@ -9,7 +9,11 @@ run ids start with a UTC timestamp, so the greatest one is the newest.
 A feature's importance is reported as changed only when the two runs' 95% intervals separate
 (:func:`intervals_separate`) *and* the difference passes a two-sided test at 5% for the whole method,
 Bonferroni-corrected over its features (:func:`changed`): rank changes among features whose
-intervals overlap are noise, and with many features some intervals separate by chance. Each
+intervals overlap are noise, and with many features some intervals separate by chance. Between two
+versions that is not enough: each run's interval covers only its own sampling (repeats, seeds, rows),
+not a new test split or a new training, so every importance moves a little beyond it; a change is
+therefore also required to be material, at least :data:`MATERIAL_SHARE` of the method's top importance
+(:func:`method_changes`; both rules measured by benchmarks/bench_verdict.py and bench_drift.py). Each
 comparison also states what differs between the runs — seed, model sha256, a split's sha256 —
 so a reader can tell a new model from a new sample.
 """
@@ -30,6 +34,8 @@ from tasks.sources import natural_key
 
 SAME_VERSION = "previous run of this version"
 PREVIOUS_VERSION = "previous version"
+#: A change smaller than this share of the method's top importance (the larger of the two runs') is not reported.
+MATERIAL_SHARE = 0.05
 
 
 def previous_runs(out: str | Path, model: str, version: str) -> dict[str, ResultsDocument]:
@@ -101,25 +107,29 @@ def differences(previous: ResultsDocument, current: ResultsDocument) -> list[str
     return out
 
 
-def method_changes(before: MethodEntry, now: MethodEntry) -> list[dict[str, Any]]:
-    """The features whose importance under one method changed beyond both runs' noise, by their rank now."""
+def method_changes(before: MethodEntry, now: MethodEntry, *, material: float = MATERIAL_SHARE) -> list[dict[str, Any]]:
+    """The features whose importance under one method changed beyond both runs' noise by at least ``material`` of
+    the method's top importance, by their rank now."""
     old = {r.feature: r for r in before.features}
     n = len(now.features)
+    top = max((abs(r.importance) for r in (*before.features, *now.features) if r.importance is not None), default=0.0)
     moved = [
         {"feature": r.feature, "rank_before": old[r.feature].rank, "rank_now": r.rank,
          "before": [old[r.feature].low, old[r.feature].high], "now": [r.low, r.high]}
         for r in now.features if r.feature in old and changed(old[r.feature], r, before, now, n)
+        and abs(r.importance - old[r.feature].importance) >= material * top
     ]
     return sorted(moved, key=lambda c: (c["rank_now"], c["feature"]))
 
 
-def drift(previous: ResultsDocument, current: ResultsDocument, against: str = SAME_VERSION) -> dict[str, Any]:
-    """Importance changes beyond both runs' noise per method, and warnings that are new or resolved."""
+def drift(previous: ResultsDocument, current: ResultsDocument, against: str = SAME_VERSION, *,
+          material: float = MATERIAL_SHARE) -> dict[str, Any]:
+    """Importance changes beyond both runs' noise (and ``material``) per method, and warnings new or resolved."""
     changes = {}
     for method, now in current.methods.items():
         before = previous.methods.get(method)
         if before is not None and before.ok and now.ok:
-            changes[method] = method_changes(before, now)
+            changes[method] = method_changes(before, now, material=material)
     old_warnings = {(w.feature, w.kind): w.message for w in previous.warnings}
     new_warnings = {(w.feature, w.kind): w.message for w in current.warnings}
     return {

@@ -22,6 +22,7 @@ from tasks.approval import Approved, SinceApproval, since_approval
 from tasks.clusters import UnitRecords
 from tasks.compare import Comparison
 from tasks.document import MethodEntry, ModelIdentity, ResultsDocument, RunEntry, TestRows, WarningEntry
+from tasks.history import MATERIAL_SHARE
 from tasks.history import history as drift_history
 from tasks.methods import METHODS, RESULT_TITLES
 from tasks.result import ImportanceResult, json_ready
@@ -112,6 +113,7 @@ def build_context(
         "rank_chart": charts.data_uri(charts.rank_lines(weight, behaviours)) if weight and behaviours else None,
         "shap": _shap_section(next((r for r in usable if r.method == "shap"), None)),
         "history": history,
+        "material_share": f"{MATERIAL_SHARE:.0%}",
         "since_approval": _since_section(since),
         "signoff": signoff_context(signer, covered_lines(run.run_id, comparison.verdict,
                                                         [MethodEntry.from_result(r) for r in results])),

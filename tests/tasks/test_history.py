@@ -107,3 +107,17 @@ def test_an_unreadable_or_foreign_newest_run_is_passed_over_for_the_one_before(t
     folder.mkdir()
     (folder / "results.json").write_text('{"schema": 2, "model": {"na')  # cut short
     assert previous_runs(tmp_path, "m", "v1")[SAME_VERSION].run.id == "20260101T000000Z-aaaaaa"
+
+
+def test_a_separated_but_immaterial_change_is_not_reported():
+    from tasks.history import MATERIAL_SHARE
+
+    top = 10.0
+    small = top * MATERIAL_SHARE * 0.6  # intervals far apart, but a move of 3% of the top importance
+    before = _doc("r1", {"top": (1, top - 0.01, top + 0.01), "x": (2, 1.0 - 0.001, 1.0 + 0.001)})
+    now = _doc("r2", {"top": (1, top - 0.01, top + 0.01), "x": (2, 1.0 + small - 0.001, 1.0 + small + 0.001)})
+    assert drift(before, now, PREVIOUS_VERSION)["changes"]["permutation"] == []
+    assert [c["feature"] for c in drift(before, now, material=0.0)["changes"]["permutation"]] == ["x"]
+    big = top * MATERIAL_SHARE * 2
+    moved = _doc("r3", {"top": (1, top - 0.01, top + 0.01), "x": (2, 1.0 + big - 0.001, 1.0 + big + 0.001)})
+    assert [c["feature"] for c in drift(before, moved)["changes"]["permutation"]] == ["x"]
