@@ -167,7 +167,8 @@ def serve(args: argparse.Namespace) -> int:
                                      timezone=args.timezone, out=str(Path(args.out).resolve()), email_to=email_to,
                                      options=options, name=args.name, imports=args.imports, **_approval(args))
     if args.watch_interval < 0:
-        raise FeatureAuditError(f"--watch-interval must be 0 (no watching) or a number of seconds, not {args.watch_interval:g}")
+        raise FeatureAuditError(f"--watch-interval must be 0 (no watching) or a number of seconds, "
+                                f"not {args.watch_interval:g}")
     if not args.watch_interval:
         serve_deployments(deployment, port=args.port)
         return 0
@@ -555,7 +556,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_common(p_run)
     p_run.set_defaults(handler=run)
 
-    p_serve = commands.add_parser("serve", help="audit the registry's models on a cron schedule (a Prefect deployment)")
+    p_serve = commands.add_parser("serve", help="audit the registry's models on a cron schedule, and each new "
+                                                "version as it lands (Prefect deployments)")
     p_serve.add_argument("--registry", required=True, help=REGISTRY_HELP)
     p_serve.add_argument("--model", action="append", help="a model to audit (repeatable; default: every model)")
     p_serve.add_argument("--cron", default=DEFAULT_CRON, help=f"cron schedule (default: {DEFAULT_CRON}, nightly at 02:00)")
