@@ -155,6 +155,9 @@ def serve(args: argparse.Namespace) -> int:
     from tasks.sources import import_modules, list_models
 
     options = _options(args)
+    if args.watch_interval < 0:
+        raise FeatureAuditError(f"--watch-interval must be 0 (no watching) or a number of seconds, "
+                                f"not {args.watch_interval:g}")
     import_modules(args.imports or ())  # a module that does not import fails now, not every night
     email_to = check_delivery(args.email_to) if args.email_to else None
     check_signing(secrets=False)  # a signing key that cannot sign fails at start, not every night
@@ -166,9 +169,6 @@ def serve(args: argparse.Namespace) -> int:
     deployment = registry_deployment(registry=registry, models=args.model, cron=args.cron,
                                      timezone=args.timezone, out=str(Path(args.out).resolve()), email_to=email_to,
                                      options=options, name=args.name, imports=args.imports, **_approval(args))
-    if args.watch_interval < 0:
-        raise FeatureAuditError(f"--watch-interval must be 0 (no watching) or a number of seconds, "
-                                f"not {args.watch_interval:g}")
     if not args.watch_interval:
         serve_deployments(deployment, port=args.port)
         return 0

@@ -195,3 +195,11 @@ def test_import_registers_a_custom_layer_for_the_run(tmp_path, capsys, monkeypat
     captured = capsys.readouterr()
     assert captured.err == "" and sorted(Path(p).name for p in captured.out.split()) == [
         "report.html", "report.pdf", "results.json"]
+
+
+def test_serve_refuses_a_negative_watch_interval_before_serving(linear_registry, capsys):
+    from flows.cli import main
+
+    assert main(["serve", "--registry", str(linear_registry), "--watch-interval", "-5"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "featureaudit: error: --watch-interval must be 0 (no watching) or a number of seconds, not -5")
