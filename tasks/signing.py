@@ -294,7 +294,7 @@ def sign_pdf(pdf: bytes, role: str, key: SigningKey, *, source: str, name: str |
                               ).sign_pdf(writer, output=out,
                                          appearance_text_params={"role": ROLES[role], "decision": decision or ""})
         except Exception as exc:
-            if timestamper is None:
+            if timestamper is None or not _from_timestamping(exc):
                 raise
             raise SigningError(f"--timestamp-url {timestamp_url}: no timestamp obtained ({_timestamp_failure(exc)}); "
                                "check the URL or sign without it") from None
@@ -551,6 +551,20 @@ def _timestamper(url: str):
                                         (f": {reasons}" if reasons else ""))
 
     return Timestamper(url, timeout=TIMESTAMP_TIMEOUT_S)
+
+
+def _from_timestamping(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an error it was raised from) is pyHanko's failure to get a timestamp, rather than another
+    signing error that must not be blamed on --timestamp-url."""
+    from pyhanko.sign.timestamps import TimestampRequestError
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, TimestampRequestError):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _timestamp_failure(exc: BaseException) -> str:
