@@ -33,7 +33,7 @@ from prefect.input import RunInput
 from pydantic import Field
 
 from tasks.document import ResultsDocument, read_results
-from tasks.errors import FeatureAuditError, ResultsError
+from tasks.errors import ApprovalError, ResultsError
 from tasks.history import drift
 
 LOG_NAME = "approvals.jsonl"
@@ -46,10 +46,6 @@ REJECTED = "Rejected"
 AGAINST = "last approved report"
 
 Decision = Literal["approve", "reject"]
-
-
-class ApprovalError(FeatureAuditError):
-    """The approval log cannot be read or appended to."""
 
 
 class ApprovalInput(RunInput):

@@ -13,6 +13,8 @@ StorageError, 1 for DeliveryError (the report is written but not sent), 2 for th
     ├── StorageError       the output folder is not writable, or the disk is (nearly) full
     ├── ResultsError       a results.json missing, not JSON, not a featureaudit document, or of a newer schema
     ├── DeliveryError      the report could not be sent
+    ├── SigningError       a signing key, certificate or password unusable; a PDF that cannot be signed or read
+    ├── ApprovalError      the approval log cannot be read or appended to
     └── RegistryRunFailed  some models of a registry run failed (the flow's Failed state carries it)
 """
 
@@ -55,6 +57,14 @@ class ResultsError(FeatureAuditError):
 
 class DeliveryError(FeatureAuditError):
     """The report could not be written or delivered."""
+
+
+class SigningError(FeatureAuditError):
+    """A signing key, certificate or password is unusable, or a PDF cannot be signed or read as a signed report."""
+
+
+class ApprovalError(FeatureAuditError):
+    """The approval log cannot be read or appended to."""
 
 
 class RegistryRunFailed(FeatureAuditError):

@@ -36,7 +36,7 @@ from typing import Any
 
 from prefect import task
 
-from tasks.errors import FeatureAuditError
+from tasks.errors import SigningError
 
 ROLES: dict[str, str] = {"prepared": "Prepared by", "reviewed": "Reviewed by", "approved": "Approved by"}
 #: The role each later signer takes; "prepared" is the certification signature's own field.
@@ -53,10 +53,6 @@ KEY_ENV, CERT_ENV, PASSWORD_ENV, SECRET_ENV = (
 TIMESTAMP_TIMEOUT_S = 20
 _CSS_PX_TO_PT = 0.75
 _QUIET = ("pyhanko", "pyhanko_certvalidator", "fontTools")
-
-
-class SigningError(FeatureAuditError):
-    """A signing key, certificate or password is unusable, or a PDF cannot be signed or read as a signed report."""
 
 
 @dataclass(frozen=True)
