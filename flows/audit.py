@@ -30,7 +30,6 @@ from tasks.ablation import (
 )
 from tasks.approval import (
     AWAITING,
-    DEFAULT_TIMEOUT_S,
     REJECTED,
     approval_step_task,
     last_approved_task,
@@ -45,7 +44,7 @@ from tasks.errors import RegistryRunFailed
 from tasks.history import previous_runs_task
 from tasks.output import check_output_task, new_run_id, write_report_task
 from tasks.methods import METHODS
-from tasks.options import DEFAULT_OUT, AuditOptions
+from tasks.options import DEFAULT_APPROVAL_TIMEOUT_S, DEFAULT_OUT, AuditOptions
 from tasks.render import RunInfo, render_task, run_status
 from tasks.result import ImportanceResult
 from tasks.signing import check_signing_task
@@ -86,7 +85,7 @@ def audit_model(
     email_to: list[str] | None = None,
     imports: list[str] | None = None,
     await_approval: bool = False,
-    approval_timeout: float = DEFAULT_TIMEOUT_S,
+    approval_timeout: float = DEFAULT_APPROVAL_TIMEOUT_S,
 ) -> str:
     """Audit one model version and return the folder its report was written to (run state 'Partial' if a method failed).
 
@@ -148,7 +147,7 @@ def audit_registry(
     email_to: list[str] | None = None,
     imports: list[str] | None = None,
     await_approval: bool = False,
-    approval_timeout: float = DEFAULT_TIMEOUT_S,
+    approval_timeout: float = DEFAULT_APPROVAL_TIMEOUT_S,
 ) -> dict[str, dict[str, str | None]]:
     """Audit the newest version of each model (all in the registry by default), one flow run per model.
 
@@ -297,8 +296,7 @@ def _await_decision(out: str, folder: str, timeout: float, recipients: list[str]
         get_run_logger().warning("no decision within %g s: the report in %s is kept, unapproved", timeout, folder)
         return Completed(data=folder, name=AWAITING, message=f"no decision within {timeout:g} s: "
                                                               f"the report in {folder} is kept, unapproved")
-    entry = record_approval_task(out, folder, decision=answer.decision, name=answer.name, comment=answer.comment,
-                                 report_sha256=step.report_sha256, report_bytes=step.report_bytes,
+    entry = record_approval_task(out, step, decision=answer.decision, name=answer.name, comment=answer.comment,
                                  flow_run_id=str(runtime.flow_run.id))
     if recipients:
         email_decision_task_from_env()(folder, entry, recipients)

@@ -32,7 +32,7 @@ from typing import TextIO
 
 from flows.lifecycle import stop_on_signals
 from tasks.errors import DeliveryError, FeatureAuditError, StorageError
-from tasks.options import DEFAULT_CRON, DEFAULT_OUT, AuditOptions
+from tasks.options import DEFAULT_APPROVAL_TIMEOUT_S, DEFAULT_CRON, DEFAULT_OUT, AuditOptions
 
 EXIT_OK = 0
 EXIT_NOT_DELIVERED = 1
@@ -347,14 +347,13 @@ def _audit(
     approval_timeout: float | None = None,
 ) -> int:
     from flows.audit import with_runner
-    from tasks.approval import AWAITING, DEFAULT_TIMEOUT_S, REJECTED
+    from tasks.approval import AWAITING, REJECTED
 
     flow = with_runner(dask_address)
     start_prefect_api()
     state = flow(registry=registry, model=model, version=version, out=out, options=options, refresh=refresh,
-                 email_to=email_to,
-                 imports=imports, await_approval=await_approval, approval_timeout=approval_timeout or DEFAULT_TIMEOUT_S,
-                 return_state=True)
+                 email_to=email_to, imports=imports, await_approval=await_approval,
+                 approval_timeout=approval_timeout or DEFAULT_APPROVAL_TIMEOUT_S, return_state=True)
     folder = Path(state.result())  # a failed run raises its error here
     for name in ("report.pdf", "report.html", "results.json"):
         print(folder / name)
@@ -643,9 +642,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--await-approval", action="store_true",
                         help="after writing the report, pause the run until a reviewer approves or rejects it in the "
                              "Prefect UI; the decision is appended to <out>/<model>/approvals.jsonl")
-    parser.add_argument("--approval-timeout", type=float, default=7 * 24 * 3600.0, metavar="SECONDS",
+    parser.add_argument("--approval-timeout", type=float, default=DEFAULT_APPROVAL_TIMEOUT_S, metavar="SECONDS",
                         help="how long the run waits for a decision before ending 'Awaiting approval' (default: "
-                             "604800, a week)")
+                             f"{DEFAULT_APPROVAL_TIMEOUT_S:.0f}, a week)")
     parser.add_argument("--import", dest="imports", action="append", metavar="MODULE",
                         help="import this module before loading models, to register the custom Keras objects they use "
                              "(@keras.saving.register_keras_serializable; repeatable)")

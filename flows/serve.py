@@ -30,7 +30,7 @@ from typing import Any
 
 from flows.lifecycle import tied_popen
 from tasks.errors import FeatureAuditError
-from tasks.options import DEFAULT_CRON, DEFAULT_OUT, AuditOptions
+from tasks.options import DEFAULT_APPROVAL_TIMEOUT_S, DEFAULT_CRON, DEFAULT_OUT, AuditOptions
 
 DEPLOYMENT_NAME = "nightly"
 WATCH_DEPLOYMENT_NAME = "on-new-version"
@@ -87,11 +87,10 @@ def audit_parameters(
     approval_timeout: float | None = None,
 ) -> dict[str, Any]:
     """The parameters both deployments share, as the flows take them (the options as JSON, for the UI's form)."""
-    from tasks.approval import DEFAULT_TIMEOUT_S
 
     return {"registry": registry, "out": out, "options": options.model_dump(mode="json"),
             "email_to": email_to or None, "imports": list(imports or []) or None,
-            "await_approval": await_approval, "approval_timeout": approval_timeout or DEFAULT_TIMEOUT_S}
+            "await_approval": await_approval, "approval_timeout": approval_timeout or DEFAULT_APPROVAL_TIMEOUT_S}
 
 
 def registry_deployment(

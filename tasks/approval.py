@@ -35,12 +35,13 @@ from pydantic import Field
 from tasks.document import ResultsDocument, read_results
 from tasks.errors import ApprovalError, ResultsError
 from tasks.history import drift
+from tasks.registries import _atomic_write
+from tasks.sources import sha256_file
 
 LOG_NAME = "approvals.jsonl"
 RECEIPT_NAME = "approval.json"
 GENESIS = "0" * 64
 #: How long a run waits for a decision by default: a week.
-DEFAULT_TIMEOUT_S = 7 * 24 * 3600.0
 AWAITING = "Awaiting approval"
 REJECTED = "Rejected"
 AGAINST = "last approved report"
@@ -136,11 +137,15 @@ class SinceApproval:
 
 @dataclass(frozen=True)
 class ApprovalStep:
-    """What the paused run shows and records: the report's sha256 as written, the markdown above the form."""
+    """What the paused run shows and records: which run's report, its sha256 and length as written, the markdown
+    above the form."""
 
+    model: str
+    version: str
+    run_id: str
     report_sha256: str
+    report_bytes: int
     description: str
-    report_bytes: int | None = None
 
     @property
     def form(self) -> type[ApprovalInput]:
@@ -166,14 +171,6 @@ def entry_hash(values: dict[str, Any]) -> str:
                           .encode("utf-8")).hexdigest()
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def report_unchanged(path: str | Path, entry: ApprovalEntry) -> bool:
     """Whether ``path`` is the report decided on: the same bytes, or those bytes with revisions appended after them.
 
@@ -181,12 +178,13 @@ def report_unchanged(path: str | Path, entry: ApprovalEntry) -> bool:
     it as it was; whether the appended revisions change anything beyond signatures and form fields is what
     ``featureaudit verify`` checks.
     """
-    if file_sha256(path) == entry.report_sha256:
-        return True
-    if entry.report_bytes is None or Path(path).stat().st_size <= entry.report_bytes:
+    path = Path(path)
+    if entry.report_bytes is None:
+        return sha256_file(path) == entry.report_sha256
+    if path.stat().st_size < entry.report_bytes:
         return False
-    digest, left = hashlib.sha256(), entry.report_bytes
-    with open(path, "rb") as handle:
+    digest, left = hashlib.sha256(), entry.report_bytes  # the bytes decided on, whatever was appended after them
+    with path.open("rb") as handle:
         while left:
             block = handle.read(min(left, 1 << 20))
             digest.update(block)
@@ -220,7 +218,7 @@ def append_entry(out: str | Path, *, name: str, decision: Decision, comment: str
             os.fsync(handle.fileno())
         receipt = Path(out) / model / version / run_id / RECEIPT_NAME
         if receipt.parent.is_dir():
-            receipt.write_text(json.dumps(entry.values(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+            _atomic_write(receipt, json.dumps(entry.values(), ensure_ascii=False, indent=2) + "\n")
     except OSError as exc:
         raise ApprovalError(f"cannot append to the approval log {path}: {exc.strerror or exc}; "
                             "check that --out is writable") from None
@@ -347,7 +345,7 @@ def approval_description(document: ResultsDocument, report_sha256: str, since: S
 
 
 def since_lines(since: SinceApproval) -> list[str]:
-    """The section in plain sentences (for the form's description and the decision email)."""
+    """The section in plain sentences, for the description above the approval form."""
     if not since.found:
         return ["No approved report of this model yet."]
     out = [f"Compared with run {since.approved_run} (version {since.approved_version}), approved by "
@@ -386,9 +384,11 @@ def approval_step(folder: str | Path) -> ApprovalStep:
     folder = Path(folder)
     document = read_results(folder / "results.json")
     since = SinceApproval.from_json(document.since_approval) if document.since_approval is not None else None
-    digest = file_sha256(folder / "report.pdf")
-    return ApprovalStep(report_sha256=digest, description=approval_description(document, digest, since),
-                        report_bytes=(folder / "report.pdf").stat().st_size)
+    report = folder / "report.pdf"
+    digest = sha256_file(report)
+    return ApprovalStep(model=document.model.name, version=document.model.version, run_id=document.run.id,
+                        report_sha256=digest, report_bytes=report.stat().st_size,
+                        description=approval_description(document, digest, since))
 
 
 @task(name="prepare-approval")
@@ -404,14 +404,13 @@ def last_approved_task(out: str, model: str) -> Approved | None:
 
 
 @task(name="record-approval")
-def record_approval_task(out: str, folder: str, *, decision: Decision, name: str, comment: str, report_sha256: str,
-                         flow_run_id: str | None, report_bytes: int | None = None) -> ApprovalEntry:
-    """Append the reviewer's decision on the report in ``folder`` to the model's approval log (never retried: an
+def record_approval_task(out: str, step: ApprovalStep, *, decision: Decision, name: str, comment: str,
+                         flow_run_id: str | None) -> ApprovalEntry:
+    """Append the reviewer's decision on the report ``step`` showed to the model's approval log (never retried: an
     append is not idempotent)."""
-    document = read_results(Path(folder) / "results.json")
-    return append_entry(out, name=name, decision=decision, comment=comment, model=document.model.name,
-                        version=document.model.version, run_id=document.run.id, report_sha256=report_sha256,
-                        flow_run_id=flow_run_id, report_bytes=report_bytes)
+    return append_entry(out, name=name, decision=decision, comment=comment, model=step.model, version=step.version,
+                        run_id=step.run_id, report_sha256=step.report_sha256, report_bytes=step.report_bytes,
+                        flow_run_id=flow_run_id)
 
 
 def _parse(line: str, where: str) -> tuple[ApprovalEntry | None, str]:

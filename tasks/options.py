@@ -15,6 +15,7 @@ from tasks.errors import FeatureAuditError
 
 DEFAULT_OUT = "reports"
 DEFAULT_CRON = "0 2 * * *"  # nightly at 02:00
+DEFAULT_APPROVAL_TIMEOUT_S = 7 * 24 * 3600.0  # how long a paused run waits for a reviewer's decision: a week
 DEFAULT_MAX_ROWS = 200_000
 METHOD_NAMES = ("weights", "permutation", "ablation", "shap")  # tasks.methods.METHODS holds one entry for each
 

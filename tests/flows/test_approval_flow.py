@@ -15,7 +15,8 @@ import pypdf
 import pytest
 
 from flows.audit import audit_model
-from tasks.approval import AWAITING, REJECTED, file_sha256, log_path, verify_log
+from tasks.approval import AWAITING, REJECTED, verify_log
+from tasks.sources import sha256_file
 from tasks.options import AuditOptions
 from tests import helpers
 from tests.smtp import smtp_server
@@ -122,7 +123,7 @@ def test_an_approved_run_completes_and_its_decision_is_logged(runs):
     entry = entries[0]
     assert (entry.decision, entry.name, entry.comment) == ("approve", "Ada Reviewer", "as expected")
     assert (entry.model, entry.version, entry.run_id) == ("lin", "v1", folder.name)
-    assert entry.report_sha256 == file_sha256(folder / "report.pdf") and entry.flow_run_id == str(run.id)
+    assert entry.report_sha256 == sha256_file(folder / "report.pdf") and entry.flow_run_id == str(run.id)
     assert json.loads((folder / "approval.json").read_text())["hash"] == entry.hash
     # the form's description: the verdict and the warnings, above the form
     assert "**Verdict on the weight-based ranking: agree**" in description and entry.report_sha256 in description

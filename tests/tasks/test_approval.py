@@ -13,7 +13,6 @@ from tasks.approval import (
     append_entry,
     approval_description,
     entry_hash,
-    file_sha256,
     last_approved,
     log_path,
     read_log,
@@ -22,6 +21,7 @@ from tasks.approval import (
     verify_log,
 )
 from tasks.document import ResultsDocument
+from tasks.sources import sha256_file
 
 T = stats.t.ppf(0.975, 4)  # the 95% t-interval over 5 repeats
 
@@ -38,7 +38,7 @@ def _report(out, version, run_id, document=None, pdf=b"%PDF-1.7 report"):
 def _decide(out, folder, decision="approve", name="Ada Reviewer", comment="fine"):
     version, run_id = folder.parent.name, folder.name
     return append_entry(out, name=name, decision=decision, comment=comment, model="m", version=version, run_id=run_id,
-                        report_sha256=file_sha256(folder / "report.pdf"), flow_run_id=f"flow-{run_id}",
+                        report_sha256=sha256_file(folder / "report.pdf"), flow_run_id=f"flow-{run_id}",
                         time=datetime(2026, 11, 29, 12, 0, tzinfo=timezone.utc))
 
 

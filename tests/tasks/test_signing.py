@@ -288,7 +288,8 @@ def test_a_misconfigured_key_is_one_line_naming_the_setting(pki, tmp_path, case,
 
 
 def test_signing_after_approval_keeps_the_approval_and_a_changed_approved_byte_is_named(certified, pki, tmp_path):
-    from tasks.approval import append_entry, file_sha256, last_approved, verify_log
+    from tasks.approval import append_entry, last_approved, verify_log
+    from tasks.sources import sha256_file
 
     folder = tmp_path / "m" / "v1" / "r1"
     folder.mkdir(parents=True)
@@ -296,7 +297,7 @@ def test_signing_after_approval_keeps_the_approval_and_a_changed_approved_byte_i
     pdf.write_bytes(certified)
     (folder / "results.json").write_text("{}")
     append_entry(tmp_path, name="Alan Approver", decision="approve", comment="", model="m", version="v1", run_id="r1",
-                 report_sha256=file_sha256(pdf), report_bytes=len(certified))
+                 report_sha256=sha256_file(pdf), report_bytes=len(certified))
     pdf.write_bytes(sign_pdf(certified, "approved", _key(pki["approver"]), source="report.pdf", decision="approve"))
     assert len(pdf.read_bytes()) > len(certified)  # the signature is an appended revision
     assert verify_log(tmp_path, "m")[1] == []
