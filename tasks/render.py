@@ -32,7 +32,7 @@ from tasks.signing import (
     Signer,
     SigningKey,
     certify_pdf,
-    check_signing,
+    check_key,
     covered_lines,
     signature_boxes,
     signing_key_from_env,
@@ -212,11 +212,12 @@ def render_task(
     since = since_approval(approved, document)
     document = replace(document, since_approval=since.to_json())
     data = document.to_bytes()
-    signer = check_signing()  # checked at the flow's start; the key is read here, where it certifies
+    key = signing_key_from_env()  # checked at the flow's start; read once here, where it certifies
+    signer = check_key(key) if key is not None else None
     html = render_html(build_context(version, results, comparison, run, document.history, since, signer=signer))
     return {
         "report.html": html.encode("utf-8"),
-        "report.pdf": render_pdf(html, {"results.json": data}, certify=signing_key_from_env() if signer else None),
+        "report.pdf": render_pdf(html, {"results.json": data}, certify=key),
         "results.json": data,
     }
 

@@ -73,7 +73,6 @@ class Signer:
 
     common_name: str
     organization: str | None
-    not_after: datetime
 
     @property
     def demo(self) -> bool:
@@ -94,9 +93,7 @@ def key_from_files(key: str | Path, cert: str | Path, password: str | None = Non
 def signing_key_from_env(env: Mapping[str, str] | None = None) -> SigningKey | None:
     """The pipeline's signing key as configured, or None when none is (the report is then unsigned)."""
     env = os.environ if env is None else env
-    key, cert, secret = env.get(KEY_ENV, "").strip(), env.get(CERT_ENV, "").strip(), env.get(SECRET_ENV, "").strip()
-    if secret and (key or cert):
-        raise SigningError(f"{SECRET_ENV} and {KEY_ENV}/{CERT_ENV} are both set; set one or the other")
+    key, cert, secret = _settings(env)
     if secret:
         return _key_from_secret(secret)
     if not key and not cert:
@@ -107,6 +104,14 @@ def signing_key_from_env(env: Mapping[str, str] | None = None) -> SigningKey | N
                            "certificate) or neither")
     return key_from_files(key, cert, env.get(PASSWORD_ENV) or None, key_label=KEY_ENV, cert_label=CERT_ENV,
                           password_label=PASSWORD_ENV)
+
+
+def _settings(env: Mapping[str, str]) -> tuple[str, str, str]:
+    """The key, certificate and Secret block settings as given; refused when a Secret block and files are both set."""
+    key, cert, secret = (env.get(name, "").strip() for name in (KEY_ENV, CERT_ENV, SECRET_ENV))
+    if secret and (key or cert):
+        raise SigningError(f"{SECRET_ENV} and {KEY_ENV}/{CERT_ENV} are both set; set one or the other")
+    return key, cert, secret
 
 
 def check_key(key: SigningKey, *, now: datetime | None = None) -> Signer:
@@ -128,9 +133,7 @@ def check_signing(env: Mapping[str, str] | None = None, *, secrets: bool = True)
     ``secrets=False`` leaves a Prefect Secret block unread (it needs the Prefect API; the flow's first task checks it).
     """
     env = os.environ if env is None else env
-    if not secrets and env.get(SECRET_ENV, "").strip():
-        if env.get(KEY_ENV, "").strip() or env.get(CERT_ENV, "").strip():
-            raise SigningError(f"{SECRET_ENV} and {KEY_ENV}/{CERT_ENV} are both set; set one or the other")
+    if not secrets and _settings(env)[2]:
         return None
     key = signing_key_from_env(env)
     return check_key(key) if key is not None else None
@@ -490,7 +493,7 @@ def _signer(cert) -> Signer:
         return str(values[0].value) if values else None
 
     return Signer(common_name=attribute(NameOID.COMMON_NAME) or cert.subject.rfc4514_string(),
-                  organization=attribute(NameOID.ORGANIZATION_NAME), not_after=cert.not_valid_after_utc)
+                  organization=attribute(NameOID.ORGANIZATION_NAME))
 
 
 def _asn1(cert):
