@@ -12,7 +12,8 @@ The key (:func:`version_key` plus each task's own inputs) is a sha256 over:
   (and the sampling seed when the split is sampled), the ``--import`` modules;
 - the options that change the method's numbers (:attr:`tasks.methods.Method.ignores` lists those that do not;
   which other methods run never matters), or, for ablation's tasks, their arguments: the plan a job belongs to
-  and the job, the jobs' scores (not their wall time) for the results;
+  and the job, the jobs' scores and timings for the results (the run's total seconds aside, so reused jobs,
+  which carry their stored timings, make the results reusable too; recomputed jobs recompute them);
 - the code: featureaudit's version, a digest of the ``tasks`` package's source (a change in development
   invalidates, though the version string stays the same) and the versions of the libraries that compute.
 
@@ -146,7 +147,8 @@ class CacheKey:
 
     ``what`` is a method's name (its inputs: the options that change it, see :func:`method_options`) or an
     ablation step: ``ablation-plan`` (its arguments), ``ablation-job`` (the plan and the job), ``ablation-results``
-    (the plan and the jobs' scores, not the run's wall time). None (not cached) when an input cannot be keyed.
+    (the plan and the jobs' scores and timings, not the run's total seconds). None (not cached) when an input
+    cannot be keyed.
     """
 
     what: str
@@ -457,7 +459,8 @@ def reused(states: dict[str, Any]) -> dict[str, dict[str, str | None]]:
 def prune_task(folder: str) -> int:
     """Remove stored results unused for ``FEATUREAUDIT_RESULTS_CACHE_DAYS`` days, so the cache does not grow without
     bound as versions, options and code change."""
-    removed = prune(folder, keep_days())
+    days = keep_days()
+    removed = prune(folder, days)
     if removed:
-        _logger().info("results cache %s: removed %d stored results unused for %d days", folder, removed, keep_days())
+        _logger().info("results cache %s: removed %d stored results unused for %d days", folder, removed, days)
     return removed

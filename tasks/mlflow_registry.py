@@ -157,11 +157,8 @@ class MlflowRegistry:
     def snapshot(self, name: str) -> dict[str, str]:
         """The newest version number and, per alias of the model, the version it points at (``{"@champion": "3"}``)."""
         check_name("model name", name)
-        model = self._call(lambda: self.client.get_registered_model(name), f"model '{name}'",
-                           missing=lambda: self._no_model(name))
-        newest = self._newest(name)
-        return {"latest": str(newest.version), **{f"@{alias}": str(number)
-                                                  for alias, number in sorted((model.aliases or {}).items())}}
+        aliases = self._aliases(name)  # first: an unknown model is named before its versions are searched
+        return {"latest": str(self._newest(name).version), **{f"@{alias}": number for alias, number in aliases.items()}}
 
     def _version(self, name: str, version: str | None):
         """The model version asked for: newest, by number, or by ``@alias``; one line listing what exists if none."""
