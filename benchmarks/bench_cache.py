@@ -30,6 +30,7 @@ from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 
 from flows.audit import audit_model  # noqa: E402
 from tasks.demo import MODEL_NAME, build_demo_registry  # noqa: E402
+from tasks.options import AuditOptions  # noqa: E402
 
 
 def audit(registry: Path, out: Path) -> tuple[float, dict]:
@@ -50,6 +51,8 @@ def main() -> None:
     print(f"first run {first:.1f} s (computed)   re-run {again:.1f} s (reused: "
           f"{', '.join(reused['run'].get('reused', {})) or 'nothing'})   method results identical: "
           f"{'yes' if identical else 'no'}")
+    if not identical or set(reused["run"].get("reused", {})) != set(AuditOptions().methods):
+        sys.exit("the re-run did not reuse every method's identical result: no speed-up to report")
     print(f"unchanged re-run speed-up = {first / again:.1f}")
 
 

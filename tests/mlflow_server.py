@@ -106,11 +106,11 @@ def mlp(seed: int, train: pd.DataFrame, epochs: int = 3):
     return model
 
 
-# Imported by each test module that uses it, so each module gets a server and a registry of its own: the tests
-# number the versions they publish from 1.
-@pytest.fixture(scope="session")
+# Imported by each test module that uses it: each module gets a server and a registry of its own (the tests number
+# the versions they publish from 1), stopped when the module ends.
+@pytest.fixture(scope="module")
 def mlflow_tracking(tmp_path_factory) -> Iterator[str]:
-    """A real MLflow tracking server for the session: its URI (the environment is left as it was)."""
+    """A real MLflow tracking server for one test module: its URI (the environment is left as it was)."""
     with mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as uri:
         yield uri
 
