@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import signal
 import subprocess
@@ -41,6 +42,17 @@ def die_with_parent(parent: int) -> Callable[[], None]:
     return prepare
 
 
+def _silence_logging() -> None:
+    """No log record of a still-running thread may follow the stop line: refuse new records, and wait (briefly) for
+    one being written to finish, by taking every handler's lock; the process ends holding them."""
+    logging.disable(logging.CRITICAL)
+    loggers = [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(lg, logging.Logger))]
+    for handler in {h for lg in loggers for h in lg.handlers}:
+        if handler.lock is not None:
+            handler.lock.acquire(timeout=1)
+
+
 def tied_popen(args: list[str], **kwargs: Any) -> subprocess.Popen:
     """``subprocess.Popen`` for a child that must not outlive this thread's process (see :func:`die_with_parent`).
 
@@ -62,6 +74,7 @@ def stop_on_signals(on_stop: Callable[[signal.Signals], str]) -> Iterator[None]:
             line = on_stop(received)
         except BaseException as exc:  # cleaning up must not keep us alive
             line = f"stopped by {received.name} ({type(exc).__name__} while cleaning up)"
+        _silence_logging()
         print(f"featureaudit: error: {line}", file=sys.stderr, flush=True)
         os._exit(128 + received)
 
