@@ -18,7 +18,6 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from tasks.ablation import (
     AblationPlan,
-    Budget,
     Job,
     JobScores,
     ablation_job_task,
@@ -44,7 +43,7 @@ from tasks.errors import RegistryRunFailed
 from tasks.history import previous_runs_task
 from tasks.output import check_output_task, new_run_id, write_report_task
 from tasks.methods import METHODS
-from tasks.options import DEFAULT_APPROVAL_TIMEOUT_S, DEFAULT_OUT, AuditOptions
+from tasks.options import DEFAULT_APPROVAL_TIMEOUT_S, DEFAULT_OUT, AuditOptions, Budget
 from tasks.render import RunInfo, render_task, run_status
 from tasks.result import ImportanceResult
 from tasks.signing import check_signing_task

@@ -162,7 +162,7 @@ def watch_registry(registry: str, models: list[str] | None, *, interval: float, 
     A registry or model that cannot be read is logged once per distinct reason and polled again next time.
     """
     from tasks.errors import FeatureAuditError
-    from tasks.registries import open_registry
+    from tasks.sources import open_registry
     from tasks.watch import Watcher
 
     emit = emit or emit_landed

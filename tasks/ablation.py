@@ -30,6 +30,7 @@ from tasks.clusters import DEFAULT_THRESHOLD, unit_records
 from tasks.errors import FeatureAuditError
 from tasks.metrics import METRICS, Metric
 from tasks.modeling import as_predictions, output_squash
+from tasks.options import Budget
 from tasks.ranking import RELEVANCE
 from tasks.result import Details, ImportanceResult
 from tasks.sources import ModelVersion, Split
@@ -53,10 +54,6 @@ RETRAINED_WEIGHTS_NOTE = (
 TOP_UNITS = 3
 CONFIDENCE = 0.95
 MAX_SEEDS = 8
-# Wide models: without --ablation-budget, only the WIDE_BUDGET units permutation ranks first are retrained
-# when there are more than WIDE_FEATURES features (a 300-feature model spent 681 s of a 722 s run here).
-WIDE_FEATURES = 100
-WIDE_BUDGET = 50
 CALIBRATION_BRANCHES = 4  # estimate_seconds times a job of 1 branch and one of this many
 DEFAULT_CHUNKS = 2  # jobs per seed: with 5 seeds, 10 jobs, so a cluster of a few workers keeps busy
 # A retrain whose test loss is above DIVERGED times the loss of a constant prediction diverged (retrain_check);
@@ -194,35 +191,6 @@ def fused_retrain_scores(
     raw = predict_all(tf.constant(test.X))
     squash = output_squash(head_loss(model, adapter))
     return np.array([metric(test.y, as_predictions(out.numpy(), squash)) for out in raw]), branches
-
-
-@dataclass(frozen=True)
-class Budget:
-    """How much retraining a run may spend: at most ``max_units`` units, or about ``seconds`` seconds."""
-
-    max_units: int | None = None
-    seconds: float | None = None
-
-    @classmethod
-    def parse(cls, text: str | None, *, n_features: int = 0) -> Budget:
-        """``"8"`` ablates the 8 most important units; ``"300s"`` stops starting new units after 300 s; ``"all"``
-        ablates every unit. Unset: every unit, except that a model with more than ``WIDE_FEATURES`` features
-        gets the ``WIDE_BUDGET`` most important (retraining every unit of a wide model takes hours)."""
-        if text is None or text == "":
-            return cls(max_units=WIDE_BUDGET) if n_features > WIDE_FEATURES else cls()
-        value = text.strip().lower()
-        if value == "all":
-            return cls()
-        try:
-            if value.endswith("s"):
-                seconds = float(value[:-1])
-                if seconds > 0:
-                    return cls(seconds=seconds)
-            elif int(value) > 0:
-                return cls(max_units=int(value))
-        except ValueError:
-            pass
-        raise FeatureAuditError(f"--ablation-budget {text!r}: give a number of features (8), seconds (300s) or 'all'")
 
 
 @dataclass(frozen=True)

@@ -52,13 +52,13 @@ from tasks.ablation import (
     AblationDetails,
     AblationPlan,
     AblationRun,
-    Budget,
     Job,
     JobScores,
     RetrainedWeightsDetails,
     RetrainTiming,
     RunDetails,
 )
+from tasks.options import Budget
 from tasks.permutation import AdaptiveRepeats, PermutationDetails
 from tasks.result import ImportanceResult
 from tasks.shap_importance import Additivity, ShapDetails

@@ -33,13 +33,12 @@ import numpy as np
 from prefect import task
 from scipy import stats
 
-from tasks.ranking import RELEVANCE, RankingEvidence, ranking_evidence
+from tasks.ranking import RELEVANCE, TOP_K, RankingEvidence, ranking_evidence, top_k_for
 from tasks.result import ImportanceResult
 
 Verdict = Literal["agree", "partly agree", "disagree", "not assessed"]
 JUDGED_WEIGHTS = ("weights", "weights_scaled")
 JUDGED_BEHAVIOURAL = ("permutation", "ablation", "shap")
-TOP_K = 3
 MIN_GAP = 2  # an under-ranked feature sits at least this many ranks below the worst rank its behaviour allows
 AGREEMENT_KS = (3, 5, 10)
 N_BOOTSTRAP = 200
@@ -120,11 +119,6 @@ class Comparison:
             "rank_evidence": {e.method: e.to_dict() for e in self.evidence},
             "weight_stability": self.weight_stability,
         }
-
-
-def top_k_for(n: int) -> int:
-    """The k of "top k": ``TOP_K``, but never more than half the features (so top and lower half never meet)."""
-    return max(1, min(TOP_K, n // 2))
 
 
 def in_lower_half(rank: int, n: int) -> bool:

@@ -30,7 +30,7 @@ from scipy import stats
 
 from tasks.document import FeatureRecord, MethodEntry, ResultsDocument, read_results
 from tasks.errors import ResultsError
-from tasks.sources import natural_key
+from tasks.registries import natural_key
 
 SAME_VERSION = "previous run of this version"
 PREVIOUS_VERSION = "previous version"

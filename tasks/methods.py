@@ -1,8 +1,9 @@
 """The one table of importance methods: what the flow runs, the command line offers, and the report titles.
 
 Each entry names a method, says whether it is weight-based or behavioural, and gives its Prefect
-task: ``task(version, options) -> list[ImportanceResult]``, a thin wrapper that loads the version's
-subject once per process (:func:`tasks.subject.load_subject`) and calls the method's plain function.
+task: ``task(version, options) -> list[ImportanceResult]``, a thin wrapper (below the table's types) that
+reads the run's options and calls the method's plain function, which loads the version's subject once per
+process (:func:`tasks.subject.load_subject`). The method modules never see the options object.
 ``results`` lists the results a method returns, each with the title the report gives it. A new method
 is one module and one entry here; the flow, the command line, the report and ``results.json`` read the
 table. Retrain-ablation has no single task: the flow fans it out as many jobs (:mod:`tasks.ablation`).
@@ -14,8 +15,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from tasks.options import METHOD_NAMES
-from tasks.result import Kind
+from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+from tasks.artifacts import slug
+from tasks.options import METHOD_NAMES, AuditOptions
+from tasks.permutation import audit_permutation
+from tasks.result import ImportanceResult, Kind
+from tasks.shap_importance import shap_audit
+from tasks.sources import ModelVersion
+from tasks.weights import audit_weights
 
 
 @dataclass(frozen=True)
@@ -31,11 +40,45 @@ class Method:
     ignores: tuple[str, ...] = ()
 
 
-def _table() -> dict[str, Method]:
-    from tasks.permutation import permutation_task
-    from tasks.shap_importance import shap_task
-    from tasks.weights import weights_task
+@task(name="weights")
+def weights_task(version: ModelVersion, options: AuditOptions = AuditOptions()) -> list[ImportanceResult]:
+    """Rank features by first-layer weight magnitudes, naive and scale-aware (skipped where they cannot be placed)."""
+    results = audit_weights(version)
+    if results[0].ok:
+        get_run_logger().info("weights: ranked %d features by first-layer |W|", len(version.features))
+    else:
+        get_run_logger().warning("weights: skipped: %s", results[0].error)
+    return results
 
+
+@task(name="permutation")
+def permutation_task(version: ModelVersion, options: AuditOptions = AuditOptions()) -> list[ImportanceResult]:
+    """Permutation importance of every feature, manifest group and correlated cluster on the test split."""
+    logger = get_run_logger()
+    artifact = create_progress_artifact(
+        0.0, key=f"permutation-{slug(version.name)}",
+        description=f"Permutation importance of {version.name} {version.version}: units done",
+    )
+
+    def progress(name: str, done: int, total: int) -> None:
+        logger.info("permutation: %s done (%d/%d)", name, done, total,
+                    extra={"progress": {"task": "permutation", "unit": name, "done": done, "total": total}})
+        update_progress_artifact(artifact, 100.0 * done / total)
+
+    return audit_permutation(version, n_repeats=options.repeats, seed=options.seed,
+                             cluster_threshold=options.cluster_threshold, progress=progress, log=logger.info)
+
+
+@task(name="shap")
+def shap_task(version: ModelVersion, options: AuditOptions = AuditOptions()) -> list[ImportanceResult]:
+    """SHAP: global importance with intervals and local explanations."""
+    result = shap_audit(version, seed=options.seed, n_rows=options.shap_rows)
+    get_run_logger().info("shap: %s explained %d rows (%s)", result.details.explainer,
+                          result.details.n_rows, result.details.reason)
+    return [result]
+
+
+def _table() -> dict[str, Method]:
     methods = (
         Method("weights", "weight-based", "First-layer weights",
                {"weights": "First-layer weights |W|", "weights_scaled": "Scale-aware weights |W|·std"}, weights_task,

@@ -32,16 +32,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from prefect import get_run_logger, task
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from tasks.artifacts import slug
 from tasks.clusters import DEFAULT_THRESHOLD, Cluster, unit_records
-from tasks.compare import top_k_for
 from tasks.metrics import METRICS, Metric
 from tasks.modeling import first_layer_view, memory_budget, rows_for
-from tasks.ranking import ranking_evidence
-from tasks.options import AuditOptions
+from tasks.ranking import ranking_evidence, top_k_for
 from tasks.result import Details, ImportanceResult
 from tasks.sources import ModelVersion
 from tasks.subject import load_subject
@@ -339,21 +334,3 @@ def audit_permutation(
     adaptive = AdaptiveRepeats(repeats_tried=history, top_k=k, top_k_verified=bool(verified))
     return [dataclasses.replace(r, notes=(*r.notes, note), details=dataclasses.replace(r.details, adaptive=adaptive))
             for r in results]
-
-
-@task(name="permutation")
-def permutation_task(version: ModelVersion, options: AuditOptions = AuditOptions()) -> list[ImportanceResult]:
-    """Permutation importance of every feature, manifest group and correlated cluster on the test split."""
-    logger = get_run_logger()
-    artifact = create_progress_artifact(
-        0.0, key=f"permutation-{slug(version.name)}",
-        description=f"Permutation importance of {version.name} {version.version}: units done",
-    )
-
-    def progress(name: str, done: int, total: int) -> None:
-        logger.info("permutation: %s done (%d/%d)", name, done, total,
-                    extra={"progress": {"task": "permutation", "unit": name, "done": done, "total": total}})
-        update_progress_artifact(artifact, 100.0 * done / total)
-
-    return audit_permutation(version, n_repeats=options.repeats, seed=options.seed,
-                             cluster_threshold=options.cluster_threshold, progress=progress, log=logger.info)

@@ -31,9 +31,8 @@ from tasks.registries import (
     is_alias,
     is_mlflow,
     natural_key,
-    open_registry,
 )
-from tasks.sources import _resolve_features, _split_shape, check_model_file, read_manifest
+from tasks.sources import _resolve_features, _split_shape, check_model_file, open_registry, read_manifest
 
 SPLIT_SUFFIXES = (".parquet", ".csv")
 

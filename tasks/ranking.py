@@ -34,6 +34,12 @@ from tasks.result import ImportanceResult
 
 ALPHA = 0.05
 RELEVANCE = 0.05  # a feature is negligible below 5% of the top feature's importance, in the method's units
+TOP_K = 3  # the verdict's and adaptive permutation's "top k" (see top_k_for)
+
+
+def top_k_for(n: int) -> int:
+    """The k of "top k": ``TOP_K``, but never more than half the features (so top and lower half never meet)."""
+    return max(1, min(TOP_K, n // 2))
 
 
 @dataclass(frozen=True, eq=False)

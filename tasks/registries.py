@@ -15,7 +15,7 @@ method loads from local disk whatever the backend.
   ``mlflow+http://host:port``; its versions are numbered, may have aliases (``@champion``), and are downloaded
   into the same cache. Only it has aliases: a folder or object store refuses a version named ``@…``.
 
-:func:`open_registry` picks the backend from the reference. Names are plain folder names; nothing outside a
+:func:`tasks.sources.open_registry` picks the backend from the reference. Names are plain folder names; nothing outside a
 registry (a link, a key outside the prefix) is followed; errors are :class:`~tasks.errors.RegistryError` lines
 naming the registry.
 """
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from tasks.errors import FeatureAuditError, RegistryError
+from tasks.errors import FeatureAuditError, ModelLoadError, RegistryError
 
 #: The files of a version, by the name they have in it; anything else in a version folder is ignored.
 MODEL_FILES = ("model.keras", "model.h5")
@@ -49,6 +49,12 @@ OBJECT_SCHEMES = ("s3", "gs", "gcs")
 _CREDENTIALS = {"s3": "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE",
                 "gs": "GOOGLE_APPLICATION_CREDENTIALS", "gcs": "GOOGLE_APPLICATION_CREDENTIALS"}
 _PACKAGES = {"s3": "s3fs (pip install 'featureaudit[s3]')", "gs": "gcsfs", "gcs": "gcsfs"}
+#: Set to a number of bytes to change :data:`MAX_MODEL_BYTES`.
+MAX_MODEL_BYTES_ENV = "FEATUREAUDIT_MAX_MODEL_BYTES"
+#: Largest model accepted: a ``.keras`` archive's members uncompressed, in all, or a ``.h5`` file's size.
+#: Keras stores archive members uncompressed, so a real archive inflates to about its own size; 4 GiB is
+#: more than a model this audit can load and retrain on one machine, and bounds what loading may allocate.
+MAX_MODEL_BYTES = 4 * 2**30
 
 
 @dataclass(frozen=True)
@@ -91,23 +97,6 @@ class Registry(Protocol):
         ``{"@alias": version}`` per alias; a label ending in ``.stamp`` fingerprints that label's files, so a
         version still being written (or rewritten in place) is seen to change."""
         ...
-
-
-def open_registry(reference: str | Path) -> Registry:
-    """The backend for a registry reference: ``mlflow``/``mlflow+http://…`` an MLflow Model Registry,
-    ``s3://…``/``gs://…`` an object store, anything else a folder."""
-    text = str(reference)
-    if is_mlflow(text):
-        from tasks.mlflow_registry import MlflowRegistry
-
-        return MlflowRegistry(text)
-    scheme = text.split("://", 1)[0].lower() if "://" in text else ""
-    if scheme in OBJECT_SCHEMES:
-        return ObjectStoreRegistry(text)
-    if scheme:
-        raise RegistryError(f"registry {text}: unknown scheme '{scheme}://'; use a folder, s3://bucket/prefix, "
-                            "gs://bucket/prefix, mlflow or mlflow+http://host:port")
-    return FolderRegistry(Path(reference))
 
 
 def is_remote(reference: str | Path) -> bool:
@@ -373,15 +362,29 @@ def _refuse_large_model(where: str, name: str, size: int) -> None:
     checks the download itself before Keras reads it)."""
     if name not in MODEL_FILES:
         return
-    from tasks.sources import _max_model_bytes, _size
-
-    limit = _max_model_bytes()
+    limit = max_model_bytes()
     if size > limit:
-        from tasks.errors import ModelLoadError
-        from tasks.sources import MAX_MODEL_BYTES_ENV
+        raise ModelLoadError(f"{where} is {human_size(size)}, over the limit of {human_size(limit)} for a model file; "
+                             f"not downloaded (set {MAX_MODEL_BYTES_ENV} to a larger number of bytes if it is genuine)")
 
-        raise ModelLoadError(f"{where} is {_size(size)}, over the limit of {_size(limit)} for a model file; not "
-                             f"downloaded (set {MAX_MODEL_BYTES_ENV} to a larger number of bytes if it is genuine)")
+
+def max_model_bytes() -> int:
+    """The model size limit in force: :data:`MAX_MODEL_BYTES`, or ``FEATUREAUDIT_MAX_MODEL_BYTES`` when set."""
+    raw = os.environ.get(MAX_MODEL_BYTES_ENV, "").strip()
+    if not raw:
+        return MAX_MODEL_BYTES
+    if not raw.isdigit() or int(raw) < 1:
+        raise FeatureAuditError(f"{MAX_MODEL_BYTES_ENV}={raw!r} must be a positive number of bytes, "
+                                f"such as {MAX_MODEL_BYTES} (4 GiB, the default)")
+    return int(raw)
+
+
+def human_size(n_bytes: int) -> str:
+    """A byte count as people read it: ``1.5 MiB``."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:,.1f} {unit}"
+    return f"{n_bytes:,} bytes"
 
 
 def _inside(key: str, prefix: str) -> bool:

@@ -43,11 +43,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from prefect import get_run_logger, task
 
 from tasks.metrics import METRICS, Metric
 from tasks.modeling import Forward, first_layer_view, memory_budget, rows_for
-from tasks.options import AuditOptions
 from tasks.result import Details, ImportanceResult
 from tasks.sources import ModelVersion
 from tasks.subject import load_subject
@@ -525,15 +523,6 @@ def shap_audit(version: ModelVersion, *, seed: int = 0, n_rows: int = 1000, n_wo
                                   columns=subject.adapter.columns)
     return ImportanceResult.from_samples("shap", "behavioural", features, draws, interval=interval,
                                          notes=(*NOTES, *notes), details=details, sampling="bootstrap")
-
-
-@task(name="shap")
-def shap_task(version: ModelVersion, options: AuditOptions = AuditOptions()) -> list[ImportanceResult]:
-    """SHAP: global importance with intervals and local explanations."""
-    result = shap_audit(version, seed=options.seed, n_rows=options.shap_rows)
-    get_run_logger().info("shap: %s explained %d rows (%s)", result.details.explainer,
-                          result.details.n_rows, result.details.reason)
-    return [result]
 
 
 @dataclass(frozen=True)

@@ -44,26 +44,25 @@ from tasks.errors import (
     RegistryError,
     retry_unless_bad_input,
 )
-from tasks.registries import (  # noqa: F401  natural_key and the constants are part of this module's interface
-    ALLOW_EXTERNAL_LINKS,
+from tasks.registries import (
     MODEL_FILES,
     Provenance,
     check_inside as _check_inside,
     check_name as _check_name,
-    natural_key,
-    open_registry,
+    MAX_MODEL_BYTES_ENV,
+    OBJECT_SCHEMES,
+    FolderRegistry,
+    ObjectStoreRegistry,
+    Registry,
+    human_size,
+    is_mlflow,
+    max_model_bytes,
 )
 
 TaskType = Literal["regression", "binary", "multiclass"]
 TASK_TYPES: tuple[str, ...] = ("regression", "binary", "multiclass")
 _MANIFEST_KEYS = {"target", "task", "features", "categorical", "groups", "training", "metric", "inputs", "output"}
 
-#: Set to a number of bytes to change :data:`MAX_MODEL_BYTES`.
-MAX_MODEL_BYTES_ENV = "FEATUREAUDIT_MAX_MODEL_BYTES"
-#: Largest model accepted: a ``.keras`` archive's members uncompressed, in all, or a ``.h5`` file's size.
-#: Keras stores archive members uncompressed, so a real archive inflates to about its own size; 4 GiB is
-#: more than a model this audit can load and retrain on one machine, and bounds what loading may allocate.
-MAX_MODEL_BYTES = 4 * 2**30
 #: A member over :data:`RATIO_CHECKED_BYTES` that inflates more than this many times its stored size is a
 #: bomb: Keras' own members are stored (1:1), float weights deflate barely (~1.1:1) and JSON ~10:1, while
 #: a run of zeros deflates ~1000:1.
@@ -155,6 +154,23 @@ class Split:
     @property
     def n_rows(self) -> int:
         return int(self.X.shape[0])
+
+
+def open_registry(reference: str | Path) -> Registry:
+    """The backend for a registry reference: ``mlflow``/``mlflow+http://…`` an MLflow Model Registry,
+    ``s3://…``/``gs://…`` an object store, anything else a folder."""
+    text = str(reference)
+    if is_mlflow(text):
+        from tasks.mlflow_registry import MlflowRegistry  # mlflow is an extra: imported only when asked for
+
+        return MlflowRegistry(text)
+    scheme = text.split("://", 1)[0].lower() if "://" in text else ""
+    if scheme in OBJECT_SCHEMES:
+        return ObjectStoreRegistry(text)
+    if scheme:
+        raise RegistryError(f"registry {text}: unknown scheme '{scheme}://'; use a folder, s3://bucket/prefix, "
+                            "gs://bucket/prefix, mlflow or mlflow+http://host:port")
+    return FolderRegistry(Path(reference))
 
 
 def resolve_version(
@@ -458,18 +474,18 @@ def check_model_file(path: Path, *, max_bytes: int | None = None) -> None:
     """Refuse a model file that would take too much memory to load, from its size and zip directory alone.
 
     A ``.keras`` file must be a zip archive of at most :data:`MAX_MEMBERS` members whose uncompressed
-    sizes sum to at most ``max_bytes`` (default :data:`MAX_MODEL_BYTES`, or ``FEATUREAUDIT_MAX_MODEL_BYTES``),
+    sizes sum to at most ``max_bytes`` (default :data:`tasks.registries.MAX_MODEL_BYTES`, or ``FEATUREAUDIT_MAX_MODEL_BYTES``),
     none inflating more than :data:`MAX_MEMBER_RATIO` times. The sizes come from the zip's directory;
     Python's zipfile, which Keras reads with, never returns more than a member declares. The member count
     and the directory's size (at most :data:`MAX_DIRECTORY_BYTES_PER_MEMBER` per allowed member) are first
     read from the zip's end record, so a directory of millions of entries is refused before zipfile reads
     it. A ``.h5`` file's own size must be at most ``max_bytes``.
     """
-    limit = _max_model_bytes() if max_bytes is None else max_bytes
+    limit = max_model_bytes() if max_bytes is None else max_bytes
     if path.suffix == ".h5":
         size = path.stat().st_size
         if size > limit:
-            raise ModelLoadError(f"{path} is {_size(size)}, over the limit of {_size(limit)} for a model file; "
+            raise ModelLoadError(f"{path} is {human_size(size)}, over the limit of {human_size(limit)} for a model file; "
                                  f"set {MAX_MODEL_BYTES_ENV} to a larger number of bytes if it is genuine")
         return
     if path.suffix != ".keras":
@@ -488,12 +504,12 @@ def check_model_file(path: Path, *, max_bytes: int | None = None) -> None:
         ratio = member.file_size / max(member.compress_size, 1)
         if member.file_size > RATIO_CHECKED_BYTES and ratio > MAX_MEMBER_RATIO:
             raise ModelLoadError(
-                f"{path} member {member.filename} inflates {ratio:,.0f}:1 ({_size(member.compress_size)} to "
-                f"{_size(member.file_size)}), over the limit of {MAX_MEMBER_RATIO}:1: a decompression bomb, "
+                f"{path} member {member.filename} inflates {ratio:,.0f}:1 ({human_size(member.compress_size)} to "
+                f"{human_size(member.file_size)}), over the limit of {MAX_MEMBER_RATIO}:1: a decompression bomb, "
                 "refused without loading")
     total = sum(member.file_size for member in members)
     if total > limit:
-        raise ModelLoadError(f"{path} inflates to {_size(total)}, over the limit of {_size(limit)} for a model; "
+        raise ModelLoadError(f"{path} inflates to {human_size(total)}, over the limit of {human_size(limit)} for a model; "
                              f"refused without loading (set {MAX_MODEL_BYTES_ENV} to a larger number of bytes "
                              "if it is genuine)")
 
@@ -504,8 +520,8 @@ def _refuse_large_directory(path: Path, entries: int, directory_bytes: int) -> N
         raise ModelLoadError(f"{path} holds {entries:,} files, over the limit of {MAX_MEMBERS:,} "
                              "for a Keras archive; refused without loading")
     if directory_bytes > MAX_MEMBERS * MAX_DIRECTORY_BYTES_PER_MEMBER:
-        raise ModelLoadError(f"{path} has a zip directory of {_size(directory_bytes)}, over the limit of "
-                             f"{_size(MAX_MEMBERS * MAX_DIRECTORY_BYTES_PER_MEMBER)} for a Keras archive of at "
+        raise ModelLoadError(f"{path} has a zip directory of {human_size(directory_bytes)}, over the limit of "
+                             f"{human_size(MAX_MEMBERS * MAX_DIRECTORY_BYTES_PER_MEMBER)} for a Keras archive of at "
                              f"most {MAX_MEMBERS:,} files; refused without loading")
 
 
@@ -538,23 +554,6 @@ def _zip_directory(path: Path) -> tuple[int, int] | None:
     if record >= 0 and tail[locator : locator + 4] == b"PK\x06\x07" and tail[record : record + 4] == b"PK\x06\x06":
         _, _, _, _, _, _, _, entries, directory_bytes, _ = _END64.unpack_from(tail, record)
     return entries, directory_bytes
-
-
-def _max_model_bytes() -> int:
-    raw = os.environ.get(MAX_MODEL_BYTES_ENV, "").strip()
-    if not raw:
-        return MAX_MODEL_BYTES
-    if not raw.isdigit() or int(raw) < 1:
-        raise FeatureAuditError(f"{MAX_MODEL_BYTES_ENV}={raw!r} must be a positive number of bytes, "
-                                f"such as {MAX_MODEL_BYTES} (4 GiB, the default)")
-    return int(raw)
-
-
-def _size(n_bytes: int) -> str:
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n_bytes >= scale:
-            return f"{n_bytes / scale:,.1f} {unit}"
-    return f"{n_bytes:,} bytes"
 
 
 def sha256_file(path: Path) -> str:

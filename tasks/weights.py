@@ -31,10 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
-from prefect import get_run_logger, task
 
 from tasks.adapter import input_name
-from tasks.options import AuditOptions
 from tasks.result import ImportanceResult
 from tasks.sources import ModelVersion
 from tasks.subject import load_subject
@@ -205,17 +203,6 @@ def audit_weights(version: ModelVersion) -> list[ImportanceResult]:
         return weight_importance(subject.model, features, subject.adapter.sources(), scale, categorical=categorical)
     except Unattributable as exc:
         return [ImportanceResult.not_ok("weights", "weight-based", features, status="skipped", reason=str(exc))]
-
-
-@task(name="weights")
-def weights_task(version: ModelVersion, options: AuditOptions = AuditOptions()) -> list[ImportanceResult]:
-    """Rank features by first-layer weight magnitudes, naive and scale-aware (skipped where they cannot be placed)."""
-    results = audit_weights(version)
-    if results[0].ok:
-        get_run_logger().info("weights: ranked %d features by first-layer |W|", len(version.features))
-    else:
-        get_run_logger().warning("weights: skipped: %s", results[0].error)
-    return results
 
 
 def _place(model, features: tuple[str, ...], sources) -> Reach:

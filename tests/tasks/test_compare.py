@@ -1,7 +1,7 @@
 import numpy as np
 
-from tasks.compare import compare, in_lower_half, pairwise_rank_agreement, top_k_agreement, top_k_for
-from tasks.ranking import ranking_evidence
+from tasks.compare import compare, in_lower_half, pairwise_rank_agreement, top_k_agreement
+from tasks.ranking import ranking_evidence, top_k_for
 from tasks.result import ImportanceResult
 
 FEATURES = ("scaled", "noise", "x1", "x2", "x3", "x4")

@@ -6,7 +6,8 @@ import shutil
 import pytest
 
 from tasks.errors import ModelLoadError, RegistryError
-from tasks.registries import FolderRegistry, ObjectStoreRegistry, open_registry
+from tasks.registries import FolderRegistry, ObjectStoreRegistry
+from tasks.sources import open_registry
 from tasks.sources import list_models, resolve_version
 from tests import helpers, s3
 

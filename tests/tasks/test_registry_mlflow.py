@@ -12,7 +12,7 @@ import pytest
 from tasks.errors import RegistryError
 from tasks.mlflow_registry import MlflowRegistry, public_uri
 from tasks.publish import publish
-from tasks.registries import open_registry
+from tasks.sources import open_registry
 from tasks.sources import load_keras_model, resolve_version, sha256_file
 from tests.mlflow_server import FEATURES, mlflow_tracking, model_files  # noqa: F401  fixtures
 

@@ -11,13 +11,13 @@ import pytest
 
 from tasks.compare import compare
 from tasks.errors import DataError, FeatureAuditError, ManifestError, ModelLoadError, RegistryError
+from tasks.registries import natural_key
 from tasks.render import RunInfo, results_document
 from tasks.result import ImportanceResult
 from tasks.sources import (
     MAX_MEMBERS,
     check_model_file,
     load_keras_model,
-    natural_key,
     read_split,
     resolve_version,
 )
