@@ -18,9 +18,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from tasks.ablation import Recipe, ablation_constants, ablation_importance, ablation_seeds, retrain_score  # noqa: E402
-from tasks.metrics import METRICS  # noqa: E402
-from tasks.sources import Split  # noqa: E402
+from tasks.core.metrics import METRICS  # noqa: E402
+from tasks.methods.ablation import Recipe, ablation_constants, ablation_importance, ablation_seeds, retrain_score  # noqa: E402
+from tasks.registry.versions import Split  # noqa: E402
 
 N_FEATURES, N_TRAIN, N_TEST, EPOCHS, SEEDS, BATCH = 20, 20_000, 5_000, 10, 2, 256
 

@@ -8,7 +8,7 @@ workers × threads ≈ cores. Workload: 20 features, 8,000 training rows, MLP 64
 4 seeds × 2 chunks = 8 jobs. Each cluster's workers first import TensorFlow and load the version
 (a long-lived worker pays that once per model version, not per job); that warm-up is timed and
 printed apart, and the speed-up is that of the jobs. Before the clusters start, the plan's time is
-estimated as the flow estimates it (:func:`tasks.ablation.estimate_seconds`: one timed retrain of
+estimated as the flow estimates it (:func:`tasks.methods.ablation.estimate_seconds`: one timed retrain of
 one branch, here with one TensorFlow thread like a worker's); the line before the last sets that
 estimate beside the measured times of the jobs. Last line:
 ``speed-up 2 vs 1 workers = S  identical = yes|no``.
@@ -33,8 +33,8 @@ warnings.filterwarnings("ignore")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from tasks.ablation import _cached_setup, estimate_seconds, load_setup, plan_for, run_ablation, run_job  # noqa: E402
-from tasks.sources import resolve_version  # noqa: E402
+from tasks.methods.ablation import _cached_setup, estimate_seconds, load_setup, plan_for, run_ablation, run_job  # noqa: E402
+from tasks.registry.versions import resolve_version  # noqa: E402
 from tests.helpers import write_version  # noqa: E402
 
 N_FEATURES, N_TRAIN, N_TEST, EPOCHS, SEEDS = 20, 8_000, 2_000, 10, 4

@@ -19,7 +19,7 @@ its own training split, starting from the true weights, so the two models differ
 
 Each version is audited through the same plain functions the flow runs (weights, permutation, SHAP, and
 ablation in the retrained condition), the parts of results.json that drift reads built from the results,
-and v2 compared with v1 by ``tasks.history.drift``, the rule the report's history and "since the last approved report"
+and v2 compared with v1 by ``tasks.report.history.drift``, the rule the report's history and "since the last approved report"
 sections use. Per method: detection = planted feature reported changed / planted changes; false alarms =
 other features reported changed / comparisons, on planted and on control pairs, with the largest false
 alarm's change as a share of the method's top importance (how material it is).
@@ -41,9 +41,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 warnings.filterwarnings("ignore")
 
-from tasks.document import FeatureRecord, MethodEntry, ModelIdentity, ResultsDocument, RunEntry  # noqa: E402
-from tasks.history import MATERIAL_SHARE, PREVIOUS_VERSION, drift  # noqa: E402
-from tasks.result import ImportanceResult  # noqa: E402
+from tasks.core.result import ImportanceResult  # noqa: E402
+from tasks.report.document import FeatureRecord, MethodEntry, ModelIdentity, ResultsDocument, RunEntry  # noqa: E402
+from tasks.report.history import MATERIAL_SHARE, PREVIOUS_VERSION, drift  # noqa: E402
 from tests import oracles  # noqa: E402
 
 SEEDS = range(5)
@@ -51,7 +51,7 @@ AUDIT_SEED = 0
 PLANTS = ("removed", "halved", "-20%", "added")
 CONDITIONS = {"set": ("weights", "permutation", "shap"), "retrained": ("weights", "permutation", "ablation", "shap")}
 #: Materiality floors compared (a change must be at least this share of the method's top importance);
-#: the rule's own, tasks.history.MATERIAL_SHARE, is the one the table and the last line report.
+#: the rule's own, tasks.report.history.MATERIAL_SHARE, is the one the table and the last line report.
 FLOORS = (0.0, 0.025, 0.05, 0.10, 0.15)
 #: (condition, floor, "behavioural" | "weight-based") -> found, planted, alarms, compared
 SWEEP: dict[tuple[str, float, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))

@@ -3,8 +3,8 @@
 Reference workload: an MLP 20-64-32-1 (ReLU) on 20 features, 5,000 test rows, 5 repeats, MSE.
 
     (a) sklearn.inspection.permutation_importance through a thin estimator whose predict calls model.predict
-    (b) tasks.permutation.permutation_importance (many permuted copies per compiled forward call)
-    (c) the bare forward pass (the same tasks.modeling.Forward) over as many rows as (b) scores:
+    (b) tasks.methods.permutation.permutation_importance (many permuted copies per compiled forward call)
+    (c) the bare forward pass (the same tasks.subject.modeling.Forward) over as many rows as (b) scores:
         n_features × n_repeats × n_rows permuted rows plus the n_rows of the baseline
 
 Every timing is taken after a warm-up call, so tracing and Keras' predict-function build are not
@@ -30,9 +30,9 @@ import numpy as np  # noqa: E402
 from sklearn.base import BaseEstimator, RegressorMixin  # noqa: E402
 from sklearn.inspection import permutation_importance as sklearn_permutation_importance  # noqa: E402
 
-from tasks.metrics import METRICS  # noqa: E402
-from tasks.modeling import Forward  # noqa: E402
-from tasks.permutation import permutation_importance  # noqa: E402
+from tasks.core.metrics import METRICS  # noqa: E402
+from tasks.methods.permutation import permutation_importance  # noqa: E402
+from tasks.subject.modeling import Forward  # noqa: E402
 
 N_FEATURES, N_TRAIN, N_TEST, N_REPEATS, SEED = 20, 20_000, 5_000, 5, 0
 TIMED_RUNS = 5

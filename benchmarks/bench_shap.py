@@ -1,7 +1,7 @@
 """SHAP speed and agreement: our explainer against shap.KernelExplainer on 1,000 rows of the reference MLP.
 
 The reference model is a 20-feature MLP (hidden 64, 32, ReLU) trained briefly on synthetic data
-with a linear part, a sine and an interaction. "Ours" is ``tasks.shap_importance.explain`` as
+with a linear part, a sine and an interaction. "Ours" is ``tasks.methods.shap.explain`` as
 the audit calls it (the Shapley sampling estimator, 100 background rows sampled from the training
 split). KernelExplainer gets a k-means summary of the training split (10 centres) and
 ``l1_reg=False``: its default, ``num_features(10)``, would zero the SHAP values of half of the 20
@@ -54,8 +54,8 @@ def reference_model(seed: int = 0):
 def main() -> None:
     import shap
 
-    from tasks.modeling import Forward
-    from tasks.shap_importance import explain, sampling_shap
+    from tasks.methods.shap import explain, sampling_shap
+    from tasks.subject.modeling import Forward
 
     model, train, test = reference_model()
     features = tuple(f"x{i}" for i in range(N_FEATURES))

@@ -4,7 +4,7 @@ Models whose truth is known by construction (tests/oracles.py): faithful ones (a
 same with 60 features of which 50 are noise, and an additive ReLU MLP, first-layer weights right by
 construction) and misleading ones (a driver on a ×100 scale, two drivers that act only through an
 interaction, an embedded categorical that does nothing); 5 seeds each. Each is audited with all four methods through the same plain
-functions the flow runs, and judged by tasks/compare.py.
+functions the flow runs, and judged by tasks/report/verdict.py.
 
 Drift: each faithful model is audited a second time with another seed (permutation and SHAP), and
 every importance change the history section would report is counted: each is a false claim.
@@ -27,9 +27,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 warnings.filterwarnings("ignore")
 
-from tasks.document import MethodEntry, ModelIdentity, ResultsDocument, RunEntry  # noqa: E402
-from tasks.history import drift  # noqa: E402
-from tasks.result import ImportanceResult  # noqa: E402
+from tasks.core.result import ImportanceResult  # noqa: E402
+from tasks.report.document import MethodEntry, ModelIdentity, ResultsDocument, RunEntry  # noqa: E402
+from tasks.report.history import drift  # noqa: E402
 from tests import oracles  # noqa: E402
 
 FAITHFUL_SEEDS = range(5)

@@ -4,10 +4,10 @@ Workload: an untrained Dense MLP F-64-1 (ReLU, seeded initialisers) on random da
 and 500 background-pool rows. For each width, each method runs in a fresh subprocess through the
 plain functions the audit uses:
 
-    permutation   tasks.clusters.correlated_clusters on the test rows (the clustering step the permutation
-                  and ablation tasks run first), then tasks.permutation.permutation_importance on a
-                  tasks.modeling.Forward, 5 repeats, MSE
-    shap          tasks.shap_importance.shap_importance with the audit's defaults (up to 1,000 rows,
+    permutation   tasks.subject.clusters.correlated_clusters on the test rows (the clustering step the permutation
+                  and ablation tasks run first), then tasks.methods.permutation.permutation_importance on a
+                  tasks.subject.modeling.Forward, 5 repeats, MSE
+    shap          tasks.methods.shap.shap_importance with the audit's defaults (up to 1,000 rows,
                   100 background rows, the default work budget)
 
 Time is the method's wall time in the child (the Forward built and traced, then the method), after
@@ -79,7 +79,7 @@ def reset_peak_rss() -> int:
 
 def clustering(X, features) -> str:
     """Run the methods' clustering step; say what it found, its time and its own peak above where it started."""
-    from tasks.clusters import correlated_clusters
+    from tasks.subject.clusters import correlated_clusters
 
     start_rss, tick = reset_peak_rss(), time.perf_counter()
     clusters = correlated_clusters(X, features, random_state=SEED)
@@ -94,10 +94,10 @@ def child(method: str, n_features: int) -> dict:
     import keras
     import numpy as np
 
-    from tasks.metrics import METRICS
-    from tasks.modeling import Forward
-    from tasks.permutation import permutation_importance
-    from tasks.shap_importance import sampling_shap, shap_importance
+    from tasks.core.metrics import METRICS
+    from tasks.methods.permutation import permutation_importance
+    from tasks.methods.shap import sampling_shap, shap_importance
+    from tasks.subject.modeling import Forward
 
     rng = np.random.default_rng(SEED)
     X = rng.standard_normal((N_TEST, n_features), dtype=np.float32)

@@ -16,7 +16,10 @@ from prefect.futures import PrefectFuture
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from tasks.ablation import (
+from tasks.core.errors import RegistryRunFailed
+from tasks.core.options import DEFAULT_APPROVAL_TIMEOUT_S, DEFAULT_OUT, AuditOptions, Budget
+from tasks.core.result import ImportanceResult
+from tasks.methods.ablation import (
     AblationPlan,
     Job,
     JobScores,
@@ -27,7 +30,10 @@ from tasks.ablation import (
     run_ablation,
     skipped,
 )
-from tasks.approval import (
+from tasks.methods.cache import CacheKey, ResultCache, prune_task, reused
+from tasks.methods.table import METHODS
+from tasks.registry.versions import list_models_task, resolve_version_task
+from tasks.report.approval import (
     AWAITING,
     REJECTED,
     approval_step_task,
@@ -35,20 +41,14 @@ from tasks.approval import (
     leave_expired_pause,
     record_approval_task,
 )
-from tasks.artifacts import publish_artifacts_task, publish_summary_task, report_base_url, report_summary
-from tasks.cache import CacheKey, ResultCache, prune_task, reused
-from tasks.compare import compare_task
-from tasks.deliver import check_delivery_task, email_decision_task_from_env, email_task_from_env
-from tasks.errors import RegistryRunFailed
-from tasks.history import previous_runs_task
-from tasks.output import check_output_task, new_run_id, write_report_task
-from tasks.methods import METHODS
-from tasks.options import DEFAULT_APPROVAL_TIMEOUT_S, DEFAULT_OUT, AuditOptions, Budget
-from tasks.render import RunInfo, render_task, run_status
-from tasks.result import ImportanceResult
-from tasks.signing import check_signing_task
-from tasks.sources import list_models_task, resolve_version_task
-from tasks.subject import check_version_task
+from tasks.report.artifacts import publish_artifacts_task, publish_summary_task, report_base_url, report_summary
+from tasks.report.deliver import check_delivery_task, email_decision_task_from_env, email_task_from_env
+from tasks.report.history import previous_runs_task
+from tasks.report.output import check_output_task, new_run_id, write_report_task
+from tasks.report.render import RunInfo, render_task, run_status
+from tasks.report.signing import check_signing_task
+from tasks.report.verdict import compare_task
+from tasks.subject.loaded import check_version_task
 
 
 class _FailedAsReported(logging.Filter):
@@ -88,10 +88,10 @@ def audit_model(
 ) -> str:
     """Audit one model version and return the folder its report was written to (run state 'Partial' if a method failed).
 
-    ``options`` says which methods run and how (:class:`tasks.options.AuditOptions`). ``imports`` names
+    ``options`` says which methods run and how (:class:`tasks.core.options.AuditOptions`). ``imports`` names
     modules that register the model's custom Keras objects; they are imported wherever it is loaded.
     A method whose inputs did not change since an earlier run reuses that run's stored result, unless ``refresh``
-    (:mod:`tasks.cache`).
+    (:mod:`tasks.methods.cache`).
     With ``await_approval`` the run then pauses for a reviewer's decision in the Prefect UI, for at most
     ``approval_timeout`` seconds (see :func:`_await_decision`).
     """

@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import TextIO
 
 from flows.lifecycle import stop_on_signals
-from tasks.errors import DeliveryError, FeatureAuditError, StorageError
-from tasks.options import DEFAULT_APPROVAL_TIMEOUT_S, DEFAULT_CRON, DEFAULT_OUT, AuditOptions
+from tasks.core.errors import DeliveryError, FeatureAuditError, StorageError
+from tasks.core.options import DEFAULT_APPROVAL_TIMEOUT_S, DEFAULT_CRON, DEFAULT_OUT, AuditOptions
 
 EXIT_OK = 0
 EXIT_NOT_DELIVERED = 1
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _stopped(received) -> str:
     """What a stop signal leaves: the report folder being assembled is removed; the line says what exists."""
-    from tasks.output import stop_writing
+    from tasks.report.output import stop_writing
 
     written = stop_writing()
     if written is None:
@@ -111,13 +111,13 @@ def _describe_os_error(exc: OSError, out: str | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tasks.deliver import check_delivery
-    from tasks.modeling import memory_budget
-    from tasks.output import check_output
-    from tasks.registries import is_alias
-    from tasks.signing import check_signing
-    from tasks.sources import import_modules, resolve_version
-    from tasks.subject import check_version
+    from tasks.registry.base import is_alias
+    from tasks.registry.versions import import_modules, resolve_version
+    from tasks.report.deliver import check_delivery
+    from tasks.report.output import check_output
+    from tasks.report.signing import check_signing
+    from tasks.subject.loaded import check_version
+    from tasks.subject.modeling import memory_budget
 
     options = _options(args)
     if args.dask_address and not os.environ.get("PREFECT_API_URL"):
@@ -148,11 +148,11 @@ def run(args: argparse.Namespace) -> int:
 def serve(args: argparse.Namespace) -> int:
     from flows.serve import landed_deployment, registry_deployment
     from flows.serve import serve as serve_deployments
-    from tasks.deliver import check_delivery
-    from tasks.errors import RegistryError
-    from tasks.registries import is_remote
-    from tasks.signing import check_signing
-    from tasks.sources import import_modules, list_models
+    from tasks.core.errors import RegistryError
+    from tasks.registry.base import is_remote
+    from tasks.registry.versions import import_modules, list_models
+    from tasks.report.deliver import check_delivery
+    from tasks.report.signing import check_signing
 
     options = _options(args)
     if args.watch_interval < 0:
@@ -195,7 +195,7 @@ def _prefect_api_url() -> str | None:
 
 def approvals(args: argparse.Namespace) -> int:
     """Verify each model's approval log (or one model's) and list its decisions; one line per problem on stderr."""
-    from tasks.approval import LOG_NAME, logged_models, verify_log
+    from tasks.report.approval import LOG_NAME, logged_models, verify_log
 
     models = [args.model] if args.model else logged_models(args.out)
     if args.model and not (Path(args.out) / args.model / LOG_NAME).is_file():
@@ -218,8 +218,8 @@ def approvals(args: argparse.Namespace) -> int:
 
 
 def _options(args: argparse.Namespace):
-    """The audit options the command line gave (tasks.options.AuditOptions); one line naming a wrong one."""
-    from tasks.options import parse_options
+    """The audit options the command line gave (tasks.core.options.AuditOptions); one line naming a wrong one."""
+    from tasks.core.options import parse_options
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if getattr(args, "methods", None) else None
     if methods is not None and not methods:
@@ -243,7 +243,7 @@ def demo(args: argparse.Namespace) -> int:
 
 def sign(args: argparse.Namespace) -> int:
     """Sign a role's field of a certified report in a new revision; in place (atomically) unless --out is given."""
-    from tasks.signing import SigningError, key_from_files, sign_pdf
+    from tasks.report.signing import SigningError, key_from_files, sign_pdf
 
     password, password_label = None, "--password-env"
     if args.password_env:
@@ -263,7 +263,7 @@ def sign(args: argparse.Namespace) -> int:
 
 def verify(args: argparse.Namespace) -> int:
     """List a report's signatures on stdout; one line per problem on stderr, exit 1 when there is any."""
-    from tasks.signing import SigningError, printable, verify_pdf
+    from tasks.report.signing import SigningError, printable, verify_pdf
 
     trust = None
     if args.trust:
@@ -294,7 +294,7 @@ def verify(args: argparse.Namespace) -> int:
 
 
 def _read_report(path: str) -> bytes:
-    from tasks.signing import SigningError
+    from tasks.report.signing import SigningError
 
     try:
         return Path(path).read_bytes()
@@ -329,8 +329,8 @@ def _umask() -> int:
 
 
 def publish(args: argparse.Namespace) -> int:
-    """Publish a model version (tasks.publish); print its reference, e.g. models:/credit/3."""
-    from tasks.publish import publish as publish_version
+    """Publish a model version (tasks.registry.publish); print its reference, e.g. models:/credit/3."""
+    from tasks.registry.publish import publish as publish_version
 
     published = publish_version(args.registry, args.model, model_file=Path(args.model_file), test=Path(args.test),
                                 train=Path(args.train) if args.train else None,
@@ -347,7 +347,7 @@ def _audit(
     approval_timeout: float | None = None,
 ) -> int:
     from flows.audit import with_runner
-    from tasks.approval import AWAITING, REJECTED
+    from tasks.report.approval import AWAITING, REJECTED
 
     flow = with_runner(dask_address)
     start_prefect_api()
@@ -621,7 +621,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    """The audit options (tasks.options.AuditOptions) and delivery, the same for run and serve."""
+    """The audit options (tasks.core.options.AuditOptions) and delivery, the same for run and serve."""
     defaults = AuditOptions()
     parser.add_argument("--methods", help=f"comma-separated methods (default: {','.join(defaults.methods)})")
     parser.add_argument("--seed", type=int, help=f"seed for every random choice (default: {defaults.seed})")

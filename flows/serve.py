@@ -3,7 +3,7 @@
 ``serve`` runs two deployments: the registry flow on a cron schedule (``featureaudit-registry/nightly``), and
 the one-model flow (``featureaudit/on-new-version``) started by a deployment trigger on the event
 ``featureaudit.version.landed``. A watcher thread polls the registry every ``watch_interval`` seconds
-(:mod:`tasks.watch` decides, debounced, which versions are new) and emits that event once per new version;
+(:mod:`tasks.registry.watch` decides, debounced, which versions are new) and emits that event once per new version;
 the triggered deployment runs one audit at a time, later ones queued.
 
 Prefect does not schedule on its ephemeral server, so when ``PREFECT_API_URL`` is unset this
@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from flows.lifecycle import tied_popen
-from tasks.errors import FeatureAuditError
-from tasks.options import DEFAULT_APPROVAL_TIMEOUT_S, DEFAULT_CRON, DEFAULT_OUT, AuditOptions
+from tasks.core.errors import FeatureAuditError
+from tasks.core.options import DEFAULT_APPROVAL_TIMEOUT_S, DEFAULT_CRON, DEFAULT_OUT, AuditOptions
 
 DEPLOYMENT_NAME = "nightly"
 WATCH_DEPLOYMENT_NAME = "on-new-version"
@@ -161,9 +161,9 @@ def watch_registry(registry: str, models: list[str] | None, *, interval: float, 
 
     A registry or model that cannot be read is logged once per distinct reason and polled again next time.
     """
-    from tasks.errors import FeatureAuditError
-    from tasks.sources import open_registry
-    from tasks.watch import Watcher
+    from tasks.core.errors import FeatureAuditError
+    from tasks.registry.versions import open_registry
+    from tasks.registry.watch import Watcher
 
     emit = emit or emit_landed
     watcher, reported = Watcher(), set()

@@ -97,10 +97,10 @@ def build_demo_registry(root: str | Path, *, random_state: int = 0, epochs: int 
 def demo_signing(folder: str | Path) -> Iterator[Path]:
     """While the block runs, the pipeline signs with the demo's self-signed key (made once in ``folder``).
 
-    Its certificate names the organization :data:`tasks.signing.DEMO_ORGANIZATION`, so the report says it
+    Its certificate names the organization :data:`tasks.report.signing.DEMO_ORGANIZATION`, so the report says it
     was signed with a demonstration key, not evidence of authorship. Any signing settings are put back after.
     """
-    from tasks import signing
+    from tasks.report import signing
 
     key, cert = signing.demo_key(folder)
     names = (signing.KEY_ENV, signing.CERT_ENV, signing.PASSWORD_ENV, signing.SECRET_ENV)

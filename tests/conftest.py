@@ -11,6 +11,7 @@ os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="featureaudit-prefect-")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 import prefect.main  # noqa: E402,F401  Prefect sets up logging on this import: do it now, not inside a capsys test,
+
 #                        or its handlers keep that test's closed stream and the run dies at exit ("lost sys.stderr").
 import pytest  # noqa: E402
 

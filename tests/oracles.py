@@ -244,12 +244,12 @@ def _embedding(rng):
 
 def audit(registry: Path, case: Case, *, seed: int = 0, methods=("weights", "permutation", "ablation", "shap")):
     """The audit's plain functions on one case, as the flow wires them (no Prefect): results and comparison."""
-    from tasks.ablation import audit_ablation
-    from tasks.compare import compare
-    from tasks.permutation import audit_permutation
-    from tasks.shap_importance import shap_audit
-    from tasks.sources import resolve_version
-    from tasks.weights import audit_weights
+    from tasks.methods.ablation import audit_ablation
+    from tasks.methods.permutation import audit_permutation
+    from tasks.methods.shap import shap_audit
+    from tasks.methods.weights import audit_weights
+    from tasks.registry.versions import resolve_version
+    from tasks.report.verdict import compare
 
     version = resolve_version(registry, case.kind, case.folder)
     results = []

@@ -15,9 +15,9 @@ import pypdf
 import pytest
 
 from flows.audit import audit_model
-from tasks.approval import AWAITING, REJECTED, verify_log
-from tasks.sources import sha256_file
-from tasks.options import AuditOptions
+from tasks.core.options import AuditOptions
+from tasks.registry.versions import sha256_file
+from tasks.report.approval import AWAITING, REJECTED, verify_log
 from tests import helpers
 from tests.smtp import smtp_server
 

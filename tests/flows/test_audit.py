@@ -7,7 +7,7 @@ import pypdf
 import pytest
 
 from flows.audit import audit_model
-from tasks.options import AuditOptions
+from tasks.core.options import AuditOptions
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def test_report_folder_layout(demo_run, demo_registry):
     assert folder.parent.name == "v1" and folder.parent.parent.name == "credit-demo"
     assert sorted(p.name for p in folder.iterdir()) == ["report.html", "report.pdf", "results.json"]
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no staging folder left
-    assert results["model"]["sha256"]["model.keras"] == __import__("tasks.sources", fromlist=["x"]).sha256_file(
+    assert results["model"]["sha256"]["model.keras"] == __import__("tasks.registry.versions", fromlist=["x"]).sha256_file(
         demo_registry / "credit-demo" / "v1" / "model.keras"
     )
 
@@ -154,7 +154,7 @@ def test_a_run_is_named_after_model_and_version_and_links_its_report(linear_regi
 
 
 def test_a_malformed_report_base_url_is_refused_before_computing(linear_registry, tmp_path, monkeypatch):
-    from tasks.errors import FeatureAuditError
+    from tasks.core.errors import FeatureAuditError
 
     monkeypatch.setenv("FEATUREAUDIT_REPORT_BASE_URL", "reports.example.com/featureaudit")
     with pytest.raises(FeatureAuditError, match="FEATUREAUDIT_REPORT_BASE_URL='reports.example.com/featureaudit' is "

@@ -20,7 +20,8 @@ import pypdf
 import pytest
 
 from flows.audit import audit_model
-from tasks.cache import (
+from tasks.core.options import AuditOptions
+from tasks.methods.cache import (
     CACHE_ENV,
     CACHE_FOLDER,
     NotStored,
@@ -31,7 +32,6 @@ from tasks.cache import (
     decode,
     encode,
 )
-from tasks.options import AuditOptions
 from tests import helpers
 
 OPTIONS = AuditOptions(methods=("weights", "permutation", "shap"), repeats=2, shap_rows=40)
@@ -195,8 +195,8 @@ class _Payload:
 
 
 def test_stored_json_is_rebuilt_exactly_and_only_as_listed_types():
-    from tasks.permutation import AdaptiveRepeats, PermutationDetails
-    from tasks.result import ImportanceResult
+    from tasks.core.result import ImportanceResult
+    from tasks.methods.permutation import AdaptiveRepeats, PermutationDetails
 
     samples = np.array([[0.1, 0.30000000000000004, 2.5], [1e-300, -0.0, 7.0]], dtype=np.float64)
     samples[0, 2], samples[1, 2] = np.nan, np.inf
@@ -263,8 +263,8 @@ def test_run_refresh_on_the_command_line_computes_again(linear_registry, tmp_pat
 def test_stored_results_unused_for_the_keep_days_are_pruned_and_a_read_keeps_one(twice, tmp_path, monkeypatch):
     import os
 
-    from tasks.cache import KEEP_DAYS_ENV, keep_days, prune
-    from tasks.errors import FeatureAuditError
+    from tasks.core.errors import FeatureAuditError
+    from tasks.methods.cache import KEEP_DAYS_ENV, keep_days, prune
 
     _, out, _, _ = twice
     folder = tmp_path / "stored"

@@ -9,7 +9,6 @@ import pytest
 from flows.cli import main
 
 
-
 @pytest.mark.parametrize(
     ("model", "extra", "message"),
     [

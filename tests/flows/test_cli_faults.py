@@ -221,7 +221,7 @@ def test_errors_outside_our_exception_tree_are_one_line_with_their_status(monkey
 
 def test_storage_error_exits_3_and_delivery_error_1(monkeypatch, tmp_path, capsys):
     from flows import cli
-    from tasks.errors import DeliveryError, StorageError
+    from tasks.core.errors import DeliveryError, StorageError
 
     for error, status in ((StorageError("output folder x is not writable"), 3), (DeliveryError("SMTP said no"), 1)):
         monkeypatch.setattr(cli, "run", lambda args, error=error: (_ for _ in ()).throw(error))

@@ -11,8 +11,8 @@ import pypdf
 import pytest
 
 from flows.cli import main
-from tasks.document import read_results
-from tasks.registries import Provenance
+from tasks.registry.base import Provenance
+from tasks.report.document import read_results
 from tests.mlflow_server import mlflow_tracking, model_files  # noqa: F401  fixtures
 
 CHEAP = ["--methods", "weights,permutation", "--repeats", "2"]

@@ -148,7 +148,7 @@ def test_a_key_that_cannot_sign_stops_run_and_serve_before_anything_starts(linea
 def test_a_prefect_secret_block_holds_the_key(pki, monkeypatch):
     from prefect.blocks.system import Secret
 
-    from tasks.signing import SigningError, check_signing
+    from tasks.report.signing import SigningError, check_signing
 
     approver = pki["approver"]
     Secret(value={"key": approver.key.read_text(), "cert": approver.cert.read_text()}).save(
@@ -163,7 +163,7 @@ def test_a_prefect_secret_block_holds_the_key(pki, monkeypatch):
 
 def test_demo_signs_with_its_own_labelled_key_and_puts_the_settings_back(tmp_path, monkeypatch):
     from tasks.demo import demo_signing
-    from tasks.signing import check_signing
+    from tasks.report.signing import check_signing
 
     monkeypatch.setenv("FEATUREAUDIT_SIGNING_SECRET", "someone-elses-block")
     with demo_signing(tmp_path / "demo-signing"):
@@ -232,7 +232,7 @@ def test_sign_with_a_failing_timestamp_authority_is_one_line_exit_2_and_writes_n
         signed_run, pki, tsa_identity, capsys, tmp_path, monkeypatch, answer, reason):
     from tests.tsa import closed_port_url, tsa_server
 
-    monkeypatch.setattr("tasks.signing.TIMESTAMP_TIMEOUT_S", 1)  # the hanging authority: give up after 1 s, not 20
+    monkeypatch.setattr("tasks.report.signing.TIMESTAMP_TIMEOUT_S", 1)  # the hanging authority: give up after 1 s, not 20
     report = tmp_path / "report.pdf"
     report.write_bytes(signed_run.certified)
     copy = tmp_path / "signed.pdf"

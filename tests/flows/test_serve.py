@@ -15,8 +15,8 @@ import yaml
 
 from flows.audit import audit_registry
 from flows.serve import server_is_up
-from tasks.errors import FeatureAuditError
-from tasks.options import AuditOptions
+from tasks.core.errors import FeatureAuditError
+from tasks.core.options import AuditOptions
 from tests.helpers import stop_group
 from tests.smtp import free_port
 

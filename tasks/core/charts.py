@@ -1,0 +1,136 @@
+"""Charts for the report: functions that take data and return PNG bytes (no pyplot, no show)."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from tasks.core.result import ImportanceResult
+
+_BAR = "#3b6ea5"
+_WEIGHT = "#b5651d"
+MAX_FEATURES = 40  # charts show at most this many features, the most important ones: size stays bounded
+
+
+def importance_bars(result: ImportanceResult, *, limit: int = MAX_FEATURES) -> bytes:
+    """Horizontal bars of mean importance with 95% interval whiskers, most important on top (at most ``limit``)."""
+    order = np.argsort(result.importances_mean, kind="stable")[-limit:]
+    names = [result.features[i] for i in order]
+    mean = result.importances_mean[order]
+    err = np.vstack([mean - result.low[order], result.high[order] - mean]).clip(min=0)
+    fig = Figure(figsize=(6.2, 0.32 * len(names) + 1.1), dpi=110)
+    ax = fig.add_subplot()
+    color = _WEIGHT if result.kind == "weight-based" else _BAR
+    has_interval = bool(np.any(err > 0))
+    ax.barh(range(len(names)), mean, xerr=err if has_interval else None, color=color, capsize=3, ecolor="#333")
+    ax.set_yticks(range(len(names)), labels=names, fontsize=8)
+    ax.axvline(0, color="#555", linewidth=0.8)
+    label = f"importance ({result.metric} increase)" if result.metric else "importance"
+    ax.set_xlabel(label, fontsize=8)
+    shown = f" (top {len(names)} of {len(result.features)})" if len(names) < len(result.features) else ""
+    ax.set_title(result.method + shown + (" — 95% intervals" if has_interval else ""), fontsize=9)
+    ax.tick_params(axis="x", labelsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def rank_lines(weight: ImportanceResult, behaviours: list[ImportanceResult], *, limit: int = MAX_FEATURES) -> bytes:
+    """One line per feature from its weight rank to its rank under each behavioural method.
+
+    With more than ``limit`` features, the lines of those ranked highest by any method are drawn.
+    """
+    columns = [weight, *behaviours]
+    n = len(weight.features)
+    best = np.min([r.rank for r in columns], axis=0)
+    drawn = np.sort(np.argsort(best, kind="stable")[:limit])
+    fig = Figure(figsize=(6.2, 0.28 * min(n, limit) + 1.4), dpi=110)
+    ax = fig.add_subplot()
+    for j in drawn:
+        name = weight.features[j]
+        ranks = [int(r.rank[j]) for r in columns]
+        moved = max(ranks) - min(ranks) > n / 3
+        ax.plot(range(len(columns)), ranks, marker="o", linewidth=1.6 if moved else 0.8,
+                color="#c0392b" if moved else "#7f8c8d")
+        ax.annotate(name, (0, ranks[0]), xytext=(-6, 0), textcoords="offset points", ha="right", va="center", fontsize=7)
+    ax.set_xticks(range(len(columns)), labels=[r.method for r in columns], fontsize=8)
+    ax.set_ylim(n + 0.5, 0.5)
+    ax.set_ylabel("rank (1 = most important)", fontsize=8)
+    ax.set_xlim(-0.9, len(columns) - 0.7)
+    ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def shap_beeswarm(features: list[str], phi: list[list[float]], values: list[list[float]]) -> bytes:
+    """SHAP summary: one row of dots per feature (first = top), x = SHAP value, colour = the feature's value rank."""
+    n = len(features)
+    fig = Figure(figsize=(6.2, 0.34 * n + 1.2), dpi=110)
+    ax = fig.add_subplot()
+    jitter = np.random.default_rng(0)
+    for row, (name, x, v) in enumerate(zip(features, phi, values)):
+        x, v = np.asarray(x, dtype=float), np.asarray(v, dtype=float)
+        colour = (np.argsort(np.argsort(v)) / max(len(v) - 1, 1)) if len(v) else v
+        y = n - 1 - row + jitter.uniform(-0.3, 0.3, size=len(x)) * _density(x)
+        points = ax.scatter(x, y, c=colour, cmap="coolwarm", vmin=0, vmax=1, s=6, linewidths=0)
+    ax.set_yticks(range(n), labels=features[::-1], fontsize=8)
+    ax.axvline(0, color="#555", linewidth=0.8)
+    ax.set_xlabel("SHAP value (effect on the prediction)", fontsize=8)
+    ax.tick_params(axis="x", labelsize=8)
+    if n:
+        bar = fig.colorbar(points, ax=ax, ticks=[0, 1], fraction=0.04, pad=0.02)
+        bar.ax.set_yticklabels(["low", "high"], fontsize=7)
+        bar.set_label("feature value", fontsize=7)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def shap_waterfall(features: list[str], values: list[float], phi: list[float], base: float, output: float,
+                   *, max_features: int = 10) -> bytes:
+    """One prediction as a waterfall: from the base value, each feature's SHAP value in turn, to the model's output."""
+    shown = list(zip(features, values, phi))[:max_features]
+    rest = float(sum(phi[max_features:]))
+    labels = [f"{name} = {value}" if isinstance(value, str) else f"{name} = {value:.3g}" for name, value, _ in shown]
+    steps = [p for _, _, p in shown]
+    if len(phi) > max_features:
+        labels.append(f"{len(phi) - max_features} other features")
+        steps.append(rest)
+    fig = Figure(figsize=(6.2, 0.3 * len(steps) + 1.3), dpi=110)
+    ax = fig.add_subplot()
+    start = base
+    for i, step in enumerate(steps):
+        y = len(steps) - 1 - i
+        ax.barh(y, step, left=start, color="#c0392b" if step > 0 else "#2e86c1", height=0.6)
+        ax.annotate(f"{step:+.3g}", (start + step, y), xytext=(3 if step > 0 else -3, 0), textcoords="offset points",
+                    ha="left" if step > 0 else "right", va="center", fontsize=7)
+        start += step
+    ax.axvline(base, color="#555", linewidth=0.8, linestyle=":")
+    ax.axvline(output, color="#111", linewidth=1.0)
+    ax.set_yticks(range(len(steps)), labels=labels[::-1], fontsize=7)
+    ax.set_xlabel(f"model output: base {base:.3g} → {output:.3g}", fontsize=8)
+    ax.tick_params(axis="x", labelsize=8)
+    ax.margins(x=0.15)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def data_uri(png: bytes) -> str:
+    """Inline an image so the report needs no file or network access."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _png(fig: Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _density(x: np.ndarray) -> np.ndarray:
+    """How crowded each point's neighbourhood is (0..1), so dense regions spread wider, like a beeswarm."""
+    if len(x) < 2:
+        return np.ones_like(x)
+    counts, edges = np.histogram(x, bins=30)
+    at = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, len(counts) - 1)
+    return counts[at] / counts.max()

@@ -1,0 +1,422 @@
+"""The report: a pure context builder, one autoescaping Jinja2 environment, HTML and PDF from the same context.
+
+``build_context`` decides everything the document says; the templates only loop and format.
+The PDF renderer fetches nothing but inline ``data:`` URIs, so nothing in a feature name or a
+data file can make rendering read a local file or reach the network.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from prefect import task
+
+from tasks.core import charts
+from tasks.core.result import ImportanceResult, json_ready
+from tasks.methods.shap import ShapDetails
+from tasks.methods.table import METHODS, RESULT_TITLES
+from tasks.registry.base import is_remote
+from tasks.registry.versions import ModelVersion
+from tasks.report.approval import Approved, SinceApproval, since_approval
+from tasks.report.document import MethodEntry, ModelIdentity, ResultsDocument, RunEntry, TestRows, WarningEntry
+from tasks.report.history import MATERIAL_SHARE
+from tasks.report.history import history as drift_history
+from tasks.report.signing import (
+    Signer,
+    SigningKey,
+    certify_pdf,
+    check_key,
+    covered_lines,
+    signature_boxes,
+    signing_key_from_env,
+    signoff_context,
+)
+from tasks.report.verdict import Comparison
+from tasks.subject.clusters import UnitRecords
+
+TEMPLATES = Path(__file__).resolve().parents[2] / "templates"  # the top-level templates/ folder
+LIBRARIES = ("featureaudit", "tensorflow-cpu", "keras", "numpy", "pandas", "shap", "prefect", "weasyprint", "jinja2")
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """Who, when and how: the identity of one audit run."""
+
+    run_id: str
+    started: datetime
+    seed: int
+    flow_run_id: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    loaded: dict[str, Any] | None = None  # tasks.subject.loaded.Loaded.to_dict(): inputs, audited output, loading notes
+    reused: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> the run its stored result came from
+
+
+def build_context(
+    version: ModelVersion,
+    results: list[ImportanceResult],
+    comparison: Comparison,
+    run: RunInfo,
+    history: list[dict[str, Any]] | None = None,
+    since: SinceApproval | None = None,
+    signer: Signer | None = None,
+) -> dict[str, Any]:
+    """Everything the report shows, decided here; the templates only loop and format.
+
+    ``since`` is what changed since the model's last approved report (:func:`tasks.report.approval.since_approval`).
+    """
+    usable = [r for r in results if r.ok]
+    weight = next((r for r in usable if r.method == "weights"), None)
+    behaviours = [r for r in usable if r.kind == "behavioural" and weight and r.features == weight.features]
+    return {
+        "model": {
+            "name": version.name,
+            "version": version.version,
+            "task": version.task,
+            "features": list(version.features),
+            "sha256": version.sha256,
+            "inputs": _input_rows((run.loaded or {}).get("inputs", [])),
+            "output": (run.loaded or {}).get("output"),
+            "notes": (run.loaded or {}).get("notes", []),
+            "registry": registry_uri(version),
+            "provenance": asdict(version.provenance) if version.provenance else None,
+        },
+        "run": {
+            "id": run.run_id,
+            "date": run.started.strftime("%Y-%m-%d %H:%M UTC"),
+            "seed": run.seed,
+            "flow_run_id": run.flow_run_id,
+            "timings": run.timings,
+            "libraries": library_versions(),
+        },
+        "verdict": comparison.verdict,
+        "verdict_reason": comparison.reason,
+        "verdicts": [{"method": m, "verdict": v} for m, v in comparison.verdicts.items()],
+        "verdict_rule": comparison.rule,
+        "status": run_status(results),
+        "sampling": version.test_sampling()["note"],
+        "reused": reused_line(run.reused, results, version),
+        "warnings": [f.message for f in comparison.findings],
+        "summary": _summary(version, comparison, results),
+        "evidence": [{"method": e.method, "summary": e.summary(), "test": e.test}
+                     for e in comparison.evidence],
+        "weight_stability": comparison.weight_stability,
+        "methods": [_method(r) for r in results],
+        "rankings": _rankings(version.features, usable, comparison),
+        "agreements": comparison.agreements,
+        "consensus": comparison.consensus,
+        "rank_chart": charts.data_uri(charts.rank_lines(weight, behaviours)) if weight and behaviours else None,
+        "shap": _shap_section(next((r for r in usable if r.method == "shap"), None)),
+        "history": history,
+        "material_share": f"{MATERIAL_SHARE:.0%}",
+        "since_approval": _since_section(since),
+        "signoff": signoff_context(signer, covered_lines(run.run_id, comparison.verdict,
+                                                        [MethodEntry.from_result(r) for r in results])),
+    }
+
+
+def environment() -> Environment:
+    """The one Jinja2 environment: autoescaping on, formatters as filters."""
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, undefined=StrictUndefined)
+    env.filters["num"] = format_number
+    env.filters["pct"] = format_percent
+    env.filters["title"] = lambda method: RESULT_TITLES.get(method, method)
+    return env
+
+
+def render_html(context: dict[str, Any]) -> str:
+    return environment().get_template("report.html.j2").render(**context)
+
+
+def render_pdf(html: str, attachments: dict[str, bytes] | None = None, *, certify: SigningKey | None = None) -> bytes:
+    """An archival PDF/A-3u of ``html`` with ``attachments`` embedded; only inline ``data:`` resources are fetched.
+
+    With ``certify`` the PDF is certified with that key, its signature fields over the sign-off block's signature
+    cells (:func:`tasks.report.signing.certify_pdf`); it stays PDF/A-3u.
+    """
+    import io
+
+    from weasyprint import HTML, Attachment
+    from weasyprint.urls import URLFetcher
+
+    fetcher = URLFetcher(allowed_protocols=("data",))
+    files = [
+        Attachment(file_obj=io.BytesIO(data), name=name, description=f"{name}: the report's machine-readable twin",
+                   relationship="Data", url_fetcher=fetcher)
+        for name, data in (attachments or {}).items()
+    ]
+    document = HTML(string=html, base_url=None, url_fetcher=fetcher).render(pdf_variant="pdf/a-3u")
+    pdf = document.write_pdf(pdf_variant="pdf/a-3u", attachments=files)
+    if certify is None:
+        return pdf
+    return certify_pdf(pdf, certify, signature_boxes(document))
+
+
+def registry_uri(version: ModelVersion) -> str | None:
+    """The registry a report names: an object store's URI or an MLflow tracking URI (no password); None for a folder."""
+    return version.uri if version.provenance is not None or is_remote(version.uri or "") else None
+
+
+def results_document(
+    version: ModelVersion, results: list[ImportanceResult], comparison: Comparison, run: RunInfo
+) -> ResultsDocument:
+    """The machine-readable twin of the report: what results.json holds (:mod:`tasks.report.document`)."""
+    agreement = json_ready(comparison.to_dict())
+    loaded = json_ready(run.loaded or {})
+    return ResultsDocument(
+        model=ModelIdentity(name=version.name, version=version.version, task=version.task, sha256=dict(version.sha256),
+                            paths={name: str(path) for name, path in version.resolved.items()},
+                            inputs=tuple(loaded.get("inputs", [])), output=loaded.get("output"),
+                            notes=tuple(loaded.get("notes", [])),
+                            registry=registry_uri(version), provenance=version.provenance),
+        run=RunEntry(id=run.run_id, started=run.started, seed=run.seed, flow_run_id=run.flow_run_id,
+                     timings=json_ready(run.timings), reused=dict(run.reused) or None),
+        methods={r.method: MethodEntry.from_result(r) for r in results},
+        verdict=comparison.verdict,
+        verdict_reason=comparison.reason,
+        verdicts=dict(comparison.verdicts),
+        verdict_rule=comparison.rule,
+        status=run_status(results),
+        test_rows=TestRows(**json_ready(version.test_sampling())),
+        agreement=tuple(agreement["agreements"]),
+        consensus=tuple(agreement["consensus"]),
+        rank_evidence=agreement["rank_evidence"],
+        weight_stability=agreement["weight_stability"],
+        warnings=tuple(WarningEntry.from_finding(f) for f in comparison.findings),
+    )
+
+
+@task(name="render")
+def render_task(
+    version: ModelVersion,
+    results: list[ImportanceResult],
+    comparison: Comparison,
+    run: RunInfo,
+    previous: dict[str, ResultsDocument] | None = None,
+    approved: Approved | None = None,
+) -> dict[str, bytes]:
+    """Render report.html, report.pdf (results.json embedded) and results.json into memory.
+
+    ``previous`` holds the earlier runs to compare with (see :func:`tasks.report.history.previous_runs`), ``approved``
+    the model's last approved report (:func:`tasks.report.approval.last_approved`; None: there is none).
+    The PDF is certified when a signing key is configured (:mod:`tasks.report.signing`).
+    """
+    document = results_document(version, results, comparison, run)
+    if previous:
+        document = replace(document, history=tuple(drift_history(previous, document)))
+    since = since_approval(approved, document)
+    document = replace(document, since_approval=since.to_json())
+    data = document.to_bytes()
+    key = signing_key_from_env()  # checked at the flow's start; read once here, where it certifies
+    signer = check_key(key) if key is not None else None
+    html = render_html(build_context(version, results, comparison, run, document.history, since, signer=signer))
+    return {
+        "report.html": html.encode("utf-8"),
+        "report.pdf": render_pdf(html, {"results.json": data}, certify=key),
+        "results.json": data,
+    }
+
+
+def _since_section(since: SinceApproval | None) -> dict[str, Any] | None:
+    """The section after the verdict: only what differs from the last approved report."""
+    if since is None:
+        return None
+    changes = since.changed_features
+    return {
+        "found": since.found,
+        "approved_run": since.approved_run,
+        "approved_version": since.approved_version,
+        "approved_by": since.approved_by,
+        "approved_at": since.approved_at,
+        "verdict_before": since.verdict_before,
+        "verdict_now": since.verdict_now,
+        "verdict_changed": since.verdict_changed,
+        "new_warnings": list(since.new_warnings),
+        "resolved_warnings": list(since.resolved_warnings),
+        "changes": changes,
+        "compared_methods": sorted(since.changes or {}),
+        "differences": list(since.differences),
+        "nothing_changed": not (since.verdict_changed or since.new_warnings or since.resolved_warnings or changes),
+    }
+
+
+def _input_rows(inputs: list[dict[str, Any]], limit: int = 8) -> list[dict[str, str]]:
+    """How the model is fed, one line per input (only when it is not one plain matrix of every feature)."""
+    if len(inputs) <= 1 and all(i["dtype"].startswith("float") and len(i["shape"]) <= 1 for i in inputs):
+        return []
+    rows = []
+    for item in inputs:
+        columns = item["columns"]
+        shown = ", ".join(columns[:limit]) + (f", … ({len(columns) - limit} more)" if len(columns) > limit else "")
+        rows.append({"name": item["name"], "shape": "(" + ", ".join(map(str, item["shape"])) + ")",
+                     "dtype": item["dtype"], "columns": shown})
+    return rows
+
+
+def reused_line(reused: dict[str, dict[str, Any]], results: list[ImportanceResult],
+                version: ModelVersion) -> str | None:
+    """The first page's line on stored results this run reused (:mod:`tasks.methods.cache`); None when it computed all.
+
+    "Unchanged since run <id> (<date>); results reused." when every method computed was reused from one run;
+    otherwise the reused methods are named with the run each came from.
+    """
+    if not reused:
+        return None
+    ran = {m for m, entry in METHODS.items() for r in results if r.method in entry.results and r.status != "skipped"}
+    by_run: dict[str, list[str]] = {}
+    for method in METHODS:
+        if method in reused:
+            by_run.setdefault(_origin(reused[method], version), []).append(method)
+    every = ran <= set(reused)
+    if every and len(by_run) == 1:
+        return f"Unchanged since {next(iter(by_run))}; results reused."
+    parts = "; ".join(f"{', '.join(methods)} from {origin}" for origin, methods in by_run.items())
+    if every:
+        return f"Unchanged since earlier runs; results reused: {parts}."
+    return f"Results reused, their inputs unchanged: {parts}; the other methods were computed in this run."
+
+
+def _origin(origin: dict[str, Any], version: ModelVersion) -> str:
+    """'run <id> (<date>)', naming the model version when the result was stored for another with the same files."""
+    try:
+        date = datetime.fromisoformat(origin.get("started") or "").strftime("%Y-%m-%d %H:%M UTC")
+    except ValueError:
+        date = "date unknown"
+    other = (origin.get("model"), origin.get("version")) not in ((version.name, version.version), (None, None))
+    return f"run {origin.get('run')}" + (f" of {origin['model']} {origin['version']}" if other else "") + f" ({date})"
+
+
+def run_status(results: list[ImportanceResult]) -> str:
+    """'partial' when any method failed (its section says why), else 'complete'."""
+    return "partial" if any(r.status == "failed" for r in results) else "complete"
+
+
+def format_number(value: float | str | None, digits: int = 3) -> str:
+    """Compact numbers for tables: 3 significant digits, '—' for missing; a string value (a category) as it is."""
+    if isinstance(value, str):
+        return value
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "—"
+    return f"{value:.{digits}g}"
+
+
+def format_percent(value: float | None) -> str:
+    """A share as a whole percentage, '—' for missing."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "—"
+    return f"{100 * value:.0f}%"
+
+
+def library_versions() -> dict[str, str]:
+    out = {}
+    for name in LIBRARIES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _shap_section(result: ImportanceResult | None, max_features: int = 10) -> dict[str, Any] | None:
+    """The SHAP section: explainer and why, background, additivity, Monte Carlo error, the summary charts and one
+    waterfall per local row."""
+    if result is None or not isinstance(result.details, ShapDetails):
+        return None
+    d = result.details
+    mc_se = {name: se for name, se in zip(result.features, d.mc_se) if se is not None}
+    worst_mc = max(mc_se, key=mc_se.get) if mc_se else None
+    swarm = d.beeswarm
+    local = []
+    for record in d.local:
+        features = record["features"]
+        chart = charts.shap_waterfall([f["feature"] for f in features], [f["value"] for f in features],
+                                      [f["phi"] for f in features], record["base_value"], record["explained_output"],
+                                      max_features=max_features)
+        prediction = record["prediction"] if isinstance(record["prediction"], list) else [record["prediction"]]
+        local.append({
+            "selection": record["selection"],
+            "row": record["row"],
+            "label": record["label"],
+            "prediction": ", ".join(format_number(p) for p in prediction),
+            "explained_class": record["explained_class"],
+            "base_value": record["base_value"],
+            "explained_output": record["explained_output"],
+            "loss": record["loss"],
+            "features": features[:max_features],
+            "chart": charts.data_uri(chart),
+        })
+    return {
+        "explainer": d.explainer,
+        "reason": d.reason,
+        "n_rows": d.n_rows,
+        "n_background": d.n_background,
+        "background_source": d.background_source,
+        "additivity": d.additivity,
+        "mc_se_max": mc_se[worst_mc] if worst_mc is not None else None,
+        "mc_se_feature": worst_mc,
+        "multiclass_aggregation": d.multiclass_aggregation,
+        "loss_metric": d.loss_metric,
+        "bar_chart": charts.data_uri(charts.importance_bars(result)),
+        "beeswarm_chart": charts.data_uri(charts.shap_beeswarm(swarm["features"], swarm["phi"], swarm["value"])),
+        "beeswarm_rows": len(swarm["phi"][0]) if swarm["phi"] else 0,
+        "beeswarm_class": swarm["per_class"],
+        "local": local,
+    }
+
+
+def _method(result: ImportanceResult) -> dict[str, Any]:
+    chart = charts.data_uri(charts.importance_bars(result)) if result.ok else None
+    units = result.details if isinstance(result.details, UnitRecords) else None
+    return {
+        "name": result.method,
+        "kind": result.kind,
+        "status": result.status,
+        "error": result.error,
+        "metric": result.metric,
+        "notes": list(result.notes),
+        "n_samples": result.n_samples,
+        "chart": chart,
+        "groups": units.groups if units is not None else [],
+        "clusters": units.clusters if units is not None else [],
+    }
+
+
+def _rankings(features: tuple[str, ...], results: list[ImportanceResult], comparison: Comparison) -> dict[str, Any]:
+    """One row per feature: per method its rank (with the rank interval its verified pairs allow), importance, interval."""
+    evidence = {e.method: e for e in comparison.evidence}
+    rows = []
+    for name in features:
+        cells = []
+        for r in results:
+            if name not in r.features:
+                cells.append(None)  # e.g. not ablated within the budget
+                continue
+            j = r.features.index(name)
+            e = evidence.get(r.method)
+            span = (int(e.rank_low[j]), int(e.rank_high[j])) if e is not None else None
+            cells.append({"importance": float(r.importances_mean[j]), "low": float(r.low[j]),
+                          "high": float(r.high[j]), "rank": int(r.rank[j]), "interval": r.n_samples > 1,
+                          "rank_span": span if span and span[0] != span[1] else None,
+                          "negligible": bool(e.negligible[j]) if e is not None else False})
+        rows.append({"feature": name, "cells": cells})
+    key = next((i for i, r in enumerate(results) if r.method == "permutation"), 0)
+    rows.sort(key=lambda row: row["cells"][key]["rank"] if row["cells"] and row["cells"][key] else 0)
+    return {"methods": [r.method for r in results], "rows": rows}
+
+
+def _summary(version: ModelVersion, comparison: Comparison, results: list[ImportanceResult]) -> str:
+    """The first page's one voice: what was measured, the verdict and its one-sentence reason."""
+    done = [r.method for r in results if r.ok]
+    not_done = [f"{r.method} ({r.status})" for r in results if not r.ok]
+    text = (
+        f"This report ranks the {len(version.features)} input features of {version.name} {version.version} "
+        f"by {len(done)} methods."
+    )
+    if not_done:
+        text += f" Not available in this run: {', '.join(not_done)}."
+    return text

@@ -1,0 +1,345 @@
+"""The judgement: does the first-layer weight ranking tell the story the model's behaviour tells?
+
+Each judged weight ranking (``weights``, ``weights_scaled``) is held against each judged
+behavioural method (``permutation``, ``ablation``, ``shap``), using only what that method has
+verified about its own ranking (:mod:`tasks.core.ranking`). The rules, each a small function below:
+
+- **Under-ranked** (:func:`under_ranked`): a behavioural method puts the feature in its top k, its
+  importance is relevant (95% interval above 5% of the top feature's), the weights rank it strictly
+  in their lower half, and at least ``MIN_GAP`` ranks below the worst rank the behavioural method
+  allows it (its rank interval): a one-rank move is never a warning.
+- **Over-ranked** (:func:`over_ranked`): the weights put the feature in their top k while a
+  behavioural method shows it negligible (95% interval below 5% of the top feature's importance).
+  An interval that merely covers zero is no evidence.
+- **One warning per feature**, naming every weight and behavioural method that supports it.
+- **Inverted pairs**: pairs of features whose order a behavioural method verifies at 95% (the more
+  important one relevant) and the weights order the other way.
+- **Verdict**, per weight ranking, and overall the worst of them: *disagree* when a feature is
+  warned about; *partly agree* when no feature is, but the weights invert a verified pair;
+  *agree* when the weights order every verified pair the same way; *not assessed* when no weight
+  and behavioural method both succeeded, or the behavioural methods verified no pair.
+
+Krishna et al.'s (2022) measures — Spearman's ρ, Kendall's τ, top-k agreement, pairwise rank
+agreement — are kept in the tables, with a top-weighted Kendall τ (``scipy.stats.weightedtau``)
+and its bootstrap interval; they describe, the rules above decide.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from prefect import task
+from scipy import stats
+
+from tasks.core.ranking import RELEVANCE, TOP_K, RankingEvidence, ranking_evidence, top_k_for
+from tasks.core.result import ImportanceResult
+
+Verdict = Literal["agree", "partly agree", "disagree", "not assessed"]
+JUDGED_WEIGHTS = ("weights", "weights_scaled")
+JUDGED_BEHAVIOURAL = ("permutation", "ablation", "shap")
+MIN_GAP = 2  # an under-ranked feature sits at least this many ranks below the worst rank its behaviour allows
+AGREEMENT_KS = (3, 5, 10)
+N_BOOTSTRAP = 200
+SEVERITY = {"not assessed": 0, "agree": 1, "partly agree": 2, "disagree": 3}
+WEIGHT_TITLES = {"weights": "first-layer weights |W|", "weights_scaled": "scale-aware weights |W|·std"}
+VERDICT_RULE = (
+    "Each behavioural method first tests its own ranking: a pair of features counts only when its order holds "
+    "at 95% on the method's repeats, seeds or bootstrap draws. disagree: the weights rank a feature strictly in "
+    f"their lower half and at least {MIN_GAP} places below every rank a behavioural method allows it while that method puts it in its top "
+    f"{TOP_K} (at most half the features) with a relevant importance (above {RELEVANCE:.0%} of the top feature's), or rank a feature in their "
+    f"top {TOP_K} that a behavioural method shows to be negligible (its 95% interval below {RELEVANCE:.0%} of the top "
+    "feature's). partly agree: no such feature, but the weights order a verified pair the other way. agree: the "
+    "weights order every verified pair the same way. not assessed: no pair was verified, or no weight and "
+    "behavioural method both succeeded. The overall verdict is the worst over the weight rankings."
+)
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How one ranking (``method_a``: weight-based, or a behavioural one) compares with another."""
+
+    method_a: str
+    method_b: str
+    spearman: float
+    kendall: float
+    top_k: tuple[tuple[int, float], ...]  # (k, fraction of the top-k features both rankings share)
+    pairwise: float  # fraction of feature pairs ordered the same way by both
+    movers: tuple[tuple[str, int, int], ...]  # (feature, rank by a, rank by b), largest move first
+    weighted_tau: float = float("nan")  # top-weighted Kendall tau (hyperbolic weights)
+    weighted_tau_interval: tuple[float, float] = (float("nan"), float("nan"))  # bootstrap over b's samples
+    verified_pairs: int = 0  # pairs whose order b verifies at 95% (the more important one relevant)
+    inverted: tuple[tuple[str, str], ...] = ()  # verified pairs (more important, less important) a orders the other way
+
+    @property
+    def resolved_agreement(self) -> float:
+        """Share of the pairs b verifies that a orders the same way (NaN when b verifies none)."""
+        if not self.verified_pairs:
+            return float("nan")
+        return 1.0 - len(self.inverted) / self.verified_pairs
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One warning about one feature, with every method pair that supports it."""
+
+    message: str
+    feature: str
+    kind: Literal["under-ranked", "over-ranked"]
+    weight_method: str  # the first supporting weight ranking
+    behavioural_method: str  # the first supporting behavioural method
+    weight_rank: int
+    behavioural_rank: int
+    weight_methods: tuple[str, ...] = ()
+    behavioural_methods: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Comparison:
+    agreements: tuple[Agreement, ...]  # weight-based against behavioural
+    findings: tuple[Finding, ...]
+    verdict: Verdict
+    consensus: tuple[Agreement, ...] = ()  # behavioural methods among themselves
+    rule: str = VERDICT_RULE
+    reason: str = ""
+    verdicts: dict[str, Verdict] = field(default_factory=dict)  # per judged weight ranking
+    evidence: tuple[RankingEvidence, ...] = ()  # per judged behavioural method
+    weight_stability: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "verdict": self.verdict,
+            "verdict_reason": self.reason,
+            "verdicts": dict(self.verdicts),
+            "rule": self.rule,
+            "agreements": [_agreement_dict(a) for a in self.agreements],
+            "consensus": [_agreement_dict(a) for a in self.consensus],
+            "warnings": [asdict(f) for f in self.findings],
+            "rank_evidence": {e.method: e.to_dict() for e in self.evidence},
+            "weight_stability": self.weight_stability,
+        }
+
+
+def in_lower_half(rank: int, n: int) -> bool:
+    """Strictly in the lower half: of 5 features ranks 4 and 5, of 6 ranks 4 to 6; the middle rank is not."""
+    return rank > (n + 1) / 2
+
+
+def under_ranked(weight: ImportanceResult, evidence: RankingEvidence, j: int) -> bool:
+    """Behaviourally top-k and relevant, but ranked by the weights in their lower half and below its rank interval."""
+    n = len(weight.features)
+    w = int(weight.rank[j])
+    return (int(evidence.rank[j]) <= top_k_for(n) and bool(evidence.relevant[j]) and in_lower_half(w, n)
+            and w >= int(evidence.rank_high[j]) + MIN_GAP)
+
+
+def over_ranked(weight: ImportanceResult, evidence: RankingEvidence, j: int) -> bool:
+    """In the weights' top k while the behavioural method shows the feature negligible."""
+    return int(weight.rank[j]) <= top_k_for(len(weight.features)) and bool(evidence.negligible[j])
+
+
+def inverted_pairs(weight: ImportanceResult, evidence: RankingEvidence) -> tuple[int, list[tuple[str, str]]]:
+    """(number of verified pairs with a relevant leader, those the weights order the other way)."""
+    leaders, followers = np.nonzero(evidence.verified & evidence.relevant[:, None])
+    wrong = weight.importances_mean[leaders] < weight.importances_mean[followers]
+    names = evidence.features
+    return len(leaders), [(names[i], names[j]) for i, j in zip(leaders[wrong], followers[wrong])]
+
+
+def agreement(a: ImportanceResult, b: ImportanceResult, *, evidence: RankingEvidence | None = None,
+              n_movers: int = 3) -> Agreement:
+    """Rank agreement between two results over the same features; with ``evidence`` for b, its verified pairs too."""
+    n = len(a.features)
+    moves = sorted(zip(a.features, a.rank.tolist(), b.rank.tolist()), key=lambda t: (-abs(t[1] - t[2]), t[1]))
+    verified, inverted = inverted_pairs(a, evidence) if evidence is not None else (0, [])
+    return Agreement(
+        method_a=a.method,
+        method_b=b.method,
+        spearman=_safe(stats.spearmanr(a.importances_mean, b.importances_mean)[0]),
+        kendall=_safe(stats.kendalltau(a.importances_mean, b.importances_mean)[0]),
+        top_k=tuple((k, top_k_agreement(a, b, k)) for k in AGREEMENT_KS if k < n or k == min(AGREEMENT_KS)),
+        pairwise=pairwise_rank_agreement(a.importances_mean, b.importances_mean),
+        movers=tuple((f, int(ra), int(rb)) for f, ra, rb in moves[:n_movers] if ra != rb),
+        weighted_tau=weighted_tau(a.importances_mean, b.importances_mean),
+        weighted_tau_interval=weighted_tau_interval(a, b),
+        verified_pairs=verified,
+        inverted=tuple(inverted),
+    )
+
+
+def top_k_agreement(a: ImportanceResult, b: ImportanceResult, k: int) -> float:
+    """Fraction of the k most important features that both rankings share."""
+    k = min(k, len(a.features))
+    top_a = {f for f, r in zip(a.features, a.rank) if r <= k}
+    top_b = {f for f, r in zip(b.features, b.rank) if r <= k}
+    return len(top_a & top_b) / k
+
+
+def pairwise_rank_agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """Fraction of feature pairs whose relative order is the same under both importances."""
+    i, j = np.triu_indices(len(a), k=1)
+    if len(i) == 0:
+        return float("nan")
+    return float(np.mean(np.sign(a[i] - a[j]) == np.sign(b[i] - b[j])))
+
+
+def weighted_tau(a: np.ndarray, b: np.ndarray) -> float:
+    """Kendall's tau with hyperbolic weights on the top ranks (``scipy.stats.weightedtau``)."""
+    if len(a) < 2:
+        return float("nan")
+    return _safe(stats.weightedtau(a, b)[0])
+
+
+def weighted_tau_interval(a: ImportanceResult, b: ImportanceResult, *, n_bootstrap: int = N_BOOTSTRAP,
+                          random_state: int = 0) -> tuple[float, float]:
+    """95% interval of the weighted tau over b's own variation: its bootstrap draws, or resampled repeats/seeds."""
+    samples = b.importances
+    if b.sampling == "single" or samples.shape[1] < 2 or len(a.features) < 2:
+        return (float("nan"), float("nan"))
+    if b.sampling == "bootstrap":
+        draws = samples.T
+    else:
+        rng = np.random.default_rng(random_state)
+        picks = rng.integers(0, samples.shape[1], size=(n_bootstrap, samples.shape[1]))
+        draws = np.stack([samples[:, pick].mean(axis=1) for pick in picks])
+    taus = np.array([weighted_tau(a.importances_mean, draw) for draw in draws])
+    taus = taus[np.isfinite(taus)]
+    if not len(taus):
+        return (float("nan"), float("nan"))
+    return (float(np.percentile(taus, 2.5)), float(np.percentile(taus, 97.5)))
+
+
+def findings(weights: list[ImportanceResult], evidence: list[RankingEvidence]) -> list[Finding]:
+    """One warning per feature that some weight ranking misranks beyond some behavioural method's noise."""
+    support: dict[str, dict[str, Any]] = {}
+    for w in weights:
+        for e in evidence:
+            sub = w.subset(e.features)
+            for j, name in enumerate(e.features):
+                kind = ("under-ranked" if under_ranked(sub, e, j) else
+                        "over-ranked" if over_ranked(sub, e, j) else None)
+                if kind is None:
+                    continue
+                entry = support.setdefault(name, {"kind": kind, "pairs": []})
+                if entry["kind"] == kind:
+                    entry["pairs"].append((w, e))
+    order = weights[0].features if weights else ()
+    return [_finding(name, support[name]["kind"], support[name]["pairs"]) for name in order if name in support]
+
+
+def compare(results: list[ImportanceResult]) -> Comparison:
+    """Judge every usable weight ranking against every usable behavioural method's verified evidence."""
+    weights = [r for r in results if r.ok and r.method in JUDGED_WEIGHTS]
+    behaviours = [r for r in results if r.ok and r.method in JUDGED_BEHAVIOURAL and len(r.features) > 1]
+    stability = weight_stability(next((r for r in results if r.ok and r.method == "weights_retrained"), None))
+    if not weights or not behaviours:
+        reason = "not assessed: no weight-based and behavioural method both succeeded."
+        return Comparison((), (), "not assessed", reason=reason, weight_stability=stability)
+    evidence = {b.method: ranking_evidence(b) for b in behaviours}
+    pairs = [(w.subset(b.features), b) for w in weights for b in behaviours if set(b.features) <= set(w.features)]
+    agreements = tuple(agreement(w, b, evidence=evidence[b.method]) for w, b in pairs)
+    found = tuple(findings(weights, list(evidence.values())))
+    consensus = tuple(
+        agreement(x.subset(shared), y.subset(shared))
+        for i, x in enumerate(behaviours) for y in behaviours[i + 1:]
+        if len(shared := [f for f in x.features if f in y.features]) > 1
+    )
+    verdicts = {w.method: weight_verdict(w.method, agreements, found) for w in weights}
+    verdict = max(verdicts.values(), key=SEVERITY.__getitem__)
+    return Comparison(agreements, found, verdict, consensus, reason=verdict_reason(verdict, verdicts, agreements, found),
+                      verdicts=verdicts, evidence=tuple(evidence.values()), weight_stability=stability)
+
+
+def weight_verdict(method: str, agreements: tuple[Agreement, ...], found: tuple[Finding, ...]) -> Verdict:
+    """One weight ranking's verdict from its warnings and inverted verified pairs."""
+    own = [a for a in agreements if a.method_a == method]
+    if any(method in f.weight_methods for f in found):
+        return "disagree"
+    if any(a.inverted for a in own):
+        return "partly agree"
+    if not any(a.verified_pairs for a in own):
+        return "not assessed"
+    return "agree"
+
+
+def verdict_reason(verdict: Verdict, verdicts: dict[str, Verdict], agreements: tuple[Agreement, ...],
+                   found: tuple[Finding, ...]) -> str:
+    """The verdict's reason in one sentence, naming the warning or the agreement figure that decided it."""
+    worst = [m for m, v in verdicts.items() if v == verdict]
+    who = " and the ".join(WEIGHT_TITLES.get(m, m) for m in worst)
+    others = [f"the {WEIGHT_TITLES.get(m, m)} {v}" for m, v in verdicts.items() if v != verdict]
+    tail = f" ({'; '.join(others)})" if others else ""
+    own = [a for a in agreements if a.method_a in worst]
+    if verdict == "disagree":
+        mine = [f for f in found if set(f.weight_methods) & set(worst)]
+        names = ", ".join(f"'{f.feature}' ({f.kind})" for f in mine)
+        return (f"disagree: the {who} misrank {names} beyond the behavioural methods' own noise; "
+                f"see the warnings{tail}.")
+    if verdict == "partly agree":
+        a = next(a for a in own if a.inverted)
+        lead, follow = a.inverted[0]
+        return (f"partly agree: no feature is misranked beyond noise, but the {who} order {len(a.inverted)} of the "
+                f"{a.verified_pairs} pairs that {a.method_b} verifies the other way (e.g. '{follow}' above '{lead}'){tail}.")
+    if verdict == "agree":
+        counts = ", ".join(f"{a.method_b} {a.verified_pairs}" for a in own if a.method_a == worst[0])
+        return (f"agree: the {who} order every feature pair that the behavioural methods verify at 95% "
+                f"({counts} pairs) the same way, and misrank no feature{tail}.")
+    return "not assessed: the behavioural methods verified the order of no pair of features at 95%."
+
+
+def weight_stability(retrained: ImportanceResult | None) -> dict[str, Any] | None:
+    """How much the weight ranking moves across retrainings: each feature's rank range over the retrained seeds."""
+    if retrained is None or retrained.n_samples < 2:
+        return None
+    ranks = np.stack([stats.rankdata(-retrained.importances[:, s], method="min")
+                      for s in range(retrained.n_samples)], axis=1).astype(int)
+    n = len(retrained.features)
+    k = top_k_for(n)
+    tops = [frozenset(np.nonzero(ranks[:, s] <= k)[0]) for s in range(ranks.shape[1])]
+    return {
+        "n_trainings": int(ranks.shape[1]),
+        "features": [{"feature": f, "rank_low": int(ranks[i].min()), "rank_high": int(ranks[i].max())}
+                     for i, f in enumerate(retrained.features)],
+        "max_rank_range": int((ranks.max(axis=1) - ranks.min(axis=1)).max()),
+        "same_top_k": bool(len(set(tops)) == 1),
+        "k": k,
+    }
+
+
+@task(name="compare")
+def compare_task(results: list[ImportanceResult]) -> Comparison:
+    """Verified rankings, warnings and the verdict."""
+    return compare(results)
+
+
+def _finding(name: str, kind: str, pairs: list[tuple[ImportanceResult, RankingEvidence]]) -> Finding:
+    """The warning's sentence: each supporting weight rank, and each supporting behavioural method's evidence."""
+    weights = list({w.method: w for w, _ in pairs}.values())
+    evidence = list({e.method: e for _, e in pairs}.values())
+    ranks = {w.method: int(w.rank[w.features.index(name)]) for w in weights}
+    said = []
+    for e in evidence:
+        i = e.features.index(name)
+        if kind == "under-ranked":
+            said.append(f"{e.method} ranks it {int(e.rank[i])} (at worst {int(e.rank_high[i])})")
+        else:
+            said.append(f"{e.method} shows it negligible (95% interval below {RELEVANCE:.0%} of the top feature's "
+                        "importance)")
+    ranked = " and the ".join(f"{WEIGHT_TITLES.get(m, m)} rank it {r}" for m, r in ranks.items())
+    verb = "under-rank" if kind == "under-ranked" else "over-rank"
+    n = len(weights[0].features)
+    message = f"'{name}': the {ranked} of {n}, but {', and '.join(said)}: the weights {verb} it."
+    first_e = evidence[0]
+    return Finding(message, name, kind, weights[0].method, first_e.method, ranks[weights[0].method],
+                   int(first_e.rank[first_e.features.index(name)]), tuple(ranks), tuple(e.method for e in evidence))
+
+
+def _agreement_dict(a: Agreement) -> dict[str, Any]:
+    out = asdict(a)
+    out["resolved_agreement"] = a.resolved_agreement
+    return out
+
+
+def _safe(value: float) -> float:
+    return float(value) if np.isfinite(value) else float("nan")

@@ -1,0 +1,108 @@
+import base64
+import io
+import re
+from datetime import datetime, timezone
+
+import numpy as np
+import pypdf
+import pytest
+
+from tasks.core.result import ImportanceResult
+from tasks.registry.versions import resolve_version
+from tasks.report.render import RunInfo, build_context, environment, render_html, render_pdf
+from tasks.report.verdict import compare
+
+EVIL = "<script>alert(1)</script><img src=x onerror=alert(2)>"
+
+
+@pytest.fixture(scope="module")
+def context(linear_registry):
+    version = resolve_version(linear_registry, "linear")
+    features = (*version.features[:3], EVIL)
+    object.__setattr__(version, "features", features)
+    weights = ImportanceResult.from_samples("weights", "weight-based", features, np.array([3.0, 2.0, 1.0, 0.01]))
+    rng = np.random.default_rng(0)
+    perm = ImportanceResult.from_samples(
+        "permutation", "behavioural", features, np.array([[1.0], [2.0], [0.5], [9.0]]) + 0.01 * rng.standard_normal((4, 5))
+    )
+    failed = ImportanceResult.not_ok("shap", "behavioural", features, status="failed", reason="RuntimeError: explainer broke")
+    results = [weights, perm, failed]
+    run = RunInfo(run_id="20260101T000000Z-abc123", started=datetime(2026, 1, 1, tzinfo=timezone.utc), seed=0)
+    return build_context(version, results, compare(results), run)
+
+
+def test_templates_have_the_named_blocks():
+    source = environment().loader.get_source(environment(), "report.html.j2")[0]
+    for block in ("summary", "warnings", "rankings", "agreement", "methods", "appendix"):
+        assert f"{{% block {block} %}}" in source
+
+
+def test_feature_names_with_markup_render_as_text(context):
+    html = render_html(context)
+    assert "<script>alert(1)" not in html and "onerror=alert" not in html.replace("onerror=alert(2)&gt;", "")
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def test_pdf_text_shows_verdict_warning_and_failed_method(context):
+    pdf = pypdf.PdfReader(io.BytesIO(render_pdf(render_html(context))))
+    text = " ".join(page.extract_text() for page in pdf.pages)
+    text = re.sub(r"\s+", " ", text)
+    assert "Verdict on the weight-based ranking" in text
+    assert "the weights under-rank it" in text
+    # one voice: the first page's sentence names the same feature as the warning below it
+    first = re.sub(r"\s+", " ", pdf.pages[0].extract_text())
+    assert "Verdict on the weight-based ranking: disagree disagree: the first-layer weights |W| misrank" in first
+    assert "no disagreement" not in text
+    assert "This method failed: RuntimeError: explainer broke" in text
+    assert f"page 1 of {len(pdf.pages)}" in text
+    # the running header names model and version on every page but the first, which shows it once in the body
+    pages = [page.extract_text() for page in pdf.pages]
+    assert len(pages) > 1
+    assert pages[0].count("featureaudit · linear v1") == 1
+    assert all("featureaudit · linear v1" in page for page in pages[1:])
+
+
+def test_pdf_renderer_fetches_no_local_file(tmp_path):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(1, 1))
+    fig.add_subplot().plot([0, 1])
+    fig.savefig(tmp_path / "secret.png")
+    inline = "data:image/png;base64," + base64.b64encode((tmp_path / "secret.png").read_bytes()).decode()
+    with_file = render_pdf(f'<html><body><p>x</p><img src="file://{tmp_path}/secret.png"></body></html>')
+    with_data = render_pdf(f'<html><body><p>x</p><img src="{inline}"></body></html>')
+    images = lambda data: sum(len(p.images) for p in pypdf.PdfReader(io.BytesIO(data)).pages)  # noqa: E731
+    assert images(with_data) == 1
+    assert images(with_file) == 0
+
+
+def test_correlated_clusters_are_shown_beside_their_members(linear_registry):
+    from tasks.methods.permutation import PermutationDetails
+
+    version = resolve_version(linear_registry, "linear")
+    features = version.features
+    cluster = {"name": "a+b", "members": ["a", "b"], "min_abs_rho": 0.93, "importance": 7.5, "std": 0.2,
+               "low": 7.2, "high": 7.8, "member_importances": {"a": 1.1, "b": 0.9}}
+    perm = ImportanceResult.from_samples("permutation", "behavioural", features, np.ones((4, 3)),
+                                         details=PermutationDetails(n_repeats=3, seed=0, n_rows=100,
+                                                                    cluster_threshold=0.8, baseline=1.0, groups=[],
+                                                                    clusters=[cluster]))
+    run = RunInfo(run_id="r", started=datetime(2026, 1, 1, tzinfo=timezone.utc), seed=0)
+    html = re.sub(r"\s+", " ", render_html(build_context(version, [perm], compare([perm]), run)))
+    assert "Correlated cluster (permuted jointly)" in html
+    assert "<td>a, b</td><td>0.93</td><td>7.5</td><td>[7.2, 7.8]</td> <td>a 1.1; b 0.9</td>" in html
+
+
+def test_charts_stay_bounded_for_many_features():
+    from PIL import Image
+
+    from tasks.core.charts import MAX_FEATURES, importance_bars, rank_lines
+
+    names = tuple(f"f{j}" for j in range(500))
+    rng = np.random.default_rng(0)
+    many = ImportanceResult.from_samples("permutation", "behavioural", names, rng.random((500, 3)))
+    weights = ImportanceResult.from_samples("weights", "weight-based", names, rng.random(500))
+    few = ImportanceResult.from_samples("permutation", "behavioural", names[:MAX_FEATURES], rng.random((MAX_FEATURES, 3)))
+    height = lambda png: Image.open(io.BytesIO(png)).size[1]  # noqa: E731
+    assert height(importance_bars(many)) == height(importance_bars(few))
+    assert height(rank_lines(weights, [many])) == height(rank_lines(weights.subset(names[:MAX_FEATURES]), [few]))

@@ -1,0 +1,183 @@
+import numpy as np
+
+from tasks.core.ranking import ranking_evidence, top_k_for
+from tasks.core.result import ImportanceResult
+from tasks.report.verdict import compare, in_lower_half, pairwise_rank_agreement, top_k_agreement
+
+FEATURES = ("scaled", "noise", "x1", "x2", "x3", "x4")
+
+
+def _weights(values, features=FEATURES, method="weights"):
+    return ImportanceResult.from_samples(method, "weight-based", features, np.asarray(values, float))
+
+
+def _behaviour(means, spread=0.05, seed=0, features=FEATURES, method="permutation", n=5):
+    rng = np.random.default_rng(seed)
+    spread = np.asarray(spread, float).reshape(-1, 1)
+    samples = np.asarray(means, float)[:, None] + spread * rng.standard_normal((len(means), n))
+    return ImportanceResult.from_samples(method, "behavioural", features, samples)
+
+
+def _bootstrap(means, spread, seed=0, features=FEATURES, method="shap"):
+    rng = np.random.default_rng(seed)
+    draws = np.asarray(means, float)[:, None] + spread * rng.standard_normal((len(means), 200))
+    return ImportanceResult.from_samples(method, "behavioural", features, draws, sampling="bootstrap",
+                                         interval=(np.percentile(draws, 2.5, axis=1), np.percentile(draws, 97.5, axis=1)))
+
+
+def test_underranked_scaled_feature_is_one_warning_naming_its_ranks():
+    result = compare([_weights([0.01, 0.5, 3, 2.5, 2, 1.5]), _behaviour([5, 0, 3, 2.5, 2, 1.5])])
+    assert [(f.feature, f.kind) for f in result.findings] == [("scaled", "under-ranked")]
+    finding = result.findings[0]
+    assert finding.weight_rank == 6 and finding.behavioural_rank == 1
+    assert "rank it 6 of 6" in finding.message and "permutation ranks it 1" in finding.message
+    assert result.verdict == "disagree" and "'scaled'" in result.reason
+
+
+def test_a_feature_ranked_3_by_both_of_5_is_not_flagged():
+    features = ("a", "b", "c", "d", "e")
+    weights = _weights([5, 4, 3, 2, 1], features)
+    behaviour = _behaviour([5, 4, 3, 2, 1], spread=0.01, features=features)
+    assert top_k_for(5) == 2 and not in_lower_half(3, 5) and in_lower_half(4, 5)
+    result = compare([weights, behaviour])
+    assert result.findings == () and result.verdict == "agree"
+
+
+def test_a_verified_one_rank_move_is_not_a_warning():
+    features = ("a", "b", "c", "d", "e", "f")
+    weights = _weights([6, 5, 3, 4, 2, 1], features)  # c (verified 3rd) falls to 4th, the lower half
+    result = compare([weights, _behaviour([6, 5, 4, 3, 2, 1], spread=0.01, features=features)])
+    assert result.findings == () and result.verdict == "partly agree"
+
+
+def test_a_one_rank_move_within_the_rank_interval_is_not_flagged():
+    # x1 and x2 are indistinguishable behaviourally: the weights may order them either way.
+    features = ("a", "b", "c", "d", "e", "f")
+    weights = _weights([6, 5, 3, 4, 2, 1], features)
+    behaviour = _behaviour([6, 5, 3.5, 3.5, 2, 1], spread=0.3, features=features)
+    result = compare([weights, behaviour])
+    assert result.findings == ()
+    assert result.verdict == "agree"
+
+
+def test_one_feature_seen_by_four_method_pairs_is_one_warning_naming_them_all():
+    w = _weights([0.01, 0.5, 3, 2.5, 2, 1.5])
+    ws = _weights([0.02, 0.4, 3, 2.5, 2, 1.5], method="weights_scaled")
+    perm = _behaviour([5, 0, 3, 2.5, 2, 1.5])
+    shap = _bootstrap([5, 0.01, 3, 2.5, 2, 1.5], spread=0.05)
+    result = compare([w, ws, perm, shap])
+    assert len(result.findings) == 1
+    finding = result.findings[0]
+    assert finding.feature == "scaled"
+    assert finding.weight_methods == ("weights", "weights_scaled")
+    assert finding.behavioural_methods == ("permutation", "shap")
+
+
+def test_an_interval_covering_zero_is_no_evidence_of_over_ranking():
+    weights = _weights([0.1, 5, 3, 2.5, 2, 1.5])  # the weights put 'noise' first
+    # 'noise' has a wide interval around 0.5: it covers zero, but also covers relevant values
+    wide = compare([weights, _behaviour([0.5, 0.5, 3, 2.5, 2, 1.5], spread=[0.01, 1.5, 0.01, 0.01, 0.01, 0.01])])
+    assert not [f for f in wide.findings if f.kind == "over-ranked"]
+    # shown negligible: the whole interval sits below 5% of the top importance (3 * 0.05 = 0.15)
+    narrow = compare([weights, _behaviour([0.5, 0.0, 3, 2.5, 2, 1.5], spread=0.01)])
+    assert [(f.feature, f.kind) for f in narrow.findings] == [("noise", "over-ranked")]
+
+
+def test_degenerate_intervals_are_unresolved_not_certain():
+    # accuracy-like importances: every repeat gives the same value, so nothing is resolved
+    samples = np.repeat(np.array([[0.0], [0.002], [0.004], [0.0], [0.0], [0.0]]), 5, axis=1)
+    flat = ImportanceResult.from_samples("permutation", "behavioural", FEATURES, samples)
+    evidence = ranking_evidence(flat)
+    assert evidence.degenerate.all() and not evidence.verified.any() and not evidence.negligible.any()
+    result = compare([_weights([5, 4, 3, 2, 1, 0.5]), flat])
+    assert result.findings == () and result.verdict == "not assessed"
+
+
+def test_noise_features_in_random_order_do_not_move_the_verdict():
+    # 5 correctly ordered drivers + 15 pure-noise features in random order: Spearman over all is ~0.6
+    rng = np.random.default_rng(3)
+    features = tuple(f"f{i}" for i in range(20))
+    drivers = np.array([5.0, 4, 3, 2, 1])
+    weights = _weights(np.concatenate([drivers, rng.uniform(0, 0.2, 15)]), features)
+    behaviour = _behaviour(np.concatenate([drivers, np.zeros(15)]), spread=0.05, features=features)
+    result = compare([weights, behaviour])
+    assert result.agreements[0].spearman < 0.8
+    assert result.findings == () and result.verdict == "agree"
+    assert result.agreements[0].verified_pairs >= 4 + 3 + 2 + 1 and result.agreements[0].inverted == ()
+
+
+def test_a_verified_inverted_pair_is_partly_agree():
+    features = ("a", "b", "c", "d", "e", "f")
+    weights = _weights([5, 6, 4, 3, 2, 1], features)  # a and b swapped
+    result = compare([weights, _behaviour([6, 5, 4, 3, 2, 1], spread=0.05, features=features)])
+    assert result.findings == () and result.verdict == "partly agree"
+    assert result.agreements[0].inverted == (("a", "b"),)
+    assert "'b' above 'a'" in result.reason
+
+
+def test_verified_top_k_and_rank_intervals():
+    # two clear leaders in a tie, then a clear third, then three indistinguishable
+    features = ("a", "b", "c", "d", "e", "f")
+    # a true tie is "verified" in 5% of draws, as a 5% test should; this draw is not one of them
+    result = _behaviour([5, 5, 3, 1, 1, 1], spread=0.1, features=features, n=8, seed=1)
+    evidence = ranking_evidence(result)
+    assert evidence.top_set == 3 and evidence.top_order == 0  # {a, b} and {a, b, c} hold; a vs b does not
+    by_name = dict(zip(features, zip(evidence.rank_low, evidence.rank_high)))
+    assert by_name["a"] == (1, 2) and by_name["b"] == (1, 2) and by_name["c"] == (3, 3)
+    assert by_name["d"] == (4, 6) and by_name["f"] == (4, 6)
+    assert evidence.summary() == "top 3 verified at 95%; their order not verified"
+
+
+def test_bootstrap_draws_are_tested_as_pairs():
+    result = _bootstrap([3, 2, 1, 0.5, 0.5, 0.1], spread=0.05)
+    evidence = ranking_evidence(result)
+    assert evidence.top_set == 5 and evidence.top_order == 3  # 0.5 and 0.5 tie, but both beat 0.1
+    assert evidence.verified[0, 1] and not evidence.verified[3, 4] and evidence.verified[4, 5]
+
+
+def test_identical_rankings_agree_with_krishna_measures_kept():
+    values = [6, 5, 4, 3, 2, 1]
+    result = compare([_weights(values), _behaviour(values, spread=0.01)])
+    assert result.verdict == "agree" and not result.findings
+    first = result.agreements[0]
+    assert first.spearman == 1.0 and first.pairwise == 1.0 and dict(first.top_k) == {3: 1.0, 5: 1.0}
+    assert first.weighted_tau == 1.0 and first.weighted_tau_interval == (1.0, 1.0)
+
+
+def test_pairwise_and_top_k_agreement_count_what_they_say():
+    # one swap among 4 features: 5 of 6 pairs keep their order
+    assert pairwise_rank_agreement(np.array([4.0, 3, 2, 1]), np.array([3.0, 4, 2, 1])) == 5 / 6
+    a = _weights([6, 5, 4, 3, 2, 1])
+    b = _behaviour([1, 5, 4, 3, 2, 6], spread=0.0)  # first and last swapped
+    assert top_k_agreement(a, b, 3) == 2 / 3 and top_k_agreement(a, b, 5) == 4 / 5
+
+
+def test_behavioural_methods_are_compared_with_each_other():
+    perm = _behaviour([6, 5, 4, 3, 2, 1])
+    other = ImportanceResult.from_samples("ablation", "behavioural", FEATURES, np.array([6, 5, 4, 3, 1, 2.0]))
+    result = compare([_weights([6, 5, 4, 3, 2, 1]), perm, other])
+    assert [(c.method_a, c.method_b) for c in result.consensus] == [("permutation", "ablation")]
+    assert result.consensus[0].pairwise == 14 / 15
+
+
+def test_secondary_results_are_shown_but_not_judged():
+    accuracy = _behaviour([0.01, 0, 3, 2.5, 2, 1.5], method="permutation_accuracy")
+    result = compare([_weights([0.01, 0.5, 3, 2.5, 2, 1.5]), accuracy])
+    assert result.verdict == "not assessed" and result.findings == ()
+
+
+def test_failed_methods_are_left_out():
+    failed = ImportanceResult.not_ok("shap", "behavioural", FEATURES, status="failed", reason="boom")
+    assert compare([_weights([1, 2, 3, 4, 5, 6]), failed]).verdict == "not assessed"
+
+
+def test_weight_stability_reports_each_features_rank_range():
+    retrained = ImportanceResult.from_samples(
+        "weights_retrained", "weight-based", ("a", "b", "c", "d"),
+        np.array([[4, 4, 4], [3, 1, 3], [2, 3, 2], [1, 2, 1.0]]), sampling="seeds")
+    values = [4, 3, 2, 1]
+    result = compare([_weights(values, ("a", "b", "c", "d")),
+                      _behaviour(values, spread=0.01, features=("a", "b", "c", "d")), retrained])
+    stability = result.weight_stability
+    assert stability["n_trainings"] == 3 and stability["max_rank_range"] == 2
+    assert {f["feature"]: (f["rank_low"], f["rank_high"]) for f in stability["features"]}["b"] == (2, 4)
