@@ -1,6 +1,7 @@
 """The audit flow: resolve a model version, run the importance methods concurrently, compare, render, write.
 
-Only wiring lives here; every step is a task in ``tasks/``.
+Only wiring lives here; every step is a task in ``tasks/``, and the methods are run by
+:func:`tasks.methods.runner.run_methods` from the table (:mod:`tasks.methods.table`).
 
 In the Prefect UI each model's run is named "<model> <version>"; a registry run carries a table with one
 line per model and, when a model failed, ends Failed with a message naming it (and no engine traceback).
@@ -11,27 +12,15 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timezone
 
-from prefect import allow_failure, flow, get_run_logger, runtime
-from prefect.futures import PrefectFuture
+from prefect import flow, get_run_logger, runtime
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from tasks.core.errors import RegistryRunFailed
-from tasks.core.options import DEFAULT_APPROVAL_TIMEOUT_S, DEFAULT_OUT, AuditOptions, Budget
+from tasks.core.options import DEFAULT_APPROVAL_TIMEOUT_S, DEFAULT_OUT, AuditOptions
 from tasks.core.result import ImportanceResult
-from tasks.methods.ablation import (
-    AblationPlan,
-    Job,
-    JobScores,
-    ablation_job_task,
-    ablation_plan_task,
-    ablation_results_task,
-    estimate_line,
-    run_ablation,
-    skipped,
-)
-from tasks.methods.cache import CacheKey, ResultCache, prune_task, reused
-from tasks.methods.table import METHODS
+from tasks.methods.cache import ResultCache, prune_task, reused
+from tasks.methods.runner import run_methods
 from tasks.registry.versions import list_models_task, resolve_version_task
 from tasks.report.approval import (
     AWAITING,
@@ -107,24 +96,13 @@ def audit_model(
     if version is None:
         _name_run(f"{resolved.name} {resolved.version}")
     loaded = check_version_task(resolved)
-    budget = Budget.parse(options.ablation_budget, n_features=len(resolved.features))
     cache = ResultCache.for_run(out, run_id, started, model=resolved.name, version=resolved.version, refresh=refresh)
     prune_task(cache.folder)
-    futures = {name: cache.apply(METHODS[name].task.with_options(task_run_name=name), CacheKey(name))
-               .submit(resolved, options) for name in options.methods if METHODS[name].task is not None}
-    ablation: list[ImportanceResult] = []
-    ablation_state = None
-    if "ablation" in options.methods:
-        # Under a budget, ablation waits for permutation importance to choose which features come first.
-        ranked = allow_failure(futures["permutation"]) if budget != Budget() and "permutation" in futures else None
-        ablation, ablation_state = _ablation(resolved, n_seeds=options.seeds, seed=seed, budget=budget,
-                                             priority=ranked, cluster_threshold=options.cluster_threshold, cache=cache)
-    results = _gather(futures, resolved.features, ablation)
+    ran = run_methods(resolved, options, cache)
+    results = ran.results
     comparison = compare_task(results)
-    timings = _seconds(futures) | ({"ablation": ablation[0].details.seconds} if ablation and ablation[0].ok else {})
     run = RunInfo(run_id=run_id, started=started, seed=seed, flow_run_id=str(runtime.flow_run.id),
-                  timings=timings, loaded=loaded.to_dict(),
-                  reused=reused({name: f.state for name, f in futures.items()} | {"ablation": ablation_state}))
+                  timings=ran.seconds, loaded=loaded.to_dict(), reused=reused(ran.states))
     files = render_task(resolved, results, comparison, run, previous_runs_task(out, resolved.name, resolved.version),
                         approved=last_approved_task(out, resolved.name))
     folder = write_report_task(out, resolved.name, resolved.version, run.run_id, files)
@@ -172,73 +150,6 @@ def with_runner(dask_address: str | None = None):
     from prefect_dask import DaskTaskRunner
 
     return audit_model.with_options(task_runner=DaskTaskRunner(address=dask_address))
-
-
-def _ablation(resolved, *, n_seeds: int, seed: int, budget: Budget, priority, cluster_threshold: float,
-              cache: ResultCache) -> tuple[list[ImportanceResult], State | None]:
-    """Retrain-ablation as many small tasks: a plan, one job per (seed, chunk of units) on the task runner, the results.
-
-    A Dask cluster of N workers runs N jobs at once; the numbers depend only on the plan. Each task's result is
-    stored and reused (``cache``); the state returned is the results task's when every task was reused, else None.
-    """
-    if (none := skipped(resolved)) is not None:
-        return none, None
-    try:
-        planning = cache.apply(ablation_plan_task, CacheKey("ablation-plan")).submit(
-            resolved, n_seeds=n_seeds, seed=seed, budget=budget, priority=priority, cluster_threshold=cluster_threshold)
-        plan: AblationPlan = planning.result()
-        job_task = cache.apply(ablation_job_task, CacheKey("ablation-job"))
-        states = [planning.state]
-
-        def submit(jobs: list[Job]) -> list[JobScores]:
-            running = [job_task.submit(resolved, plan, job, seed=seed) for job in jobs]
-            scores = [future.result() for future in running]
-            states.extend(future.state for future in running)
-            return scores
-
-        logger = get_run_logger()
-        slots, kind = _job_slots()
-        logger.info("ablation: %s", estimate_line(plan, slots, kind=kind))
-        run = run_ablation(plan, submit, n_features=len(resolved.features),
-                           progress=lambda message, done, total: logger.info("ablation: %s (%d/%d)", message, done, total))
-        state = cache.apply(ablation_results_task, CacheKey("ablation-results"))(resolved, plan, run, seed=seed,
-                                                                                 return_state=True)
-        results = state.result()
-        return results, state if all(s.name == "Cached" for s in (*states, state)) else None
-    except Exception as exc:  # the method's own error, shown in the report; the other methods still count
-        reason = f"{type(exc).__name__}: {exc}"
-        return [ImportanceResult.not_ok("ablation", "behavioural", resolved.features, status="failed",
-                                        reason=reason)], None
-
-
-def _job_slots() -> tuple[int, str]:
-    """How many ablation jobs run at once, and on what: the Dask cluster's worker threads, or the local thread
-    pool's threads, at most one per core (a retraining keeps a core busy)."""
-    import os
-
-    from prefect.context import FlowRunContext
-
-    runner = FlowRunContext.get().task_runner
-    if type(runner).__name__ == "DaskTaskRunner":
-        return max(1, sum(runner.client.nthreads().values())), "worker"
-    return max(1, min(getattr(runner, "_max_workers", 1), os.cpu_count() or 1)), "thread"
-
-
-def _seconds(futures: dict[str, PrefectFuture]) -> dict[str, float]:
-    """Each method task's run time, as Prefect recorded it."""
-    from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
-
-    timings = {}
-    with get_client(sync_client=True) as client:
-        for name, future in futures.items():
-            try:
-                run = client.read_task_run(future.task_run_id)
-            except ObjectNotFound:  # task runs reach the API as events, a moment after they finish
-                continue
-            if run.total_run_time is not None:
-                timings[name] = round(run.total_run_time.total_seconds(), 2)
-    return timings
 
 
 def _name_run(name: str) -> None:
@@ -312,29 +223,3 @@ def _final_state(folder: str, results: list[ImportanceResult]) -> str | State:
     failed = ", ".join(r.method for r in results if r.status == "failed")
     get_run_logger().warning("partial report: %s failed; see their sections in %s", failed, folder)
     return Completed(data=folder, name="Partial", message=f"partial report in {folder}: {failed} failed")
-
-
-def _gather(futures: dict[str, PrefectFuture], features: tuple[str, ...],
-            ablation: list[ImportanceResult]) -> list[ImportanceResult]:
-    """Wait for every method; a method that raised becomes a 'failed' result, so the report is still written.
-
-    Ablation's results are already in hand (its jobs were waited for); they take its place in method order.
-    """
-    results: list[ImportanceResult] = []
-    for name in METHODS:
-        if name == "ablation":
-            results.extend(ablation)
-        if name not in futures:
-            continue
-        future = futures[name]
-        state = future.wait() or future.state
-        if state.is_completed():
-            results.extend(future.result())
-        else:
-            try:
-                future.result()
-                reason = f"task ended in state {state.name}"
-            except Exception as exc:  # the task's own error, shown in the report
-                reason = f"{type(exc).__name__}: {exc}"
-            results.append(ImportanceResult.not_ok(name, METHODS[name].kind, features, status="failed", reason=reason))
-    return results

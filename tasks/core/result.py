@@ -15,7 +15,7 @@ import numpy as np
 from scipy import stats
 
 Status = Literal["ok", "failed", "skipped"]
-Kind = Literal["weight-based", "behavioural"]
+Kind = Literal["weight-based", "behavioural", "effect", "interaction"]
 # Where a method's samples come from, which decides how two features are tested against each other
 # (tasks/core/ranking.py): independent "repeats" or paired "seeds" (t-test of the per-sample differences),
 # "bootstrap" draws (the share of draws that order them the other way), or a "single" value (no test).

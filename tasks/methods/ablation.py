@@ -22,14 +22,15 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
-from prefect import get_run_logger, task
+from prefect import allow_failure, get_run_logger, task
 from scipy import stats
 
 from tasks.core.errors import FeatureAuditError
 from tasks.core.metrics import METRICS, Metric
-from tasks.core.options import Budget
+from tasks.core.options import AuditOptions, Budget
 from tasks.core.ranking import RELEVANCE
 from tasks.core.result import Details, ImportanceResult
+from tasks.methods.base import Method, ResultSpec
 from tasks.methods.weights import weight_magnitudes
 from tasks.registry.versions import ModelVersion, Split
 from tasks.subject.adapter import Adapter, head_loss, head_model, numeric_adapter
@@ -259,6 +260,12 @@ class AblationRun:
     weights_error: str | None  # why weight_magnitudes could not read the baseline, when it could not
     details: RunDetails
     scores: np.ndarray  # (n_units, n_seeds): each retrain's own test metric (NaN where not run)
+
+    def cache_inputs(self) -> dict[str, Any]:
+        """What decides the results built from this run: everything but the run's total seconds (reused jobs carry
+        their stored timings, so a run of reused jobs gives reusable results)."""
+        return {"importances": self.importances, "weights": self.weights, "weights_error": self.weights_error,
+                "scores": self.scores, "details": replace(self.details, seconds=0.0)}
 
 
 @dataclass(frozen=True)
@@ -889,3 +896,63 @@ def ablation_results_task(version: ModelVersion, plan: AblationPlan, run: Ablati
     results = ablation_results(version, _cached_setup(version, seed, plan.cluster_threshold), plan, run)
     get_run_logger().info("ablation: %s", run.details.seeds_note)
     return results
+
+
+def fan_out(version: ModelVersion, options: AuditOptions, cache: Any,
+            upstream: Mapping[str, Any]) -> tuple[list[ImportanceResult], Any]:
+    """Retrain-ablation as many small tasks: a plan, one job per (seed, chunk of units) on the task runner, the results.
+
+    A Dask cluster of N workers runs N jobs at once; the numbers depend only on the plan. Each task's result is
+    stored and reused (``cache``, a :class:`tasks.methods.cache.ResultCache`); the state returned is the results
+    task's when every task was reused, else None. Under a budget, the plan waits for permutation importance
+    (``upstream``'s future) to choose which features come first.
+    """
+    if (none := skipped(version)) is not None:
+        return none, None
+    seed = options.seed
+    budget = Budget.parse(options.ablation_budget, n_features=len(version.features))
+    priority = allow_failure(upstream["permutation"]) if budget != Budget() and "permutation" in upstream else None
+    planning = cache.apply(ablation_plan_task, "ablation-plan").submit(
+        version, n_seeds=options.seeds, seed=seed, budget=budget, priority=priority,
+        cluster_threshold=options.cluster_threshold)
+    plan: AblationPlan = planning.result()
+    job_task = cache.apply(ablation_job_task, "ablation-job")
+    states = [planning.state]
+
+    def submit(jobs: list[Job]) -> list[JobScores]:
+        running = [job_task.submit(version, plan, job, seed=seed) for job in jobs]
+        scores = [future.result() for future in running]
+        states.extend(future.state for future in running)
+        return scores
+
+    logger = get_run_logger()
+    slots, kind = _job_slots()
+    logger.info("ablation: %s", estimate_line(plan, slots, kind=kind))
+    run = run_ablation(plan, submit, n_features=len(version.features),
+                       progress=lambda message, done, total: logger.info("ablation: %s (%d/%d)", message, done, total))
+    state = cache.apply(ablation_results_task, "ablation-results")(version, plan, run, seed=seed, return_state=True)
+    results = state.result()
+    return results, state if all(s.name == "Cached" for s in (*states, state)) else None
+
+
+def _job_slots() -> tuple[int, str]:
+    """How many ablation jobs run at once, and on what: the Dask cluster's worker threads, or the local thread
+    pool's threads, at most one per core (a retraining keeps a core busy)."""
+    import os
+
+    from prefect.context import FlowRunContext
+
+    runner = FlowRunContext.get().task_runner
+    if type(runner).__name__ == "DaskTaskRunner":
+        return max(1, sum(runner.client.nthreads().values())), "worker"
+    return max(1, min(getattr(runner, "_max_workers", 1), os.cpu_count() or 1)), "thread"
+
+
+METHOD = Method(
+    name="ablation", title="Retrain-ablation (drop-column)", kind="behavioural",
+    units=frozenset({"column", "group", "cluster"}),
+    results=(ResultSpec("ablation", "Retrain-ablation (drop-column)"),
+             ResultSpec("weights_retrained", "Weights |W| of the retrained baselines", judged=False)),
+    fan_out=fan_out, needs=("permutation",), shared=("seed", "seeds", "cluster_threshold", "ablation_budget"),
+    stored=(AblationDetails, RunDetails, RetrainTiming, RetrainedWeightsDetails, AblationPlan, Budget, Job, JobScores),
+)

@@ -10,15 +10,16 @@ The key (:func:`version_key` plus each task's own inputs) is a sha256 over:
 
 - the version's files: the model's, each split's and the manifest's sha256, the features, the test rows used
   (and the sampling seed when the split is sampled), the ``--import`` modules;
-- the options that change the method's numbers (:attr:`tasks.methods.table.Method.ignores` lists those that do not;
-  which other methods run never matters), or, for ablation's tasks, their arguments: the plan a job belongs to
-  and the job, the jobs' scores and timings for the results (the run's total seconds aside, so reused jobs,
-  which carry their stored timings, make the results reusable too; recomputed jobs recompute them);
+- the options that change the method's numbers (its entry's ``shared`` allow-list,
+  :class:`tasks.methods.base.Method`; which other methods run never matters), or, for ablation's tasks, their
+  arguments: the plan a job belongs to and the job, the jobs' scores and timings for the results (the run's
+  total seconds aside, so reused jobs, which carry their stored timings, make the results reusable too;
+  recomputed jobs recompute them);
 - the code: featureaudit's version, a digest of the source of the ``tasks`` package (every sub-package) and
   of ``flows`` (a change in development invalidates, though the version string stays the same) and the versions
   of the libraries that compute.
 
-Stored results are JSON (:class:`ResultsSerializer`), rebuilt only as the classes listed in :data:`STORED_TYPES`
+Stored results are JSON (:class:`ResultsSerializer`), rebuilt only as the classes :func:`stored_types` lists
 and numpy arrays of numbers: reading a stored file never imports a module, unpickles or runs code. Prefect
 names a record's serializer inside the record itself, so :class:`ResultsFolder` reads a record only when it names
 this serializer and its payload decodes; anything else (a damaged file, a pickle, a record written by other code)
@@ -49,20 +50,7 @@ from prefect import task
 from prefect.filesystems import LocalFileSystem
 from prefect.serializers import Serializer
 
-from tasks.core.options import Budget
 from tasks.core.result import ImportanceResult
-from tasks.methods.ablation import (
-    AblationDetails,
-    AblationPlan,
-    AblationRun,
-    Job,
-    JobScores,
-    RetrainedWeightsDetails,
-    RetrainTiming,
-    RunDetails,
-)
-from tasks.methods.permutation import AdaptiveRepeats, PermutationDetails
-from tasks.methods.shap import Additivity, ShapDetails
 from tasks.registry.versions import ModelVersion
 
 #: Where stored results go instead of ``<out>/.featureaudit-cache`` (on a Dask cluster: a path every worker reaches).
@@ -75,11 +63,6 @@ SERIALIZER_TYPE = "featureaudit-results"
 FORMAT = 1
 #: The libraries whose versions can change a method's numbers.
 COMPUTING_LIBRARIES = ("featureaudit", "tensorflow", "tensorflow-cpu", "keras", "numpy", "scipy", "pandas", "shap")
-#: Every class a stored result may hold, by name; nothing else is ever built from a stored file.
-STORED_TYPES: dict[str, type] = {cls.__name__: cls for cls in (
-    ImportanceResult, PermutationDetails, AdaptiveRepeats, ShapDetails, Additivity, AblationDetails, RunDetails,
-    RetrainTiming, RetrainedWeightsDetails, AblationPlan, Budget, Job, JobScores,
-)}
 #: numpy dtype kinds a stored array may have: booleans and numbers.
 _ARRAY_KINDS = "biufc"
 
@@ -141,13 +124,22 @@ def version_key(version: ModelVersion) -> dict[str, Any]:
             "sample_seed": sampling["seed"], "imports": list(version.imports), "code": code_digest()}
 
 
+@functools.cache
+def stored_types() -> dict[str, type]:
+    """Every class a stored result may hold, by name (the result shape and each method's ``stored`` types);
+    nothing else is ever built from a stored file."""
+    from tasks.methods.table import METHODS  # the table imports the methods, whose fan-outs use this module
+
+    return {cls.__name__: cls for cls in (ImportanceResult, *(t for m in METHODS.values() for t in m.stored))}
+
+
 def method_options(method: str, options: Any) -> dict[str, Any]:
-    """The options that change ``method``'s numbers: all but those it ignores, which methods run, and the row cap
-    (the test rows used are in the version's key)."""
+    """The options that change ``method``'s numbers: those its entry names as ``shared`` (the test rows used are
+    in the version's key; which other methods run never matters)."""
     from tasks.methods.table import METHODS
 
-    ignored = {"methods", "max_test_rows", *METHODS[method].ignores}
-    return {name: value for name, value in options.model_dump().items() if name not in ignored}
+    values = options.model_dump()
+    return {name: values[name] for name in sorted(METHODS[method].shared)}
 
 
 def digest(value: Any) -> str:
@@ -179,10 +171,8 @@ class CacheKey:
         inputs = {name: value for name, value in parameters.items() if name != "version"}
         if "options" in inputs:
             inputs["options"] = method_options(self.what, inputs["options"])
-        if isinstance(inputs.get("run"), AblationRun):
-            run = inputs["run"]
-            inputs["run"] = {"importances": run.importances, "weights": run.weights, "weights_error": run.weights_error,
-                             "scores": run.scores, "details": dataclasses.replace(run.details, seconds=0.0)}
+        if hasattr(inputs.get("run"), "cache_inputs"):  # what of a fan-out's run decides its results
+            inputs["run"] = inputs["run"].cache_inputs()
         if isinstance(inputs.get("priority"), BaseException):  # permutation failed: the plan keeps the default order
             inputs["priority"] = "failed"
         return {"task": self.what, "version": version_key(parameters["version"]), "inputs": inputs}
@@ -209,7 +199,7 @@ def encode(value: Any) -> Any:
         if all(isinstance(k, str) and not k.startswith("__") for k in value):
             return {k: encode(v) for k, v in value.items()}
         return {"__dict__": [[encode(k), encode(v)] for k, v in value.items()]}
-    if dataclasses.is_dataclass(value) and STORED_TYPES.get(type(value).__name__) is type(value):
+    if dataclasses.is_dataclass(value) and stored_types().get(type(value).__name__) is type(value):
         return {"__type__": type(value).__name__,
                 "fields": {f.name: encode(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}}
     raise TypeError(f"cannot store a {type(value).__name__}")
@@ -230,7 +220,7 @@ def decode(value: Any) -> Any:
     if "__dict__" in value:
         return {_key(decode(pair[0])): decode(pair[1]) for pair in _list(value["__dict__"]) if _pair(pair)}
     if "__type__" in value:
-        cls = STORED_TYPES.get(value["__type__"]) if isinstance(value["__type__"], str) else None
+        cls = stored_types().get(value["__type__"]) if isinstance(value["__type__"], str) else None
         fields = value.get("fields")
         if cls is None or not isinstance(fields, dict):
             raise NotStored(f"unknown stored type {str(value['__type__'])[:60]!r}")
@@ -442,10 +432,10 @@ class ResultCache:
         return cls(folder=str(cache_folder(out)), refresh=refresh,
                    origin=Origin(run=run_id, started=started.isoformat(), model=model, version=version))
 
-    def apply(self, task: Any, key: CacheKey) -> Any:
-        """``task`` keyed by ``key``, its result stored in (and, unless refreshing, reused from) the folder."""
+    def apply(self, task: Any, what: str) -> Any:
+        """``task`` keyed by ``CacheKey(what)``, its result stored in (and, unless refreshing, reused from) the folder."""
         cached = task.with_options(
-            cache_key_fn=key, persist_result=True, refresh_cache=self.refresh, cache_result_in_memory=False,
+            cache_key_fn=CacheKey(what), persist_result=True, refresh_cache=self.refresh, cache_result_in_memory=False,
             result_serializer=ResultsSerializer(**self.origin.to_json()),
         )
         # Unsaved, like the LocalFileSystem Prefect makes of a Path (Task's constructor accepts only saved blocks):

@@ -34,8 +34,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from tasks.core.metrics import METRICS, Metric
+from tasks.core.options import AuditOptions
 from tasks.core.ranking import ranking_evidence, top_k_for
 from tasks.core.result import Details, ImportanceResult
+from tasks.methods.base import Context, Method, ResultSpec
 from tasks.registry.versions import ModelVersion
 from tasks.subject.clusters import DEFAULT_THRESHOLD, Cluster, unit_records
 from tasks.subject.loaded import load_subject
@@ -334,3 +336,19 @@ def audit_permutation(
     adaptive = AdaptiveRepeats(repeats_tried=history, top_k=k, top_k_verified=bool(verified))
     return [dataclasses.replace(r, notes=(*r.notes, note), details=dataclasses.replace(r.details, adaptive=adaptive))
             for r in results]
+
+
+def compute(subject, options: AuditOptions, context: Context) -> list[ImportanceResult]:
+    """Permutation importance of every feature, manifest group and correlated cluster on the test split."""
+    return audit_permutation(subject.version, n_repeats=options.repeats, seed=options.seed,
+                             cluster_threshold=options.cluster_threshold, progress=context.progress,
+                             log=context.logger.info)
+
+
+METHOD = Method(
+    name="permutation", title="Permutation importance", kind="behavioural",
+    units=frozenset({"column", "group", "cluster"}),
+    results=(ResultSpec("permutation", "Permutation importance"),
+             ResultSpec("permutation_accuracy", "Permutation importance (accuracy)", judged=False)),
+    compute=compute, shared=("seed", "repeats", "cluster_threshold"), stored=(PermutationDetails, AdaptiveRepeats),
+)

@@ -45,7 +45,9 @@ from typing import Any
 import numpy as np
 
 from tasks.core.metrics import METRICS, Metric
+from tasks.core.options import AuditOptions
 from tasks.core.result import Details, ImportanceResult
+from tasks.methods.base import Context, Method, ResultSpec
 from tasks.registry.versions import ModelVersion
 from tasks.subject.loaded import load_subject
 from tasks.subject.modeling import Forward, first_layer_view, memory_budget, rows_for
@@ -638,3 +640,18 @@ def _raw_value(code: float, column) -> float | str | int:
 
 def _rounded(values: np.ndarray) -> list[float]:
     return [float(f"{v:.4g}") for v in np.asarray(values, dtype=float)]
+
+
+def compute(subject, options: AuditOptions, context: Context) -> list[ImportanceResult]:
+    """SHAP: global importance with intervals and local explanations."""
+    result = shap_audit(subject.version, seed=options.seed, n_rows=options.shap_rows)
+    context.logger.info("shap: %s explained %d rows (%s)", result.details.explainer, result.details.n_rows,
+                        result.details.reason)
+    return [result]
+
+
+METHOD = Method(
+    name="shap", title="SHAP", kind="behavioural", units=frozenset({"column"}),
+    results=(ResultSpec("shap", "SHAP (mean |φ|)"),),
+    compute=compute, shared=("seed", "shap_rows"), stored=(ShapDetails, Additivity),
+)

@@ -32,7 +32,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from tasks.core.options import AuditOptions
 from tasks.core.result import ImportanceResult
+from tasks.methods.base import Context, Method, ResultSpec
 from tasks.registry.versions import ModelVersion
 from tasks.subject.adapter import input_name
 from tasks.subject.loaded import load_subject
@@ -203,6 +205,24 @@ def audit_weights(version: ModelVersion) -> list[ImportanceResult]:
         return weight_importance(subject.model, features, subject.adapter.sources(), scale, categorical=categorical)
     except Unattributable as exc:
         return [ImportanceResult.not_ok("weights", "weight-based", features, status="skipped", reason=str(exc))]
+
+
+def compute(subject, options: AuditOptions, context: Context) -> list[ImportanceResult]:
+    """Rank features by first-layer weight magnitudes, naive and scale-aware (skipped where they cannot be placed)."""
+    results = audit_weights(subject.version)
+    if results[0].ok:
+        context.logger.info("weights: ranked %d features by first-layer |W|", len(subject.version.features))
+    else:
+        context.logger.warning("weights: skipped: %s", results[0].error)
+    return results
+
+
+METHOD = Method(
+    name="weights", title="First-layer weights", kind="weight-based", units=frozenset({"column"}),
+    results=(ResultSpec("weights", "First-layer weights |W|"),
+             ResultSpec("weights_scaled", "Scale-aware weights |W|·std")),
+    compute=compute, shared=(),  # no option changes a weight
+)
 
 
 def _place(model, features: tuple[str, ...], sources) -> Reach:

@@ -267,7 +267,7 @@ def reused_line(reused: dict[str, dict[str, Any]], results: list[ImportanceResul
     """
     if not reused:
         return None
-    ran = {m for m, entry in METHODS.items() for r in results if r.method in entry.results and r.status != "skipped"}
+    ran = {m for m, entry in METHODS.items() for r in results if r.method in entry.titles and r.status != "skipped"}
     by_run: dict[str, list[str]] = {}
     for method in METHODS:
         if method in reused:

@@ -35,10 +35,11 @@ from scipy import stats
 
 from tasks.core.ranking import RELEVANCE, TOP_K, RankingEvidence, ranking_evidence, top_k_for
 from tasks.core.result import ImportanceResult
+from tasks.methods.table import judged
 
 Verdict = Literal["agree", "partly agree", "disagree", "not assessed"]
-JUDGED_WEIGHTS = ("weights", "weights_scaled")
-JUDGED_BEHAVIOURAL = ("permutation", "ablation", "shap")
+JUDGED_WEIGHTS = judged("weight-based")  # the weight rankings the verdict judges: weights, weights_scaled
+JUDGED_BEHAVIOURAL = judged("behavioural")  # what it judges them against: permutation, ablation, shap
 MIN_GAP = 2  # an under-ranked feature sits at least this many ranks below the worst rank its behaviour allows
 AGREEMENT_KS = (3, 5, 10)
 N_BOOTSTRAP = 200

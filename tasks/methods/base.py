@@ -1,0 +1,87 @@
+"""The Method protocol: how an importance method declares itself, once, for everything downstream.
+
+A method module ends with one :class:`Method` entry (``METHOD``), and :mod:`tasks.methods.table` lists the
+entries. From the entry the runner (:mod:`tasks.methods.runner`) knows how to run it and in which order, the
+cache which options key its result and which types it may store, the verdict which results it judges, and the
+report each result's title. A method is either
+
+- ``compute(subject, options, context) -> list[ImportanceResult]``: a plain function of the loaded subject, which
+  the runner calls inside one Prefect task named after the method; or
+- a ``fan_out``: it submits tasks of its own on the flow's task runner (retrain-ablation: a plan, many jobs, the
+  results), given the upstream futures it ``needs``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from tasks.core.options import AuditOptions
+from tasks.core.result import ImportanceResult, Kind
+
+#: What an importance is about: a column, a manifest group, a correlated cluster, an image patch, a text token,
+#: or a pair of features (interactions).
+UnitKind = Literal["column", "group", "cluster", "patch", "token", "pair"]
+
+_QUIET = logging.getLogger("featureaudit.methods")
+
+
+@dataclass(frozen=True)
+class ResultSpec:
+    """One result a method returns: its ``results.json`` key, its title in the report, and whether the verdict
+    judges it (``judged``) or the report only shows it."""
+
+    name: str
+    title: str
+    judged: bool = True
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a method gets besides the subject and the options: the seed, the results of the methods it ``needs``,
+    the run's logger, and a progress callback ``(unit, done, total)``."""
+
+    seed: int = 0
+    upstream: Mapping[str, list[ImportanceResult]] = field(default_factory=dict)
+    logger: Any = _QUIET  # a logging.Logger or Prefect's run logger
+    progress: Callable[[str, int, int], None] | None = None
+
+
+#: ``compute(subject, options, context)``; ``subject`` is a :class:`tasks.subject.loaded.Subject`.
+Compute = Callable[[Any, AuditOptions, Context], list[ImportanceResult]]
+#: ``fan_out(version, options, cache, upstream) -> (results, state)``: ``upstream`` maps each method it needs to
+#: its future; ``state`` is the final task's state when every task it ran was reused from the cache, else None.
+FanOut = Callable[..., tuple[list[ImportanceResult], Any]]
+
+
+@dataclass(frozen=True)
+class Method:
+    """One importance method, declared once (see the module's docstring)."""
+
+    name: str  # as --methods spells it; also its Prefect task run's name and its stored results' prefix
+    title: str
+    kind: Kind
+    units: frozenset[UnitKind]
+    results: tuple[ResultSpec, ...]
+    compute: Compute | None = None
+    fan_out: FanOut | None = None
+    needs: tuple[str, ...] = ()  # methods whose results (or futures, for a fan-out) it reads
+    #: The run-wide options that change its numbers: the cache key's allow-list (the test rows used are in the
+    #: version's key; which other methods run never matters).
+    shared: tuple[str, ...] = ("seed",)
+    stored: tuple[type, ...] = ()  # its Details (and fan-out) dataclasses: what the cache may rebuild
+
+    def __post_init__(self) -> None:
+        if (self.compute is None) == (self.fan_out is None):
+            raise ValueError(f"method {self.name}: give exactly one of compute and fan_out")
+
+    @property
+    def titles(self) -> dict[str, str]:
+        """Each result's title, by its name."""
+        return {spec.name: spec.title for spec in self.results}
+
+    def failed(self, features: tuple[str, ...], reason: str) -> ImportanceResult:
+        """The result that stands in for this method when it raised: shown as failed, the report still written."""
+        return ImportanceResult.not_ok(self.name, self.kind, features, status="failed", reason=reason)
