@@ -29,8 +29,8 @@ warnings.filterwarnings("ignore")
 from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 
 from flows.audit import audit_model  # noqa: E402
-from tasks.core.options import AuditOptions  # noqa: E402
 from tasks.demo import MODEL_NAME, build_demo_registry  # noqa: E402
+from tasks.methods.table import AuditOptions  # noqa: E402
 
 
 def audit(registry: Path, out: Path) -> tuple[float, dict]:

@@ -17,10 +17,11 @@ from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from tasks.core.errors import RegistryRunFailed
-from tasks.core.options import DEFAULT_APPROVAL_TIMEOUT_S, DEFAULT_OUT, AuditOptions
+from tasks.core.options import DEFAULT_APPROVAL_TIMEOUT_S, DEFAULT_OUT
 from tasks.core.result import ImportanceResult
 from tasks.methods.cache import ResultCache, prune_task, reused
 from tasks.methods.runner import run_methods
+from tasks.methods.table import AuditOptions
 from tasks.registry.versions import list_models_task, resolve_version_task
 from tasks.report.approval import (
     AWAITING,
@@ -77,7 +78,7 @@ def audit_model(
 ) -> str:
     """Audit one model version and return the folder its report was written to (run state 'Partial' if a method failed).
 
-    ``options`` says which methods run and how (:class:`tasks.core.options.AuditOptions`). ``imports`` names
+    ``options`` says which methods run and how (:class:`tasks.methods.table.AuditOptions`). ``imports`` names
     modules that register the model's custom Keras objects; they are imported wherever it is loaded.
     A method whose inputs did not change since an earlier run reuses that run's stored result, unless ``refresh``
     (:mod:`tasks.methods.cache`).

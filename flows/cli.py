@@ -24,6 +24,7 @@ import logging
 import os
 import sys
 import traceback
+import typing
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -32,7 +33,7 @@ from typing import TextIO
 
 from flows.lifecycle import stop_on_signals
 from tasks.core.errors import DeliveryError, FeatureAuditError, StorageError
-from tasks.core.options import DEFAULT_APPROVAL_TIMEOUT_S, DEFAULT_CRON, DEFAULT_OUT, AuditOptions
+from tasks.core.options import DEFAULT_APPROVAL_TIMEOUT_S, DEFAULT_CRON, DEFAULT_OUT, flag
 
 EXIT_OK = 0
 EXIT_NOT_DELIVERED = 1
@@ -54,14 +55,24 @@ QUIET_LOGGERS = ("weasyprint", "fontTools", "tensorflow", "absl")
 #: The --registry help of run, serve and publish.
 REGISTRY_HELP = ("registry: a folder or s3://bucket/prefix laid out <registry>/<model>/<version>/, or mlflow (the "
                  "MLflow Model Registry at MLFLOW_TRACKING_URI) or mlflow+http://host:port")
+#: The commands that take the audit options (flags generated from the table of methods).
+AUDIT_COMMANDS = ("run", "serve", "demo")
 #: Prefect's run loggers: on the console only with --verbose; they always reach the Prefect API (the UI).
 RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # The environment is set before the parser is built: the audit commands' flags come from the table of methods,
+    # whose modules import TensorFlow and Prefect.
+    added = set_environment(verbose="--verbose" in argv)
+    try:
+        args = _parser(audit=bool(argv) and argv[0] in AUDIT_COMMANDS).parse_args(argv)
+    except SystemExit:
+        for name in added:
+            os.environ.pop(name, None)
+        raise
     verbose = bool(getattr(args, "verbose", False))
-    added = set_environment(verbose=verbose)
     stoppable = stop_on_signals(_stopped) if args.handler in (run, demo) else nullcontext()
     try:
         # sign, verify and approvals load no model: they skip importing TensorFlow and quiet their own libraries
@@ -218,16 +229,13 @@ def approvals(args: argparse.Namespace) -> int:
 
 
 def _options(args: argparse.Namespace):
-    """The audit options the command line gave (tasks.core.options.AuditOptions); one line naming a wrong one."""
-    from tasks.core.options import parse_options
+    """The audit options the command line gave (tasks.methods.table.AuditOptions); one line naming a wrong one."""
+    from tasks.methods.table import option_fields, parse_options
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if getattr(args, "methods", None) else None
     if methods is not None and not methods:
         methods = [""]  # "--methods ''": refused as an unknown method
-    return parse_options(methods=methods, seed=getattr(args, "seed", None), repeats=getattr(args, "repeats", None),
-                         seeds=getattr(args, "seeds", None), cluster_threshold=getattr(args, "cluster_threshold", None),
-                         ablation_budget=getattr(args, "ablation_budget", None),
-                         max_test_rows=getattr(args, "max_rows", None), shap_rows=getattr(args, "shap_rows", None))
+    return parse_options(**{name: getattr(args, name, None) for name in option_fields()} | {"methods": methods})
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -538,7 +546,8 @@ def progress_bar(stream: TextIO) -> Iterator[ProgressBar | None]:
             handler.removeFilter(bar.console_filter)
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(*, audit: bool = True) -> argparse.ArgumentParser:
+    """The command line; ``audit``: with the audit options' flags (their defaults import the table of methods)."""
     parser = argparse.ArgumentParser(prog="featureaudit", description="Audit the feature importance of Keras models.")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -552,7 +561,7 @@ def _parser() -> argparse.ArgumentParser:
     p_run.add_argument("--refresh", action="store_true",
                        help="compute every method again, even where the version and options are unchanged since a "
                             "stored result, and store the new results")
-    _add_common(p_run)
+    _add_common(p_run, audit=audit)
     p_run.set_defaults(handler=run)
 
     p_serve = commands.add_parser("serve", help="audit the registry's models on a cron schedule, and each new "
@@ -568,7 +577,7 @@ def _parser() -> argparse.ArgumentParser:
                               "schedule (default: 60)")
     p_serve.add_argument("--port", type=int, default=4200,
                          help="port of the local Prefect server started when PREFECT_API_URL is unset (default: 4200)")
-    _add_common(p_serve)
+    _add_common(p_serve, audit=audit)
     p_serve.set_defaults(handler=serve)
 
     p_approvals = commands.add_parser("approvals", help="verify the approval log's hash chain and the approved "
@@ -600,7 +609,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p_demo = commands.add_parser("demo", help="build a demo registry with known drivers and audit it")
     p_demo.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
-    p_demo.add_argument("--seed", type=int, help="seed for every random choice (default: 0)")
+    if audit:
+        _add_audit_options(p_demo, only=("seed",))
     _add_verbose(p_demo)
     p_demo.set_defaults(handler=demo)
 
@@ -620,23 +630,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
-    """The audit options (tasks.core.options.AuditOptions) and delivery, the same for run and serve."""
-    defaults = AuditOptions()
-    parser.add_argument("--methods", help=f"comma-separated methods (default: {','.join(defaults.methods)})")
-    parser.add_argument("--seed", type=int, help=f"seed for every random choice (default: {defaults.seed})")
-    parser.add_argument("--repeats", type=int, help=f"permutation repeats to start with, doubled up to 20 while the "
-                                                    f"top features are not verified (default: {defaults.repeats})")
-    parser.add_argument("--seeds", type=int, help=f"retrain-ablation seeds to start with, added up to 8 while a top "
-                                                  f"feature's interval straddles zero (default: {defaults.seeds})")
-    parser.add_argument("--cluster-threshold", type=float, help="|Spearman ρ| from which features are permuted and "
-                        f"retrained jointly (default: {defaults.cluster_threshold})")
-    parser.add_argument("--ablation-budget", help="retrain at most N features (e.g. 8) or for about N seconds (e.g. "
-                        "600s), most important by permutation first; 'all' for every feature (default: all, but the 50 "
-                        "most important for a model with more than 100 features)")
-    parser.add_argument("--shap-rows", type=int, help=f"test rows SHAP explains (default: {defaults.shap_rows})")
-    parser.add_argument("--max-rows", type=int, help="sample a larger test split down to this many rows, seeded "
-                        f"(default: {defaults.max_test_rows})")
+def _add_common(parser: argparse.ArgumentParser, *, audit: bool) -> None:
+    """The audit options (when ``audit``: tasks.methods.table.AuditOptions) and delivery, the same for run and
+    serve."""
+    if audit:
+        _add_audit_options(parser)
     parser.add_argument("--email-to", action="append", metavar="ADDRESS",
                         help="email the PDF to this address (repeatable); SMTP settings from FEATUREAUDIT_SMTP_*")
     parser.add_argument("--await-approval", action="store_true",
@@ -649,6 +647,25 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                         help="import this module before loading models, to register the custom Keras objects they use "
                              "(@keras.saving.register_keras_serializable; repeatable)")
     _add_verbose(parser)
+
+
+def _add_audit_options(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
+    """One flag per audit option, generated from the run's options and each method's (``only``: just these)."""
+    from tasks.methods.table import AuditOptions, option_fields
+
+    defaults = AuditOptions()
+    fields = option_fields()
+    for name, info in sorted(fields.items(), key=lambda item: item[0] != "methods"):  # --methods first
+        if only is not None and name not in only:
+            continue
+        if name == "methods":
+            parser.add_argument("--methods", help=f"comma-separated methods (default: {','.join(defaults.methods)})")
+            continue
+        default = info.get_default(call_default_factory=True)
+        kinds = [k for k in typing.get_args(info.annotation) if k is not type(None)] or [info.annotation]
+        parser.add_argument(flag(name), dest=name, type=kinds[0] if kinds[0] in (int, float) else str,
+                            metavar=flag(name)[2:].upper().replace("-", "_"),
+                            help=info.description + ("" if default is None else f" (default: {default})"))
 
 
 def _add_verbose(parser: argparse.ArgumentParser) -> None:

@@ -30,7 +30,8 @@ from typing import Any
 
 from flows.lifecycle import tied_popen
 from tasks.core.errors import FeatureAuditError
-from tasks.core.options import DEFAULT_APPROVAL_TIMEOUT_S, DEFAULT_CRON, DEFAULT_OUT, AuditOptions
+from tasks.core.options import DEFAULT_APPROVAL_TIMEOUT_S, DEFAULT_CRON, DEFAULT_OUT
+from tasks.methods.table import AuditOptions
 
 DEPLOYMENT_NAME = "nightly"
 WATCH_DEPLOYMENT_NAME = "on-new-version"

@@ -23,18 +23,19 @@ from typing import Any
 
 import numpy as np
 from prefect import allow_failure, get_run_logger, task
+from pydantic import Field, field_validator
 from scipy import stats
 
 from tasks.core.errors import FeatureAuditError
 from tasks.core.metrics import METRICS, Metric
-from tasks.core.options import AuditOptions, Budget
+from tasks.core.options import DEFAULT_CLUSTER_THRESHOLD, MethodOptions
 from tasks.core.ranking import RELEVANCE
 from tasks.core.result import Details, ImportanceResult
-from tasks.methods.base import Method, ResultSpec
+from tasks.methods.base import Context, Method, ResultSpec
 from tasks.methods.weights import weight_magnitudes
 from tasks.registry.versions import ModelVersion, Split
 from tasks.subject.adapter import Adapter, head_loss, head_model, numeric_adapter
-from tasks.subject.clusters import DEFAULT_THRESHOLD, unit_records
+from tasks.subject.clusters import unit_records
 from tasks.subject.loaded import load_subject, subject_key
 from tasks.subject.modeling import as_predictions, output_squash
 
@@ -54,7 +55,12 @@ RETRAINED_WEIGHTS_NOTE = (
 # most important units has a CONFIDENCE t-interval that straddles zero, up to MAX_SEEDS seeds.
 TOP_UNITS = 3
 CONFIDENCE = 0.95
+SEEDS = 5  # seeds to start with (--seeds)
 MAX_SEEDS = 8
+# Wide models: without --ablation-budget, only the WIDE_BUDGET units permutation ranks first are retrained
+# when there are more than WIDE_FEATURES features (a 300-feature model spent 681 s of a 722 s run here).
+WIDE_FEATURES = 100
+WIDE_BUDGET = 50
 CALIBRATION_BRANCHES = 4  # estimate_seconds times a job of 1 branch and one of this many
 DEFAULT_CHUNKS = 2  # jobs per seed: with 5 seeds, 10 jobs, so a cluster of a few workers keeps busy
 # A retrain whose test loss is above DIVERGED times the loss of a constant prediction diverged (retrain_check);
@@ -195,6 +201,52 @@ def fused_retrain_scores(
 
 
 @dataclass(frozen=True)
+class Budget:
+    """How much retraining a run may spend: at most ``max_units`` units, or about ``seconds`` seconds."""
+
+    max_units: int | None = None
+    seconds: float | None = None
+
+    @classmethod
+    def parse(cls, text: str | None, *, n_features: int = 0) -> Budget:
+        """``"8"`` ablates the 8 most important units; ``"300s"`` stops starting new units after 300 s; ``"all"``
+        ablates every unit. Unset: every unit, except that a model with more than ``WIDE_FEATURES`` features
+        gets the ``WIDE_BUDGET`` most important (retraining every unit of a wide model takes hours)."""
+        if text is None or text == "":
+            return cls(max_units=WIDE_BUDGET) if n_features > WIDE_FEATURES else cls()
+        value = text.strip().lower()
+        if value == "all":
+            return cls()
+        try:
+            if value.endswith("s"):
+                seconds = float(value[:-1])
+                if seconds > 0:
+                    return cls(seconds=seconds)
+            elif int(value) > 0:
+                return cls(max_units=int(value))
+        except ValueError:
+            pass
+        raise FeatureAuditError(f"--ablation-budget {text!r}: give a number of features (8), seconds (300s) or 'all'")
+
+
+class Options(MethodOptions):
+    """Retrain-ablation's own options."""
+
+    seeds: int = Field(default=SEEDS, ge=1, description=f"retrain-ablation seeds to start with, added up to "
+                                                        f"{MAX_SEEDS} while a top feature's interval straddles zero")
+    ablation_budget: str | None = Field(
+        default=None, description=f"retrain at most N features (e.g. 8) or for about N seconds (e.g. 600s), most "
+                                  f"important by permutation first; 'all' for every feature (default: all, but the "
+                                  f"{WIDE_BUDGET} most important for a model with more than {WIDE_FEATURES} features)")
+
+    @field_validator("ablation_budget")
+    @classmethod
+    def _budget(cls, value: str | None) -> str | None:
+        Budget.parse(value)  # raises FeatureAuditError naming the option
+        return value
+
+
+@dataclass(frozen=True)
 class RetrainTiming:
     """One retraining job: its seed, how many units it ablated, whether it trained the seed's baseline, seconds."""
 
@@ -286,7 +338,7 @@ class AblationPlan:
     budget: Budget = Budget()
     relevance: float | None = RELEVANCE
     estimated_seconds: float | None = None  # one worker, the first n_seeds seeds: see estimate_seconds
-    cluster_threshold: float = DEFAULT_THRESHOLD  # the correlated clusters among the units, as permutation's
+    cluster_threshold: float = DEFAULT_CLUSTER_THRESHOLD  # the correlated clusters among the units, as permutation's
 
     def estimate(self, workers: int = 1) -> float | None:
         """About how long the jobs of the first ``n_seeds`` seeds take on ``workers`` running one job each at once."""
@@ -320,7 +372,7 @@ def plan_ablation(
     units: dict[str, list[int]],
     *,
     metric: str,
-    n_seeds: int = 5,
+    n_seeds: int = SEEDS,
     max_seeds: int = MAX_SEEDS,
     random_state: int | None = None,
     budget: Budget = Budget(),
@@ -456,7 +508,7 @@ def ablation_importance(
     *,
     metric: Metric,
     recipe: Recipe,
-    n_seeds: int = 5,
+    n_seeds: int = SEEDS,
     max_seeds: int = MAX_SEEDS,
     relevance: float | None = RELEVANCE,
     random_state: int | None = None,
@@ -607,10 +659,10 @@ class AblationSetup:
     clusters: list
     registered_score: float  # the registered model's test metric
     null_score: float  # the test metric of a constant prediction (the training target's mean or class shares)
-    cluster_threshold: float = DEFAULT_THRESHOLD
+    cluster_threshold: float = DEFAULT_CLUSTER_THRESHOLD
 
 
-def load_setup(version: ModelVersion, *, seed: int = 0, cluster_threshold: float = DEFAULT_THRESHOLD) -> AblationSetup:
+def load_setup(version: ModelVersion, *, seed: int = 0, cluster_threshold: float = DEFAULT_CLUSTER_THRESHOLD) -> AblationSetup:
     """The subject's model (audited output only), splits, metric and units, with the recipe and constants (the
     train split must exist)."""
     subject = load_subject(version)
@@ -640,7 +692,7 @@ _SETUPS: dict[tuple, AblationSetup] = {}
 _SETUPS_LOCK = threading.Lock()
 
 
-def _cached_setup(version: ModelVersion, seed: int, cluster_threshold: float = DEFAULT_THRESHOLD) -> AblationSetup:
+def _cached_setup(version: ModelVersion, seed: int, cluster_threshold: float = DEFAULT_CLUSTER_THRESHOLD) -> AblationSetup:
     """One setup per process for a version (keyed as its subject is), seed and threshold: jobs load once."""
     key = (subject_key(version), seed, cluster_threshold)
     with _SETUPS_LOCK:
@@ -651,7 +703,7 @@ def _cached_setup(version: ModelVersion, seed: int, cluster_threshold: float = D
         return _SETUPS[key]
 
 
-def plan_for(version: ModelVersion, setup: AblationSetup, *, n_seeds: int = 5, max_seeds: int = MAX_SEEDS,
+def plan_for(version: ModelVersion, setup: AblationSetup, *, n_seeds: int = SEEDS, max_seeds: int = MAX_SEEDS,
              seed: int = 0, budget: Budget = Budget(), priority: Any = None) -> AblationPlan:
     """The version's plan: features in priority order (a budget keeps the first), then groups and clusters."""
     units = {f: setup.measured[f] for f in priority_order(list(version.features), priority)}
@@ -748,13 +800,13 @@ def retrain_check(scores: np.ndarray, baselines: np.ndarray, units: list[str], *
 def audit_ablation(
     version: ModelVersion,
     *,
-    n_seeds: int = 5,
+    n_seeds: int = SEEDS,
     max_seeds: int = MAX_SEEDS,
     seed: int = 0,
     budget: Budget = Budget(),
     priority: Any = None,
     progress: Callable[[str, int, int], None] | None = None,
-    cluster_threshold: float = DEFAULT_THRESHOLD,
+    cluster_threshold: float = DEFAULT_CLUSTER_THRESHOLD,
 ) -> list[ImportanceResult]:
     """Drop-column importance by retraining, and the first-layer |W| of the retrained baselines, in this process.
 
@@ -868,8 +920,8 @@ def estimate_line(plan: AblationPlan, workers: int, *, kind: str = "worker") -> 
 
 
 @task(name="ablation-plan")
-def ablation_plan_task(version: ModelVersion, *, n_seeds: int = 5, seed: int = 0, budget: Budget = Budget(),
-                       priority: Any = None, cluster_threshold: float = DEFAULT_THRESHOLD) -> AblationPlan:
+def ablation_plan_task(version: ModelVersion, *, n_seeds: int = SEEDS, seed: int = 0, budget: Budget = Budget(),
+                       priority: Any = None, cluster_threshold: float = DEFAULT_CLUSTER_THRESHOLD) -> AblationPlan:
     """Cut retrain-ablation into jobs and estimate their time (the version has a train split: see :func:`skipped`)."""
     setup = _cached_setup(version, seed, cluster_threshold)
     plan = plan_for(version, setup, n_seeds=n_seeds, seed=seed, budget=budget, priority=priority)
@@ -898,7 +950,7 @@ def ablation_results_task(version: ModelVersion, plan: AblationPlan, run: Ablati
     return results
 
 
-def fan_out(version: ModelVersion, options: AuditOptions, cache: Any,
+def fan_out(version: ModelVersion, options: Options, context: Context, cache: Any,
             upstream: Mapping[str, Any]) -> tuple[list[ImportanceResult], Any]:
     """Retrain-ablation as many small tasks: a plan, one job per (seed, chunk of units) on the task runner, the results.
 
@@ -909,12 +961,12 @@ def fan_out(version: ModelVersion, options: AuditOptions, cache: Any,
     """
     if (none := skipped(version)) is not None:
         return none, None
-    seed = options.seed
+    seed = context.seed
     budget = Budget.parse(options.ablation_budget, n_features=len(version.features))
     priority = allow_failure(upstream["permutation"]) if budget != Budget() and "permutation" in upstream else None
     planning = cache.apply(ablation_plan_task, "ablation-plan").submit(
         version, n_seeds=options.seeds, seed=seed, budget=budget, priority=priority,
-        cluster_threshold=options.cluster_threshold)
+        cluster_threshold=context.run.cluster_threshold)
     plan: AblationPlan = planning.result()
     job_task = cache.apply(ablation_job_task, "ablation-job")
     states = [planning.state]
@@ -953,6 +1005,6 @@ METHOD = Method(
     units=frozenset({"column", "group", "cluster"}),
     results=(ResultSpec("ablation", "Retrain-ablation (drop-column)"),
              ResultSpec("weights_retrained", "Weights |W| of the retrained baselines", judged=False)),
-    fan_out=fan_out, needs=("permutation",), shared=("seed", "seeds", "cluster_threshold", "ablation_budget"),
+    options=Options, fan_out=fan_out, needs=("permutation",), shared=("seed", "cluster_threshold"),
     stored=(AblationDetails, RunDetails, RetrainTiming, RetrainedWeightsDetails, AblationPlan, Budget, Job, JobScores),
 )

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from tasks.core.options import AuditOptions
+from tasks.core.options import MethodOptions, RunOptions
 from tasks.core.result import ImportanceResult, Kind
 
 #: What an importance is about: a column, a manifest group, a correlated cluster, an image patch, a text token,
@@ -40,19 +40,26 @@ class ResultSpec:
 
 @dataclass(frozen=True)
 class Context:
-    """What a method gets besides the subject and the options: the seed, the results of the methods it ``needs``,
-    the run's logger, and a progress callback ``(unit, done, total)``."""
+    """What a method gets besides the subject and its own options: the run-wide options (``run``: the seed, the
+    cluster threshold, …), the results of the methods it ``needs``, the run's logger, and a progress callback
+    ``(unit, done, total)``."""
 
-    seed: int = 0
+    run: RunOptions = field(default_factory=RunOptions)
     upstream: Mapping[str, list[ImportanceResult]] = field(default_factory=dict)
     logger: Any = _QUIET  # a logging.Logger or Prefect's run logger
     progress: Callable[[str, int, int], None] | None = None
 
+    @property
+    def seed(self) -> int:
+        return self.run.seed
 
-#: ``compute(subject, options, context)``; ``subject`` is a :class:`tasks.subject.loaded.Subject`.
-Compute = Callable[[Any, AuditOptions, Context], list[ImportanceResult]]
-#: ``fan_out(version, options, cache, upstream) -> (results, state)``: ``upstream`` maps each method it needs to
-#: its future; ``state`` is the final task's state when every task it ran was reused from the cache, else None.
+
+#: ``compute(subject, options, context)``: ``subject`` is a :class:`tasks.subject.loaded.Subject`, ``options`` the
+#: method's own ``Options``.
+Compute = Callable[[Any, Any, Context], list[ImportanceResult]]
+#: ``fan_out(version, options, context, cache, upstream) -> (results, state)``: ``upstream`` maps each method it
+#: needs to its future; ``state`` is the final task's state when every task it ran was reused from the cache,
+#: else None.
 FanOut = Callable[..., tuple[list[ImportanceResult], Any]]
 
 
@@ -65,11 +72,14 @@ class Method:
     kind: Kind
     units: frozenset[UnitKind]
     results: tuple[ResultSpec, ...]
+    #: Its own options (a :class:`tasks.core.options.MethodOptions`, declared in its module with its defaults): a
+    #: section of the run's options named after it, and command-line flags.
+    options: type[MethodOptions] = MethodOptions
     compute: Compute | None = None
     fan_out: FanOut | None = None
     needs: tuple[str, ...] = ()  # methods whose results (or futures, for a fan-out) it reads
-    #: The run-wide options that change its numbers: the cache key's allow-list (the test rows used are in the
-    #: version's key; which other methods run never matters).
+    #: The run-wide options that change its numbers, besides its own: the cache key's allow-list (the test rows
+    #: used are in the version's key; which other methods run never matters).
     shared: tuple[str, ...] = ("seed",)
     stored: tuple[type, ...] = ()  # its Details (and fan-out) dataclasses: what the cache may rebuild
 

@@ -124,7 +124,6 @@ def version_key(version: ModelVersion) -> dict[str, Any]:
             "sample_seed": sampling["seed"], "imports": list(version.imports), "code": code_digest()}
 
 
-@functools.cache
 def stored_types() -> dict[str, type]:
     """Every class a stored result may hold, by name (the result shape and each method's ``stored`` types);
     nothing else is ever built from a stored file."""
@@ -134,12 +133,12 @@ def stored_types() -> dict[str, type]:
 
 
 def method_options(method: str, options: Any) -> dict[str, Any]:
-    """The options that change ``method``'s numbers: those its entry names as ``shared`` (the test rows used are
-    in the version's key; which other methods run never matters)."""
+    """The options that change ``method``'s numbers: its own, and the run-wide ones its entry names as ``shared``
+    (the test rows used are in the version's key; which other methods run never matters)."""
     from tasks.methods.table import METHODS
 
-    values = options.model_dump()
-    return {name: values[name] for name in sorted(METHODS[method].shared)}
+    return {"shared": {name: getattr(options, name) for name in sorted(METHODS[method].shared)},
+            "own": options.of(method).model_dump()}
 
 
 def digest(value: Any) -> str:

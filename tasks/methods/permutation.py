@@ -32,17 +32,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from pydantic import Field
 
 from tasks.core.metrics import METRICS, Metric
-from tasks.core.options import AuditOptions
+from tasks.core.options import DEFAULT_CLUSTER_THRESHOLD, MethodOptions
 from tasks.core.ranking import ranking_evidence, top_k_for
 from tasks.core.result import Details, ImportanceResult
 from tasks.methods.base import Context, Method, ResultSpec
 from tasks.registry.versions import ModelVersion
-from tasks.subject.clusters import DEFAULT_THRESHOLD, Cluster, unit_records
+from tasks.subject.clusters import Cluster, unit_records
 from tasks.subject.loaded import load_subject
 from tasks.subject.modeling import first_layer_view, memory_budget, rows_for
 
+REPEATS = 5  # permutation repeats to start with (--repeats)
+MAX_REPEATS = 20  # doubled up to this many while the top features are not verified
 DEFAULT_ROWS_PER_CALL = 262_144  # the most rows of one block, whatever the budget (the pre-budget value)
 NOTES = (
     "Measures the degradation of the test metric when one feature's values are shuffled across rows.",
@@ -112,7 +115,7 @@ def permutation_importance(
     *,
     metric: Metric,
     extra_metrics: Sequence[Metric] = (),
-    n_repeats: int = 5,
+    n_repeats: int = REPEATS,
     random_state: int | None = None,
     units: dict[str, list[int]] | None = None,
     rows_per_call: int | None = None,
@@ -293,10 +296,10 @@ def permutation_results(
 def audit_permutation(
     version: ModelVersion,
     *,
-    n_repeats: int = 5,
-    max_repeats: int = 20,
+    n_repeats: int = REPEATS,
+    max_repeats: int = MAX_REPEATS,
     seed: int = 0,
-    cluster_threshold: float = DEFAULT_THRESHOLD,
+    cluster_threshold: float = DEFAULT_CLUSTER_THRESHOLD,
     progress: Callable[[str, int, int], None] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> list[ImportanceResult]:
@@ -338,10 +341,17 @@ def audit_permutation(
             for r in results]
 
 
-def compute(subject, options: AuditOptions, context: Context) -> list[ImportanceResult]:
+class Options(MethodOptions):
+    """Permutation importance's own options."""
+
+    repeats: int = Field(default=REPEATS, ge=1, description=f"permutation repeats to start with, doubled up to "
+                                                            f"{MAX_REPEATS} while the top features are not verified")
+
+
+def compute(subject, options: Options, context: Context) -> list[ImportanceResult]:
     """Permutation importance of every feature, manifest group and correlated cluster on the test split."""
-    return audit_permutation(subject.version, n_repeats=options.repeats, seed=options.seed,
-                             cluster_threshold=options.cluster_threshold, progress=context.progress,
+    return audit_permutation(subject.version, n_repeats=options.repeats, seed=context.seed,
+                             cluster_threshold=context.run.cluster_threshold, progress=context.progress,
                              log=context.logger.info)
 
 
@@ -350,5 +360,5 @@ METHOD = Method(
     units=frozenset({"column", "group", "cluster"}),
     results=(ResultSpec("permutation", "Permutation importance"),
              ResultSpec("permutation_accuracy", "Permutation importance (accuracy)", judged=False)),
-    compute=compute, shared=("seed", "repeats", "cluster_threshold"), stored=(PermutationDetails, AdaptiveRepeats),
+    options=Options, compute=compute, shared=("seed", "cluster_threshold"), stored=(PermutationDetails, AdaptiveRepeats),
 )

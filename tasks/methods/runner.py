@@ -20,11 +20,10 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import PrefectFuture
 
 from tasks.core.names import slug
-from tasks.core.options import AuditOptions
 from tasks.core.result import ImportanceResult
 from tasks.methods.base import Context, Method
 from tasks.methods.cache import ResultCache
-from tasks.methods.table import METHODS
+from tasks.methods.table import METHODS, AuditOptions
 from tasks.registry.versions import ModelVersion
 from tasks.subject.loaded import load_subject
 
@@ -34,8 +33,8 @@ def method_task(version: ModelVersion, options: AuditOptions, *, method: str) ->
     """Run one entry of the table on the version's subject (loaded once per process)."""
     entry = METHODS[method]
     logger = get_run_logger()
-    context = Context(seed=options.seed, logger=logger, progress=_progress(entry, version, logger))
-    return entry.compute(load_subject(version), options, context)
+    context = Context(run=options, logger=logger, progress=_progress(entry, version, logger))
+    return entry.compute(load_subject(version), options.of(method), context)
 
 
 @dataclass(frozen=True)
@@ -54,13 +53,14 @@ def run_methods(version: ModelVersion, options: AuditOptions, cache: ResultCache
     futures = {m.name: cache.apply(method_task.with_options(name=m.name, task_run_name=m.name), m.name)
                .submit(version, options, method=m.name)
                for m in asked if m.compute is not None}
+    context = Context(run=options, logger=get_run_logger())
     fanned: dict[str, list[ImportanceResult]] = {}
     states: dict[str, Any] = {}
     for m in asked:
         if m.fan_out is not None:
             try:
-                fanned[m.name], states[m.name] = m.fan_out(version, options, cache,
-                                                           {n: futures[n] for n in m.needs if n in futures})
+                upstream = {n: futures[n] for n in m.needs if n in futures}
+                fanned[m.name], states[m.name] = m.fan_out(version, options.of(m.name), context, cache, upstream)
             except Exception as exc:  # the method's own error, shown in the report; the other methods still count
                 fanned[m.name], states[m.name] = [m.failed(version.features, f"{type(exc).__name__}: {exc}")], None
     results: list[ImportanceResult] = []

@@ -43,9 +43,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 
 from tasks.core.metrics import METRICS, Metric
-from tasks.core.options import AuditOptions
+from tasks.core.options import MethodOptions
 from tasks.core.result import Details, ImportanceResult
 from tasks.methods.base import Context, Method, ResultSpec
 from tasks.registry.versions import ModelVersion
@@ -67,6 +68,7 @@ REASON = (
     "named inputs), and its attributions add up exactly to the model's output; gradient explainers "
     "(shap.GradientExplainer) missed additivity by 18-28% of the output's std on every probe"
 )
+SHAP_ROWS = 1000  # test rows explained for the global importance (--shap-rows)
 SHAP_WORK_BUDGET = 10_000_000_000
 """The most input values (model evaluations × the values each reads) one SHAP run may feed the model.
 
@@ -359,7 +361,7 @@ def shap_importance(
     X: np.ndarray,
     background_pool: np.ndarray,
     *,
-    n_rows: int = 1000,
+    n_rows: int = SHAP_ROWS,
     n_background: int = 100,
     n_bootstrap: int = 200,
     random_state: int | None = None,
@@ -500,7 +502,7 @@ def beeswarm_data(features: tuple[str, ...], values: np.ndarray, X: np.ndarray, 
     }
 
 
-def shap_audit(version: ModelVersion, *, seed: int = 0, n_rows: int = 1000, n_worst: int = 5,
+def shap_audit(version: ModelVersion, *, seed: int = 0, n_rows: int = SHAP_ROWS, n_worst: int = 5,
                n_random: int = 3, max_work: int = SHAP_WORK_BUDGET) -> ImportanceResult:
     """Global SHAP importance with a bootstrap interval, plus local explanations of the worst and some random rows.
 
@@ -642,9 +644,15 @@ def _rounded(values: np.ndarray) -> list[float]:
     return [float(f"{v:.4g}") for v in np.asarray(values, dtype=float)]
 
 
-def compute(subject, options: AuditOptions, context: Context) -> list[ImportanceResult]:
+class Options(MethodOptions):
+    """SHAP's own options."""
+
+    shap_rows: int = Field(default=SHAP_ROWS, ge=1, description="test rows SHAP explains for its global importance")
+
+
+def compute(subject, options: Options, context: Context) -> list[ImportanceResult]:
     """SHAP: global importance with intervals and local explanations."""
-    result = shap_audit(subject.version, seed=options.seed, n_rows=options.shap_rows)
+    result = shap_audit(subject.version, seed=context.seed, n_rows=options.shap_rows)
     context.logger.info("shap: %s explained %d rows (%s)", result.details.explainer, result.details.n_rows,
                         result.details.reason)
     return [result]
@@ -653,5 +661,5 @@ def compute(subject, options: AuditOptions, context: Context) -> list[Importance
 METHOD = Method(
     name="shap", title="SHAP", kind="behavioural", units=frozenset({"column"}),
     results=(ResultSpec("shap", "SHAP (mean |φ|)"),),
-    compute=compute, shared=("seed", "shap_rows"), stored=(ShapDetails, Additivity),
+    options=Options, compute=compute, stored=(ShapDetails, Additivity),
 )

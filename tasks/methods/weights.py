@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from tasks.core.options import AuditOptions
+from tasks.core.options import MethodOptions
 from tasks.core.result import ImportanceResult
 from tasks.methods.base import Context, Method, ResultSpec
 from tasks.registry.versions import ModelVersion
@@ -207,7 +207,11 @@ def audit_weights(version: ModelVersion) -> list[ImportanceResult]:
         return [ImportanceResult.not_ok("weights", "weight-based", features, status="skipped", reason=str(exc))]
 
 
-def compute(subject, options: AuditOptions, context: Context) -> list[ImportanceResult]:
+class Options(MethodOptions):
+    """First-layer weights take no options."""
+
+
+def compute(subject, options: Options, context: Context) -> list[ImportanceResult]:
     """Rank features by first-layer weight magnitudes, naive and scale-aware (skipped where they cannot be placed)."""
     results = audit_weights(subject.version)
     if results[0].ok:
@@ -221,7 +225,7 @@ METHOD = Method(
     name="weights", title="First-layer weights", kind="weight-based", units=frozenset({"column"}),
     results=(ResultSpec("weights", "First-layer weights |W|"),
              ResultSpec("weights_scaled", "Scale-aware weights |W|·std")),
-    compute=compute, shared=(),  # no option changes a weight
+    options=Options, compute=compute, shared=(),  # no option changes a weight
 )
 
 

@@ -20,7 +20,7 @@ from prefect import task
 from tasks.core import charts
 from tasks.core.result import ImportanceResult, json_ready
 from tasks.methods.shap import ShapDetails
-from tasks.methods.table import METHODS, RESULT_TITLES
+from tasks.methods.table import METHODS, result_titles
 from tasks.registry.base import is_remote
 from tasks.registry.versions import ModelVersion
 from tasks.report.approval import Approved, SinceApproval, since_approval
@@ -125,7 +125,7 @@ def environment() -> Environment:
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, undefined=StrictUndefined)
     env.filters["num"] = format_number
     env.filters["pct"] = format_percent
-    env.filters["title"] = lambda method: RESULT_TITLES.get(method, method)
+    env.filters["title"] = lambda method: result_titles().get(method, method)
     return env
 
 

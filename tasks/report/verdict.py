@@ -38,8 +38,6 @@ from tasks.core.result import ImportanceResult
 from tasks.methods.table import judged
 
 Verdict = Literal["agree", "partly agree", "disagree", "not assessed"]
-JUDGED_WEIGHTS = judged("weight-based")  # the weight rankings the verdict judges: weights, weights_scaled
-JUDGED_BEHAVIOURAL = judged("behavioural")  # what it judges them against: permutation, ablation, shap
 MIN_GAP = 2  # an under-ranked feature sits at least this many ranks below the worst rank its behaviour allows
 AGREEMENT_KS = (3, 5, 10)
 N_BOOTSTRAP = 200
@@ -231,8 +229,8 @@ def findings(weights: list[ImportanceResult], evidence: list[RankingEvidence]) -
 
 def compare(results: list[ImportanceResult]) -> Comparison:
     """Judge every usable weight ranking against every usable behavioural method's verified evidence."""
-    weights = [r for r in results if r.ok and r.method in JUDGED_WEIGHTS]
-    behaviours = [r for r in results if r.ok and r.method in JUDGED_BEHAVIOURAL and len(r.features) > 1]
+    weights = [r for r in results if r.ok and r.method in judged("weight-based")]  # weights, weights_scaled
+    behaviours = [r for r in results if r.ok and r.method in judged("behavioural") and len(r.features) > 1]
     stability = weight_stability(next((r for r in results if r.ok and r.method == "weights_retrained"), None))
     if not weights or not behaviours:
         reason = "not assessed: no weight-based and behavioural method both succeeded."

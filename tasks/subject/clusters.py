@@ -42,9 +42,9 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.stats import rankdata
 
+from tasks.core.options import DEFAULT_CLUSTER_THRESHOLD
 from tasks.subject.modeling import memory_budget
 
-DEFAULT_THRESHOLD = 0.7
 DEFAULT_MAX_ROWS = 100_000
 RANK_BYTES_PER_VALUE = 80  # scipy's rankdata holds about ten 8-byte temporaries per value it ranks
 SCREEN_BYTES_PER_PAIR = 5  # a float32 |ρ| and its boolean test
@@ -68,7 +68,7 @@ def correlated_clusters(
     X: np.ndarray,
     features: list[str] | tuple[str, ...],
     *,
-    threshold: float = DEFAULT_THRESHOLD,
+    threshold: float = DEFAULT_CLUSTER_THRESHOLD,
     max_rows: int = DEFAULT_MAX_ROWS,
     random_state: int | None = 0,
 ) -> list[Cluster]:

@@ -19,9 +19,10 @@ from prefect import task
 
 from tasks.core.errors import ModelLoadError
 from tasks.core.metrics import Metric, get_metric
+from tasks.core.options import DEFAULT_CLUSTER_THRESHOLD
 from tasks.registry.versions import ModelVersion, Split, load_keras_model, read_split, target_values
 from tasks.subject.adapter import Adapter, build_adapter, head_loss
-from tasks.subject.clusters import DEFAULT_THRESHOLD, Cluster, correlated_clusters, importance_units
+from tasks.subject.clusters import Cluster, correlated_clusters, importance_units
 from tasks.subject.modeling import Forward, compiled_loss_name
 
 CACHED_SUBJECTS = 2
@@ -54,7 +55,7 @@ class Subject:
                 object.__setattr__(self, "_forward", Forward(self.model, self.adapter))
             return self._forward
 
-    def clusters(self, threshold: float = DEFAULT_THRESHOLD, *, seed: int = 0) -> list[Cluster]:
+    def clusters(self, threshold: float = DEFAULT_CLUSTER_THRESHOLD, *, seed: int = 0) -> list[Cluster]:
         """Strongly correlated numeric features of the test split (strings and categorical codes are left out)."""
         key = ("clusters", threshold, seed)
         with self._lock:
@@ -66,7 +67,7 @@ class Subject:
                                    for c in found]
             return self._memo[key]
 
-    def units(self, threshold: float = DEFAULT_THRESHOLD, *, seed: int = 0) -> dict[str, list[int]]:
+    def units(self, threshold: float = DEFAULT_CLUSTER_THRESHOLD, *, seed: int = 0) -> dict[str, list[int]]:
         """What permutation and ablation measure: every feature, block inputs, manifest groups, correlated clusters."""
         groups = dict(self.version.manifest.groups)
         features = list(self.features)

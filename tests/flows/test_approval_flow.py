@@ -15,7 +15,7 @@ import pypdf
 import pytest
 
 from flows.audit import audit_model
-from tasks.core.options import AuditOptions
+from tasks.methods.table import AuditOptions
 from tasks.registry.versions import sha256_file
 from tasks.report.approval import AWAITING, REJECTED, verify_log
 from tests import helpers

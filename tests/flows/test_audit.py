@@ -7,7 +7,7 @@ import pypdf
 import pytest
 
 from flows.audit import audit_model
-from tasks.core.options import AuditOptions
+from tasks.methods.table import AuditOptions
 
 
 @pytest.fixture(scope="module")

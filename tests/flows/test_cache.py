@@ -20,7 +20,7 @@ import pypdf
 import pytest
 
 from flows.audit import audit_model
-from tasks.core.options import AuditOptions
+from tasks.methods.table import AuditOptions
 from tasks.methods.cache import (
     CACHE_ENV,
     CACHE_FOLDER,

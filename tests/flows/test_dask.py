@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from flows.audit import audit_model, with_runner
-from tasks.core.options import AuditOptions
+from tasks.methods.table import AuditOptions
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
 from flows.audit import audit_model
-from tasks.core.options import AuditOptions
+from tasks.methods.table import AuditOptions
 from tasks.report.deliver import email_task_from_env
 from tests import helpers
 from tests.smtp import free_port, make_certificates, smtp_server

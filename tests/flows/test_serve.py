@@ -16,7 +16,7 @@ import yaml
 from flows.audit import audit_registry
 from flows.serve import server_is_up
 from tasks.core.errors import FeatureAuditError
-from tasks.core.options import AuditOptions
+from tasks.methods.table import AuditOptions
 from tests.helpers import stop_group
 from tests.smtp import free_port
 

@@ -84,7 +84,7 @@ def test_drivers_matter_noise_does_not_and_seeds_reproduce(embed):
 
 
 def test_budget_in_units_ablates_the_first_units_only(embed):
-    from tasks.core.options import Budget
+    from tasks.methods.ablation import Budget
 
     model, train, test, version = embed
     units = {"region": [1], "amount": [0], "noise": [2]}  # priority order, as from permutation importance
@@ -136,7 +136,7 @@ def test_seeds_are_added_while_a_top_unit_is_unresolved_and_match_a_run_asked_fo
 
 
 def test_no_seed_is_added_once_the_time_budget_is_spent(embed):
-    from tasks.core.options import Budget
+    from tasks.methods.ablation import Budget
 
     model, train, test, version = embed
     run = ablation_importance(model, train, test, metric=METRICS["mse"], recipe=Recipe(epochs=1, batch_size=256),
@@ -189,7 +189,7 @@ def test_weights_of_a_single_matrix_model_are_read_per_seed():
 
 @pytest.mark.parametrize(("text", "expected"), [("8", (8, None)), ("300s", (None, 300.0)), (None, (None, None))])
 def test_budget_parsing(text, expected):
-    from tasks.core.options import Budget
+    from tasks.methods.ablation import Budget
 
     budget = Budget.parse(text)
     assert (budget.max_units, budget.seconds) == expected
@@ -198,7 +198,7 @@ def test_budget_parsing(text, expected):
 @pytest.mark.parametrize("text", ["0", "-3", "ten", "5m"])
 def test_bad_budget_says_what_to_give(text):
     from tasks.core.errors import FeatureAuditError
-    from tasks.core.options import Budget
+    from tasks.methods.ablation import Budget
 
     with pytest.raises(FeatureAuditError, match="give a number of features"):
         Budget.parse(text)
@@ -236,7 +236,7 @@ def test_jobs_give_the_same_numbers_in_any_order_and_any_process_layout(linear_r
 
 
 def test_wide_models_get_a_default_budget_that_all_overrides():
-    from tasks.core.options import WIDE_BUDGET, WIDE_FEATURES, Budget
+    from tasks.methods.ablation import WIDE_BUDGET, WIDE_FEATURES, Budget
 
     assert Budget.parse(None, n_features=WIDE_FEATURES) == Budget()
     assert Budget.parse(None, n_features=WIDE_FEATURES + 1) == Budget(max_units=WIDE_BUDGET)
