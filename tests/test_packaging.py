@@ -30,7 +30,8 @@ def test_a_wheel_installs_every_package_and_the_templates(tmp_path):
     # The dependencies come from this environment; featureaudit itself only from the scratch one.
     env = {"PYTHONPATH": sysconfig.get_path("purelib"), "PATH": "/usr/bin:/bin", "TF_CPP_MIN_LOG_LEVEL": "3"}
     probe = ("import tasks, tasks.report.render as render, tasks.methods.table; "
-             "print(tasks.__file__); print(render.TEMPLATES.joinpath('report.html.j2').is_file())")
+             "print(tasks.__file__); print(all(render.TEMPLATES.joinpath(t).is_file() "
+             "for t in ('report.html.j2', 'sections/shap.html.j2')))")
     where, templates = subprocess.run([scratch / "bin" / "python", "-c", probe], cwd=tmp_path, env=env, check=True,
                                       capture_output=True, text=True, timeout=300).stdout.split()
     assert Path(where).is_relative_to(site) and templates == "True"

@@ -64,6 +64,15 @@ FanOut = Callable[..., tuple[list[ImportanceResult], Any]]
 
 
 @dataclass(frozen=True)
+class Section:
+    """A method's own report section: its template under ``templates/sections/`` and the function that decides,
+    from the method's result, everything it shows (None: nothing to show)."""
+
+    template: str
+    context: Callable[[ImportanceResult], dict[str, Any] | None]
+
+
+@dataclass(frozen=True)
 class Method:
     """One importance method, declared once (see the module's docstring)."""
 
@@ -82,6 +91,7 @@ class Method:
     #: used are in the version's key; which other methods run never matters).
     shared: tuple[str, ...] = ("seed",)
     stored: tuple[type, ...] = ()  # its Details (and fan-out) dataclasses: what the cache may rebuild
+    section: Section | None = None  # its own section of the report, beside the generic ranking and method pages
 
     def __post_init__(self) -> None:
         if (self.compute is None) == (self.fan_out is None):

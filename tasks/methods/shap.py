@@ -45,10 +45,11 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
+from tasks.core import charts
 from tasks.core.metrics import METRICS, Metric
 from tasks.core.options import MethodOptions
 from tasks.core.result import Details, ImportanceResult
-from tasks.methods.base import Context, Method, ResultSpec
+from tasks.methods.base import Context, Method, ResultSpec, Section
 from tasks.registry.versions import ModelVersion
 from tasks.subject.loaded import load_subject
 from tasks.subject.modeling import Forward, first_layer_view, memory_budget, rows_for
@@ -644,6 +645,52 @@ def _rounded(values: np.ndarray) -> list[float]:
     return [float(f"{v:.4g}") for v in np.asarray(values, dtype=float)]
 
 
+def section(result: ImportanceResult, max_features: int = 10) -> dict[str, Any] | None:
+    """The SHAP section of the report: explainer and why, background, additivity, Monte Carlo error, the summary
+    charts and one waterfall per local row."""
+    if not isinstance(result.details, ShapDetails):
+        return None
+    d = result.details
+    mc_se = {name: se for name, se in zip(result.features, d.mc_se) if se is not None}
+    worst_mc = max(mc_se, key=mc_se.get) if mc_se else None
+    swarm = d.beeswarm
+    local = []
+    for record in d.local:
+        features = record["features"]
+        chart = charts.shap_waterfall([f["feature"] for f in features], [f["value"] for f in features],
+                                      [f["phi"] for f in features], record["base_value"], record["explained_output"],
+                                      max_features=max_features)
+        local.append({
+            "selection": record["selection"],
+            "row": record["row"],
+            "label": record["label"],
+            "prediction": record["prediction"] if isinstance(record["prediction"], list) else [record["prediction"]],
+            "explained_class": record["explained_class"],
+            "base_value": record["base_value"],
+            "explained_output": record["explained_output"],
+            "loss": record["loss"],
+            "features": features[:max_features],
+            "chart": charts.data_uri(chart),
+        })
+    return {
+        "explainer": d.explainer,
+        "reason": d.reason,
+        "n_rows": d.n_rows,
+        "n_background": d.n_background,
+        "background_source": d.background_source,
+        "additivity": d.additivity,
+        "mc_se_max": mc_se[worst_mc] if worst_mc is not None else None,
+        "mc_se_feature": worst_mc,
+        "multiclass_aggregation": d.multiclass_aggregation,
+        "loss_metric": d.loss_metric,
+        "bar_chart": charts.data_uri(charts.importance_bars(result)),
+        "beeswarm_chart": charts.data_uri(charts.shap_beeswarm(swarm["features"], swarm["phi"], swarm["value"])),
+        "beeswarm_rows": len(swarm["phi"][0]) if swarm["phi"] else 0,
+        "beeswarm_class": swarm["per_class"],
+        "local": local,
+    }
+
+
 class Options(MethodOptions):
     """SHAP's own options."""
 
@@ -661,5 +708,5 @@ def compute(subject, options: Options, context: Context) -> list[ImportanceResul
 METHOD = Method(
     name="shap", title="SHAP", kind="behavioural", units=frozenset({"column"}),
     results=(ResultSpec("shap", "SHAP (mean |φ|)"),),
-    options=Options, compute=compute, stored=(ShapDetails, Additivity),
+    options=Options, compute=compute, stored=(ShapDetails, Additivity), section=Section("shap.html.j2", section),
 )

@@ -32,6 +32,12 @@ def judged(kind: Kind) -> tuple[str, ...]:
     return tuple(spec.name for m in METHODS.values() if m.kind == kind for spec in m.results if spec.judged)
 
 
+def reference(kind: Kind) -> str | None:
+    """The first judged result of ``kind`` in table order: the report draws the weight-based one against the
+    behavioural ones, and orders its ranking table by the behavioural one."""
+    return next(iter(judged(kind)), None)
+
+
 class AuditOptions(RunOptions):
     """How one model version is audited: the run-wide options, which methods run, and each method's own options
     as a section named after it (``options.permutation.repeats``), its defaults filled in. Frozen and picklable:

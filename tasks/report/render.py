@@ -19,8 +19,7 @@ from prefect import task
 
 from tasks.core import charts
 from tasks.core.result import ImportanceResult, json_ready
-from tasks.methods.shap import ShapDetails
-from tasks.methods.table import METHODS, result_titles
+from tasks.methods.table import METHODS, reference, result_titles
 from tasks.registry.base import is_remote
 from tasks.registry.versions import ModelVersion
 from tasks.report.approval import Approved, SinceApproval, since_approval
@@ -71,7 +70,7 @@ def build_context(
     ``since`` is what changed since the model's last approved report (:func:`tasks.report.approval.since_approval`).
     """
     usable = [r for r in results if r.ok]
-    weight = next((r for r in usable if r.method == "weights"), None)
+    weight = next((r for r in usable if r.method == reference("weight-based")), None)
     behaviours = [r for r in usable if r.kind == "behavioural" and weight and r.features == weight.features]
     return {
         "model": {
@@ -111,7 +110,7 @@ def build_context(
         "agreements": comparison.agreements,
         "consensus": comparison.consensus,
         "rank_chart": charts.data_uri(charts.rank_lines(weight, behaviours)) if weight and behaviours else None,
-        "shap": _shap_section(next((r for r in usable if r.method == "shap"), None)),
+        "sections": _sections(usable),
         "history": history,
         "material_share": f"{MATERIAL_SHARE:.0%}",
         "since_approval": _since_section(since),
@@ -322,51 +321,15 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def _shap_section(result: ImportanceResult | None, max_features: int = 10) -> dict[str, Any] | None:
-    """The SHAP section: explainer and why, background, additivity, Monte Carlo error, the summary charts and one
-    waterfall per local row."""
-    if result is None or not isinstance(result.details, ShapDetails):
-        return None
-    d = result.details
-    mc_se = {name: se for name, se in zip(result.features, d.mc_se) if se is not None}
-    worst_mc = max(mc_se, key=mc_se.get) if mc_se else None
-    swarm = d.beeswarm
-    local = []
-    for record in d.local:
-        features = record["features"]
-        chart = charts.shap_waterfall([f["feature"] for f in features], [f["value"] for f in features],
-                                      [f["phi"] for f in features], record["base_value"], record["explained_output"],
-                                      max_features=max_features)
-        prediction = record["prediction"] if isinstance(record["prediction"], list) else [record["prediction"]]
-        local.append({
-            "selection": record["selection"],
-            "row": record["row"],
-            "label": record["label"],
-            "prediction": ", ".join(format_number(p) for p in prediction),
-            "explained_class": record["explained_class"],
-            "base_value": record["base_value"],
-            "explained_output": record["explained_output"],
-            "loss": record["loss"],
-            "features": features[:max_features],
-            "chart": charts.data_uri(chart),
-        })
-    return {
-        "explainer": d.explainer,
-        "reason": d.reason,
-        "n_rows": d.n_rows,
-        "n_background": d.n_background,
-        "background_source": d.background_source,
-        "additivity": d.additivity,
-        "mc_se_max": mc_se[worst_mc] if worst_mc is not None else None,
-        "mc_se_feature": worst_mc,
-        "multiclass_aggregation": d.multiclass_aggregation,
-        "loss_metric": d.loss_metric,
-        "bar_chart": charts.data_uri(charts.importance_bars(result)),
-        "beeswarm_chart": charts.data_uri(charts.shap_beeswarm(swarm["features"], swarm["phi"], swarm["value"])),
-        "beeswarm_rows": len(swarm["phi"][0]) if swarm["phi"] else 0,
-        "beeswarm_class": swarm["per_class"],
-        "local": local,
-    }
+def _sections(results: list[ImportanceResult]) -> list[dict[str, Any]]:
+    """Each method's own section (its entry's ``section``), in table order: its template and what it shows."""
+    sections = []
+    for method in METHODS.values():
+        result = next((r for r in results if r.method == method.name), None)
+        if method.section is not None and result is not None:
+            if (data := method.section.context(result)) is not None:
+                sections.append({"template": f"sections/{method.section.template}", "data": data})
+    return sections
 
 
 def _method(result: ImportanceResult) -> dict[str, Any]:
@@ -404,7 +367,7 @@ def _rankings(features: tuple[str, ...], results: list[ImportanceResult], compar
                           "rank_span": span if span and span[0] != span[1] else None,
                           "negligible": bool(e.negligible[j]) if e is not None else False})
         rows.append({"feature": name, "cells": cells})
-    key = next((i for i, r in enumerate(results) if r.method == "permutation"), 0)
+    key = next((i for i, r in enumerate(results) if r.method == reference("behavioural")), 0)
     rows.sort(key=lambda row: row["cells"][key]["rank"] if row["cells"] and row["cells"][key] else 0)
     return {"methods": [r.method for r in results], "rows": rows}
 

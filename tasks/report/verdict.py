@@ -1,8 +1,9 @@
 """The judgement: does the first-layer weight ranking tell the story the model's behaviour tells?
 
-Each judged weight ranking (``weights``, ``weights_scaled``) is held against each judged
-behavioural method (``permutation``, ``ablation``, ``shap``), using only what that method has
-verified about its own ranking (:mod:`tasks.core.ranking`). The rules, each a small function below:
+Each judged weight ranking (the weight-based results the table of methods marks judged: the naive and
+the scale-aware first-layer weights) is held against each judged behavioural result (permutation,
+retrain-ablation, SHAP), using only what that method has verified about its own ranking
+(:mod:`tasks.core.ranking`). The rules, each a small function below:
 
 - **Under-ranked** (:func:`under_ranked`): a behavioural method puts the feature in its top k, its
   importance is relevant (95% interval above 5% of the top feature's), the weights rank it strictly
@@ -35,14 +36,13 @@ from scipy import stats
 
 from tasks.core.ranking import RELEVANCE, TOP_K, RankingEvidence, ranking_evidence, top_k_for
 from tasks.core.result import ImportanceResult
-from tasks.methods.table import judged
+from tasks.methods.table import judged, result_titles
 
 Verdict = Literal["agree", "partly agree", "disagree", "not assessed"]
 MIN_GAP = 2  # an under-ranked feature sits at least this many ranks below the worst rank its behaviour allows
 AGREEMENT_KS = (3, 5, 10)
 N_BOOTSTRAP = 200
 SEVERITY = {"not assessed": 0, "agree": 1, "partly agree": 2, "disagree": 3}
-WEIGHT_TITLES = {"weights": "first-layer weights |W|", "weights_scaled": "scale-aware weights |W|·std"}
 VERDICT_RULE = (
     "Each behavioural method first tests its own ranking: a pair of features counts only when its order holds "
     "at 95% on the method's repeats, seeds or bootstrap draws. disagree: the weights rank a feature strictly in "
@@ -229,9 +229,11 @@ def findings(weights: list[ImportanceResult], evidence: list[RankingEvidence]) -
 
 def compare(results: list[ImportanceResult]) -> Comparison:
     """Judge every usable weight ranking against every usable behavioural method's verified evidence."""
-    weights = [r for r in results if r.ok and r.method in judged("weight-based")]  # weights, weights_scaled
+    weights = [r for r in results if r.ok and r.method in judged("weight-based")]
     behaviours = [r for r in results if r.ok and r.method in judged("behavioural") and len(r.features) > 1]
-    stability = weight_stability(next((r for r in results if r.ok and r.method == "weights_retrained"), None))
+    # the weight ranking sampled across retrainings of the architecture (retrain-ablation's baselines), if any
+    stability = weight_stability(next((r for r in results if r.ok and r.kind == "weight-based"
+                                       and r.sampling == "seeds"), None))
     if not weights or not behaviours:
         reason = "not assessed: no weight-based and behavioural method both succeeded."
         return Comparison((), (), "not assessed", reason=reason, weight_stability=stability)
@@ -266,8 +268,8 @@ def verdict_reason(verdict: Verdict, verdicts: dict[str, Verdict], agreements: t
                    found: tuple[Finding, ...]) -> str:
     """The verdict's reason in one sentence, naming the warning or the agreement figure that decided it."""
     worst = [m for m, v in verdicts.items() if v == verdict]
-    who = " and the ".join(WEIGHT_TITLES.get(m, m) for m in worst)
-    others = [f"the {WEIGHT_TITLES.get(m, m)} {v}" for m, v in verdicts.items() if v != verdict]
+    who = " and the ".join(_weight_title(m) for m in worst)
+    others = [f"the {_weight_title(m)} {v}" for m, v in verdicts.items() if v != verdict]
     tail = f" ({'; '.join(others)})" if others else ""
     own = [a for a in agreements if a.method_a in worst]
     if verdict == "disagree":
@@ -325,7 +327,7 @@ def _finding(name: str, kind: str, pairs: list[tuple[ImportanceResult, RankingEv
         else:
             said.append(f"{e.method} shows it negligible (95% interval below {RELEVANCE:.0%} of the top feature's "
                         "importance)")
-    ranked = " and the ".join(f"{WEIGHT_TITLES.get(m, m)} rank it {r}" for m, r in ranks.items())
+    ranked = " and the ".join(f"{_weight_title(m)} rank it {r}" for m, r in ranks.items())
     verb = "under-rank" if kind == "under-ranked" else "over-rank"
     n = len(weights[0].features)
     message = f"'{name}': the {ranked} of {n}, but {', and '.join(said)}: the weights {verb} it."
@@ -342,3 +344,9 @@ def _agreement_dict(a: Agreement) -> dict[str, Any]:
 
 def _safe(value: float) -> float:
     return float(value) if np.isfinite(value) else float("nan")
+
+
+def _weight_title(method: str) -> str:
+    """'first-layer weights |W|': a weight ranking's title as it reads inside a sentence."""
+    title = result_titles().get(method, method)
+    return title[:1].lower() + title[1:]
