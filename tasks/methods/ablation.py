@@ -35,7 +35,7 @@ from tasks.methods.base import Context, Method, ResultSpec
 from tasks.methods.weights import weight_magnitudes
 from tasks.registry.versions import ModelVersion, Split
 from tasks.subject.adapter import Adapter, head_loss, head_model, numeric_adapter
-from tasks.subject.clusters import unit_records
+from tasks.subject.clusters import ClusterRecord, GroupRecord, unit_records
 from tasks.subject.loaded import load_subject, subject_key
 from tasks.subject.modeling import as_predictions, output_squash
 
@@ -290,8 +290,8 @@ class AblationDetails(RunDetails):
     retrain_note: str | None
     epochs: int
     batch_size: int
-    groups: list[dict]
-    clusters: list[dict]
+    groups: list[GroupRecord]
+    clusters: list[ClusterRecord]
 
 
 @dataclass(frozen=True)
@@ -1006,5 +1006,6 @@ METHOD = Method(
     results=(ResultSpec("ablation", "Retrain-ablation (drop-column)"),
              ResultSpec("weights_retrained", "Weights |W| of the retrained baselines", judged=False)),
     options=Options, fan_out=fan_out, needs=("permutation",), shared=("seed", "cluster_threshold"),
-    stored=(AblationDetails, RunDetails, RetrainTiming, RetrainedWeightsDetails, AblationPlan, Budget, Job, JobScores),
+    stored=(AblationDetails, RunDetails, RetrainTiming, RetrainedWeightsDetails, AblationPlan, Budget, Job, JobScores,
+            GroupRecord, ClusterRecord),
 )

@@ -40,7 +40,7 @@ from tasks.core.ranking import ranking_evidence, top_k_for
 from tasks.core.result import Details, ImportanceResult
 from tasks.methods.base import Context, Method, ResultSpec
 from tasks.registry.versions import ModelVersion
-from tasks.subject.clusters import Cluster, unit_records
+from tasks.subject.clusters import Cluster, ClusterRecord, GroupRecord, unit_records
 from tasks.subject.loaded import load_subject
 from tasks.subject.modeling import first_layer_view, memory_budget, rows_for
 
@@ -71,7 +71,8 @@ class AdaptiveRepeats:
 @dataclass(frozen=True)
 class PermutationDetails(Details):
     """One permutation result's run: its repeats, seed, rows and clustering threshold, the unpermuted score,
-    and the manifest groups and correlated clusters (report records: ``feature``/``name``, importance, interval).
+    and the manifest groups and correlated clusters (:class:`~tasks.subject.clusters.GroupRecord`,
+    :class:`~tasks.subject.clusters.ClusterRecord`).
 
     ``adaptive`` is set by :func:`audit_permutation` once the repeats are settled.
     """
@@ -81,8 +82,8 @@ class PermutationDetails(Details):
     n_rows: int
     cluster_threshold: float
     baseline: float
-    groups: list[dict]
-    clusters: list[dict]
+    groups: list[GroupRecord]
+    clusters: list[ClusterRecord]
     adaptive: AdaptiveRepeats | None = None
 
 
@@ -360,5 +361,5 @@ METHOD = Method(
     units=frozenset({"column", "group", "cluster"}),
     results=(ResultSpec("permutation", "Permutation importance"),
              ResultSpec("permutation_accuracy", "Permutation importance (accuracy)", judged=False)),
-    options=Options, compute=compute, shared=("seed", "cluster_threshold"), stored=(PermutationDetails, AdaptiveRepeats),
+    options=Options, compute=compute, shared=("seed", "cluster_threshold"), stored=(PermutationDetails, AdaptiveRepeats, GroupRecord, ClusterRecord),
 )

@@ -134,11 +134,66 @@ class ShapPlan:
                      f"took {self.work:,} input values.")
         return note
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"rows_asked": self.rows_asked, "rows": self.rows, "background_asked": self.background_asked,
-                "background": self.background, "extra_rows": self.n_extra,
-                "evaluations_per_row": self.evaluations_per_row, "values_per_evaluation": self.width,
-                "work": self.work, "max_work": self.max_work, "reduced": self.reduced, "reason": self.note()}
+    def done(self) -> Work:
+        """What the run did under this plan, as ``details.work`` records it."""
+        return Work(rows_asked=self.rows_asked, rows=self.rows, background_asked=self.background_asked,
+                    background=self.background, extra_rows=self.n_extra,
+                    evaluations_per_row=self.evaluations_per_row, values_per_evaluation=self.width,
+                    work=self.work, max_work=self.max_work, reduced=self.reduced, reason=self.note())
+
+
+@dataclass(frozen=True)
+class Work:
+    """The rows and background rows a SHAP run explained against those asked for, its work in input values
+    against the cap, and why it was reduced (None when it was not)."""
+
+    rows_asked: int
+    rows: int
+    background_asked: int
+    background: int
+    extra_rows: int
+    evaluations_per_row: int
+    values_per_evaluation: int
+    work: int
+    max_work: int
+    reduced: bool
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class LocalFeature:
+    """One bar of a row's waterfall: the feature, its raw value and its SHAP value."""
+
+    feature: str
+    value: Any  # a number, or a category's raw value
+    phi: float
+
+
+@dataclass(frozen=True)
+class LocalExplanation:
+    """One explained row: why it was picked, its label, prediction and loss, the base value and the output the
+    SHAP values add up to, and its features, largest |φ| first."""
+
+    selection: str  # "highest loss" or "random"
+    row: int
+    label: Any
+    prediction: Any  # a number, or one probability per class
+    explained_class: int | None
+    explained_output: float
+    base_value: float
+    loss: float
+    features: list[LocalFeature]
+
+
+@dataclass(frozen=True)
+class Beeswarm:
+    """What the summary chart draws: for the top features (first = top), the SHAP values and feature values of
+    up to a few hundred rows, and for which class when the model has several."""
+
+    features: list[str]
+    phi: list[list[float]]
+    value: list[list[float]]
+    per_class: str | None
 
 
 def shap_plan(n_features: int, width: int, *, rows: int, background: int, n_extra: int = 0,
@@ -447,7 +502,7 @@ def local_explanations(
     loss: np.ndarray,
     rows: dict[str, np.ndarray],
     columns: tuple | None = None,
-) -> list[dict[str, Any]]:
+) -> list[LocalExplanation]:
     """One waterfall record per row: feature values and SHAP values (largest |φ| first), base, prediction, label, loss.
 
     ``columns`` (the adapter's :class:`~tasks.subject.adapter.Column` per feature) decode coded values back to the raw
@@ -467,24 +522,24 @@ def local_explanations(
             base = float(base_value[0] if cls is None else base_value[cls])
             explained = float(outputs[i] if cls is None else outputs[i, cls])
             order = np.argsort(-np.abs(phi), kind="stable")
-            records.append({
-                "selection": selection,
-                "row": i,
-                "label": label.item() if hasattr(label, "item") else label,
-                "prediction": np.asarray(outputs[i]).tolist(),
-                "explained_class": cls,
-                "explained_output": explained,
-                "base_value": base,
-                "loss": float(loss[i]),
-                "features": [{"feature": features[j], "value": _raw_value(X[i, j], columns[j] if columns else None),
-                              "phi": float(phi[j])} for j in order],
-            })
+            records.append(LocalExplanation(
+                selection=selection,
+                row=i,
+                label=label.item() if hasattr(label, "item") else label,
+                prediction=np.asarray(outputs[i]).tolist(),
+                explained_class=cls,
+                explained_output=explained,
+                base_value=base,
+                loss=float(loss[i]),
+                features=[LocalFeature(features[j], _raw_value(X[i, j], columns[j] if columns else None),
+                                       float(phi[j])) for j in order],
+            ))
     return records
 
 
 def beeswarm_data(features: tuple[str, ...], values: np.ndarray, X: np.ndarray, outputs: np.ndarray,
                   *, order: np.ndarray, limit: int = _BEESWARM_ROWS,
-                  max_features: int = _BEESWARM_FEATURES) -> dict[str, Any]:
+                  max_features: int = _BEESWARM_FEATURES) -> Beeswarm:
     """What the summary chart needs: for the ``max_features`` most important features (first = top), the SHAP
     values and feature values of up to ``limit`` rows.
 
@@ -495,12 +550,9 @@ def beeswarm_data(features: tuple[str, ...], values: np.ndarray, X: np.ndarray, 
     if values.ndim == 3:
         predicted = outputs.argmax(axis=1)
         values = np.take_along_axis(values, predicted[:, None, None], axis=2)[..., 0]
-    return {
-        "features": [features[j] for j in order],
-        "phi": [_rounded(values[:, j]) for j in order],
-        "value": [_rounded(X[:, j]) for j in order],
-        "per_class": "predicted class" if outputs.ndim == 2 else None,
-    }
+    return Beeswarm(features=[features[j] for j in order], phi=[_rounded(values[:, j]) for j in order],
+                    value=[_rounded(X[:, j]) for j in order],
+                    per_class="predicted class" if outputs.ndim == 2 else None)
 
 
 def shap_audit(version: ModelVersion, *, seed: int = 0, n_rows: int = SHAP_ROWS, n_worst: int = 5,
@@ -544,10 +596,10 @@ class Additivity:
 @dataclass(frozen=True)
 class ShapDetails(Details):
     """One SHAP run: the explainer and why, the rows explained and the background rows (and which split they came
-    from), the work plan when one was made (:meth:`ShapPlan.as_dict`), the base value(s), additivity, each
+    from), what a capped run did (:class:`Work`, when a plan was made), the base value(s), additivity, each
     feature's Monte Carlo standard error (None where not estimated), the multiclass note, the loss the worst rows
     are picked by, and what the report draws: ``local`` (one waterfall record per explained row, see
-    :func:`local_explanations`) and ``beeswarm`` (see :func:`beeswarm_data`), kept as the JSON records they are.
+    :func:`local_explanations`) and ``beeswarm`` (see :func:`beeswarm_data`).
     """
 
     explainer: str
@@ -555,14 +607,14 @@ class ShapDetails(Details):
     n_rows: int
     n_background: int
     background_source: str
-    work: dict[str, Any] | None
+    work: Work | None
     base_value: list[float]
     additivity: Additivity
     mc_se: list[float | None]
     multiclass_aggregation: str | None
     loss_metric: str
-    local: list[dict[str, Any]]
-    beeswarm: dict[str, Any]
+    local: list[LocalExplanation]
+    beeswarm: Beeswarm
 
 
 def shap_details(features, split, raw: ShapValues, rows, draws, loss, metric, *, n_global: int, n_worst: int,
@@ -573,10 +625,9 @@ def shap_details(features, split, raw: ShapValues, rows, draws, loss, metric, *,
     local_at = np.arange(n_global, len(rows))
     selections = {"highest loss": local_at[:n_worst], "random": local_at[n_worst:]}
     X_explained = split.X[rows]
-    local = local_explanations(features, X_explained, split.y[rows], raw.values, raw.base_value, raw.outputs,
-                               loss[rows], selections, columns)
-    for record in local:
-        record["row"] = int(rows[record["row"]])
+    local = [dataclasses.replace(record, row=int(rows[record.row]))  # the row's index in the test split
+             for record in local_explanations(features, X_explained, split.y[rows], raw.values, raw.base_value,
+                                              raw.outputs, loss[rows], selections, columns)]
     multiclass = raw.values.ndim == 3
     notes = [f"Explainer: {raw.explainer}, because {raw.reason}.",
              f"Background: {n_background} rows sampled from the {background_source} split; {n_global} test rows explained."]
@@ -599,7 +650,7 @@ def shap_details(features, split, raw: ShapValues, rows, draws, loss, metric, *,
         n_rows=int(n_global),
         n_background=n_background,
         background_source=background_source,
-        work=raw.plan.as_dict() if raw.plan is not None else None,
+        work=raw.plan.done() if raw.plan is not None else None,
         base_value=raw.base_value.tolist(),
         additivity=Additivity(max_deviation=raw.max_deviation, relative=raw.relative_deviation, tolerance=tolerance,
                               ok=bool(additive)),
@@ -656,19 +707,19 @@ def section(result: ImportanceResult, max_features: int = 10) -> dict[str, Any] 
     swarm = d.beeswarm
     local = []
     for record in d.local:
-        features = record["features"]
-        chart = charts.shap_waterfall([f["feature"] for f in features], [f["value"] for f in features],
-                                      [f["phi"] for f in features], record["base_value"], record["explained_output"],
+        features = record.features
+        chart = charts.shap_waterfall([f.feature for f in features], [f.value for f in features],
+                                      [f.phi for f in features], record.base_value, record.explained_output,
                                       max_features=max_features)
         local.append({
-            "selection": record["selection"],
-            "row": record["row"],
-            "label": record["label"],
-            "prediction": record["prediction"] if isinstance(record["prediction"], list) else [record["prediction"]],
-            "explained_class": record["explained_class"],
-            "base_value": record["base_value"],
-            "explained_output": record["explained_output"],
-            "loss": record["loss"],
+            "selection": record.selection,
+            "row": record.row,
+            "label": record.label,
+            "prediction": record.prediction if isinstance(record.prediction, list) else [record.prediction],
+            "explained_class": record.explained_class,
+            "base_value": record.base_value,
+            "explained_output": record.explained_output,
+            "loss": record.loss,
             "features": features[:max_features],
             "chart": charts.data_uri(chart),
         })
@@ -684,9 +735,9 @@ def section(result: ImportanceResult, max_features: int = 10) -> dict[str, Any] 
         "multiclass_aggregation": d.multiclass_aggregation,
         "loss_metric": d.loss_metric,
         "bar_chart": charts.data_uri(charts.importance_bars(result)),
-        "beeswarm_chart": charts.data_uri(charts.shap_beeswarm(swarm["features"], swarm["phi"], swarm["value"])),
-        "beeswarm_rows": len(swarm["phi"][0]) if swarm["phi"] else 0,
-        "beeswarm_class": swarm["per_class"],
+        "beeswarm_chart": charts.data_uri(charts.shap_beeswarm(swarm.features, swarm.phi, swarm.value)),
+        "beeswarm_rows": len(swarm.phi[0]) if swarm.phi else 0,
+        "beeswarm_class": swarm.per_class,
         "local": local,
     }
 
@@ -708,5 +759,5 @@ def compute(subject, options: Options, context: Context) -> list[ImportanceResul
 METHOD = Method(
     name="shap", title="SHAP", kind="behavioural", units=frozenset({"column"}),
     results=(ResultSpec("shap", "SHAP (mean |φ|)"),),
-    options=Options, compute=compute, stored=(ShapDetails, Additivity), section=Section("shap.html.j2", section),
+    options=Options, compute=compute, stored=(ShapDetails, Additivity, Work, LocalExplanation, LocalFeature, Beeswarm), section=Section("shap.html.j2", section),
 )

@@ -261,17 +261,43 @@ def unit_of(units: dict[str, list[int]], cluster: Cluster) -> str | None:
     return next((name for name, cols in units.items() if len(cols) > 1 and sorted(cols) == columns), None)
 
 
+@dataclass(frozen=True)
+class GroupRecord:
+    """A manifest group measured as one unit: its importance, spread, 95% interval and rank among the groups."""
+
+    feature: str  # "group:<name>"
+    importance: float
+    std: float
+    low: float
+    high: float
+    rank: int
+
+
+@dataclass(frozen=True)
+class ClusterRecord:
+    """A correlated cluster measured as one unit, beside what each member scored alone."""
+
+    name: str
+    members: list[str]
+    min_abs_rho: float
+    importance: float
+    std: float
+    low: float
+    high: float
+    member_importances: dict[str, float]
+
+
 @runtime_checkable
 class UnitRecords(Protocol):
     """Details that carry :func:`unit_records`' report records (permutation's and ablation's): the report shows them."""
 
-    groups: list[dict]
-    clusters: list[dict]
+    groups: list[GroupRecord]
+    clusters: list[ClusterRecord]
 
 
 def unit_records(
     samples: np.ndarray, units: dict[str, list[int]], features: list[str], clusters: list[Cluster]
-) -> tuple[list[dict], list[dict]]:
+) -> tuple[list[GroupRecord], list[ClusterRecord]]:
     """Report records of the manifest groups and the correlated clusters, from ``samples`` aligned with ``units``.
 
     Units left unmeasured (all-NaN rows, e.g. beyond an ablation budget) are left out.
@@ -286,10 +312,10 @@ def unit_records(
     rows = [names.index(unit_of(units, c)) for c in kept]
     grouped = ImportanceResult.from_samples("clusters", "behavioural", [c.name for c in kept], samples[rows])
     cluster_records = [
-        {"name": c.name, "members": list(c.members), "min_abs_rho": c.min_abs_rho,
-         **{k: record[k] for k in ("importance", "std", "low", "high")},
-         "member_importances": {features[j]: float(np.nanmean(samples[names.index(features[j])]))
-                                for j in c.columns}}
+        ClusterRecord(name=c.name, members=list(c.members), min_abs_rho=c.min_abs_rho,
+                      **{k: record[k] for k in ("importance", "std", "low", "high")},
+                      member_importances={features[j]: float(np.nanmean(samples[names.index(features[j])]))
+                                          for j in c.columns})
         for c, record in zip(kept, grouped.records())
     ]
-    return groups.records(), cluster_records
+    return [GroupRecord(**record) for record in groups.records()], cluster_records

@@ -277,8 +277,8 @@ def test_ablation_clusters_with_the_threshold_permutation_uses(tmp_path):
     for threshold, expected in ((0.9, []), (0.7, ["a+b"])):
         [permutation] = audit_permutation(version, n_repeats=2, max_repeats=2, cluster_threshold=threshold)
         ablation, _ = audit_ablation(version, n_seeds=1, max_seeds=1, cluster_threshold=threshold)
-        assert [c["name"] for c in permutation.details.clusters] == expected
-        assert [c["name"] for c in ablation.details.clusters] == expected
+        assert [c.name for c in permutation.details.clusters] == expected
+        assert [c.name for c in ablation.details.clusters] == expected
 
 
 def test_retrain_check_drops_diverged_baselines_and_does_not_rank_diverged_units():

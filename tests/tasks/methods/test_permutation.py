@@ -193,12 +193,12 @@ def test_correlated_pair_is_found_and_its_grouped_importance_beats_each_member(c
     assert result.method == "permutation" and result.metric == "mse"
     assert result.features == helpers.LINEAR_FEATURES
     [cluster] = result.details.clusters
-    assert cluster["name"] == "a+b" and cluster["members"] == ["a", "b"] and cluster["min_abs_rho"] > 0.9
+    assert cluster.name == "a+b" and cluster.members == ["a", "b"] and cluster.min_abs_rho > 0.9
     # oracle: permuting the pair jointly costs 2·var(a + b); each member alone only 2·var(its term)
     expected = 2 * np.var(test.X[:, 0] + test.X[:, 1])
-    assert cluster["importance"] == pytest.approx(expected, rel=0.08)
-    assert cluster["low"] > max(result.high[0], result.high[1])
-    assert [g["feature"] for g in result.details.groups] == ["group:bc"]
+    assert cluster.importance == pytest.approx(expected, rel=0.08)
+    assert cluster.low > max(result.high[0], result.high[1])
+    assert [g.feature for g in result.details.groups] == ["group:bc"]
     assert [c[0] for c in calls] == [*helpers.LINEAR_FEATURES, "group:bc", "cluster:a+b"]
 
 
@@ -214,7 +214,7 @@ def test_cluster_equal_to_a_manifest_group_is_permuted_once(correlated_version):
     assert calls[4:] == ["group:pair"]
     [group] = result.details.groups
     [cluster] = result.details.clusters
-    assert cluster["importance"] == group["importance"]
+    assert cluster.importance == group.importance
 
 
 def test_features_keep_their_numbers_when_clusters_are_reported(correlated_version):

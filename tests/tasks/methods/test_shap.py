@@ -130,13 +130,13 @@ def test_highest_loss_rows_match_a_brute_force_ranking(embedding_registry):
 
     result = shap_audit(version, seed=0, n_rows=100)
     local = result.details.local
-    assert [r["row"] for r in local if r["selection"] == "highest loss"] == brute
-    assert len([r for r in local if r["selection"] == "random"]) == 3
+    assert [r.row for r in local if r.selection == "highest loss"] == brute
+    assert len([r for r in local if r.selection == "random"]) == 3
     for record in local:
-        phi = sum(f["phi"] for f in record["features"])
-        assert record["base_value"] + phi == pytest.approx(record["explained_output"], abs=1e-5)
-        assert record["label"] == pytest.approx(float(test.y[record["row"]]))
-        magnitudes = [abs(f["phi"]) for f in record["features"]]
+        phi = sum(f.phi for f in record.features)
+        assert record.base_value + phi == pytest.approx(record.explained_output, abs=1e-5)
+        assert record.label == pytest.approx(float(test.y[record.row]))
+        magnitudes = [abs(f.phi) for f in record.features]
         assert magnitudes == sorted(magnitudes, reverse=True)
 
 
@@ -158,8 +158,8 @@ def test_named_embedding_model_is_explained_by_sampling_and_seeded(embedding_reg
     assert again.details.local == details.local and again.details.beeswarm == details.beeswarm
     other = shap_audit(version, seed=1, n_rows=100)
     assert not np.array_equal(first.importances, other.importances)
-    assert details.beeswarm["features"][0] in ("amount", "region")
-    assert len(details.beeswarm["phi"][0]) == 100
+    assert details.beeswarm.features[0] in ("amount", "region")
+    assert len(details.beeswarm.phi[0]) == 100
 
 
 def test_a_rerun_with_another_seed_lands_inside_the_bootstrap_interval(linear, softmax_model):
@@ -272,15 +272,15 @@ def test_many_features_explain_fewer_rows_and_say_why(tmp_path):
 
     result = shap_audit(version, seed=0, max_work=400_000_000)
     work = result.details.work
-    assert work["reduced"] and (work["rows"], work["background"]) == (50, 21)
-    assert (work["rows_asked"], work["background_asked"], work["extra_rows"]) == (200, 100, 8)
-    assert work["work"] <= work["max_work"] == 400_000_000
+    assert work.reduced and (work.rows, work.background) == (50, 21)
+    assert (work.rows_asked, work.background_asked, work.extra_rows) == (200, 100, 8)
+    assert work.work <= work.max_work == 400_000_000
     assert result.details.n_rows == 50 and result.details.n_background == 21
     [note] = [n for n in result.notes if n.startswith("Work capped")]
     assert note.startswith("Work capped: explained 50 of 200 rows with 21 of 100 background rows")
     assert ("400 features make each row cost 2·21·401 = 16,842 model evaluations (each reading all 400 features)"
             in note)
-    assert work["reason"] == note
+    assert work.reason == note
     # the interval machinery works with fewer rows and background rows
     assert (result.low <= result.importances_mean).all() and (result.importances_mean <= result.high).all()
     assert np.isfinite(result.details.mc_se).all()
