@@ -7,13 +7,14 @@ y = 3a - 2b + c (scales 1, 2, 0.5) it ranks b, a, c, then noise.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from pydantic import Field
 
 from tasks.core.options import MethodOptions
 from tasks.core.result import Details, ImportanceResult
-from tasks.methods.base import Context, Method, ResultSpec
+from tasks.methods.base import Context, Method, ResultSpec, Section
 
 
 class Options(MethodOptions):
@@ -37,7 +38,13 @@ def compute(subject, options: Options, context: Context) -> list[ImportanceResul
                                           sampling="bootstrap", details=ToyDetails(draws=options.toy_draws))]
 
 
+def section(result: ImportanceResult) -> dict:
+    top = int(result.importances_mean.argmax())
+    return {"top": result.features[top], "value": float(result.importances_mean[top]), "draws": result.details.draws}
+
+
 def method(*, judged: bool) -> Method:
     return Method(name="toy", title="Toy correlation", kind="behavioural", units=frozenset({"column"}),
                   results=(ResultSpec("toy", "Toy |corr| with the target", judged=judged),), options=Options,
-                  compute=compute, stored=(ToyDetails,))
+                  compute=compute, stored=(ToyDetails,),
+                  section=Section("toy.html.j2", section, folder=Path(__file__).parent / "templates"))

@@ -14,6 +14,7 @@ report each result's title. A method is either
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -65,11 +66,13 @@ FanOut = Callable[..., tuple[list[ImportanceResult], Any]]
 
 @dataclass(frozen=True)
 class Section:
-    """A method's own report section: its template under ``templates/sections/`` and the function that decides,
-    from the method's result, everything it shows (None: nothing to show)."""
+    """A method's own report section: its template (in ``templates/sections/``, or in ``folder`` when the
+    method keeps it elsewhere) and the function that decides, from the method's result, everything it shows
+    (None: nothing to show). The template sees that as ``section``."""
 
     template: str
     context: Callable[[ImportanceResult], dict[str, Any] | None]
+    folder: Path | None = None
 
 
 @dataclass(frozen=True)

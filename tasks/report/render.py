@@ -14,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined
 from prefect import task
 
 from tasks.core import charts
@@ -121,7 +121,10 @@ def build_context(
 
 def environment() -> Environment:
     """The one Jinja2 environment: autoescaping on, formatters as filters."""
-    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, undefined=StrictUndefined)
+    folders = [TEMPLATES, TEMPLATES / "sections",  # and the folder of a method that keeps its section elsewhere
+               *(m.section.folder for m in METHODS.values() if m.section is not None and m.section.folder)]
+    env = Environment(loader=ChoiceLoader([FileSystemLoader(f) for f in folders]), autoescape=True,
+                      undefined=StrictUndefined)
     env.filters["num"] = format_number
     env.filters["pct"] = format_percent
     env.filters["title"] = lambda method: result_titles().get(method, method)
@@ -328,7 +331,7 @@ def _sections(results: list[ImportanceResult]) -> list[dict[str, Any]]:
         result = next((r for r in results if r.method == method.name), None)
         if method.section is not None and result is not None:
             if (data := method.section.context(result)) is not None:
-                sections.append({"template": f"sections/{method.section.template}", "data": data})
+                sections.append({"template": method.section.template, "data": data})
     return sections
 
 

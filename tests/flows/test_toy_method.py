@@ -50,4 +50,6 @@ def test_it_runs_is_stored_reused_and_judged_only_when_marked(toy, linear_regist
     assert json.dumps(second["results"]["methods"]) == json.dumps(methods)
     assert ("toy" in first["results"]["rank_evidence"]) is toy
     text = " ".join(page.extract_text() for page in pypdf.PdfReader(first["folder"] / "report.pdf").pages)
-    assert "Toy |corr| with the target" in re.sub(r"\s+", " ", text)
+    text = re.sub(r"\s+", " ", text)
+    assert "Toy |corr| with the target" in text  # its result among the methods
+    assert "Toy correlation, in a section of its own" in text and "Strongest: b at " in text  # its own section
