@@ -21,6 +21,17 @@ on the method's own samples before anything is built on it.
   own units. A feature is *relevant* when its 95% interval lies above the threshold, and
   *negligible* when its interval lies below it (an equivalence test against that margin; an
   interval that merely covers zero is no evidence). Degenerate intervals are neither.
+
+Cost, at every width. Up to ``ALL_PAIRS`` features every pair is tested. Beyond, only the
+*candidates* are: the features down to the last one whose interval reaches the top-k boundary (its
+upper end at or above the lower end of the k-th feature's interval) or that the relevance screen
+keeps, each tested against every feature, and never more than ``MAX_PAIRS`` pairs. For a candidate
+the rank interval and the verified top mean exactly what they mean with every pair tested; the
+top-K set is only claimed for K up to the number of candidates. A feature outside the candidates is
+*outside the verified top*; its rank bounds come from the candidates alone (best rank 1 + the
+candidates verified above it, worst n − the candidates it is verified above), which contain the
+bounds every pair would give. Pairs are tested a block at a time (at most ``BLOCK`` differences at
+once) and only counts are kept, so memory grows with the features, not their square.
 """
 
 from __future__ import annotations
@@ -35,6 +46,9 @@ from tasks.core.result import ImportanceResult
 ALPHA = 0.05
 RELEVANCE = 0.05  # a feature is negligible below 5% of the top feature's importance, in the method's units
 TOP_K = 3  # the verdict's and adaptive permutation's "top k" (see top_k_for)
+MAX_PAIRS = 4_000_000  # pairs tested at most (every pair up to ALL_PAIRS features)
+ALL_PAIRS = 2_000  # features up to which every pair is tested (ALL_PAIRS² = MAX_PAIRS)
+BLOCK = 4_000_000  # pair × sample differences held at once (32 MB of float64)
 
 
 def top_k_for(n: int) -> int:
@@ -42,13 +56,56 @@ def top_k_for(n: int) -> int:
     return max(1, min(TOP_K, n // 2))
 
 
+class PairTest:
+    """One method's samples, ready to test "feature i is more important than feature j" a block of rows at a time."""
+
+    def __init__(self, result: ImportanceResult, *, alpha: float = ALPHA):
+        self.samples = np.asarray(result.importances, dtype=float)
+        self.n, self.n_samples = self.samples.shape
+        self.sampling = result.sampling
+        self.alpha = alpha
+        self.testable = result.sampling != "single" and self.n_samples >= 2
+        self.rows_per_block = max(1, BLOCK // max(1, self.n * self.n_samples))
+
+    def block(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(above, below), each (len(rows), n) bool: ``above[r, j]`` — feature rows[r] is verified above j;
+        ``below[r, j]`` — j is verified above rows[r]. Both come from the same per-sample differences."""
+        rows = np.asarray(rows, dtype=int)
+        if not self.testable or not len(rows):
+            empty = np.zeros((len(rows), self.n), dtype=bool)
+            return empty, empty.copy()
+        d = self.samples[rows][:, None, :] - self.samples[None, :, :]  # rows[r] minus j, sample by sample
+        spread = d.max(axis=2) > d.min(axis=2)  # all differences equal: unresolved, never certain
+        if self.sampling == "bootstrap":
+            above = spread & ((d <= 0).mean(axis=2) < self.alpha)
+            below = spread & ((d >= 0).mean(axis=2) < self.alpha)
+        else:
+            mean, sd = d.mean(axis=2), d.std(axis=2, ddof=1)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                t = mean / (sd / np.sqrt(self.n_samples))
+            df = self.n_samples - 1
+            resolved = sd > 0
+            above = resolved & (np.where(resolved, stats.t.sf(t, df), 1.0) < self.alpha)
+            below = resolved & (np.where(resolved, stats.t.sf(-t, df), 1.0) < self.alpha)
+        self_pairs = (np.arange(len(rows)), rows)
+        above[self_pairs] = below[self_pairs] = False
+        return above, below
+
+    def blocks(self, rows: np.ndarray):
+        """(rows, above, below) over ``rows``, a bounded block at a time."""
+        rows = np.asarray(rows, dtype=int)
+        for start in range(0, len(rows), self.rows_per_block):
+            chunk = rows[start:start + self.rows_per_block]
+            yield (chunk, *self.block(chunk))
+
+
 @dataclass(frozen=True, eq=False)
 class RankingEvidence:
-    """What one method's samples establish about its ranking."""
+    """What one method's samples establish about its ranking: counts per feature; pairs are re-tested on demand."""
 
     method: str
     features: tuple[str, ...]
-    verified: np.ndarray  # (n, n) bool: verified[i, j] — i is more important than j at 95%
+    pairs: PairTest
     rank: np.ndarray
     rank_low: np.ndarray  # best rank compatible with the verified pairs
     rank_high: np.ndarray  # worst rank compatible with the verified pairs
@@ -60,20 +117,39 @@ class RankingEvidence:
     degenerate: np.ndarray  # (n,) bool: no usable spread (single sample or all samples equal)
     test: str  # how pairs were tested, in words
     order: np.ndarray  # feature indices, most important first
+    holds: np.ndarray  # holds[k - 1]: the top-k set is verified, for k = 1 .. n_tested (at most n - 1)
+    tested: np.ndarray  # (n,) bool: a candidate, tested against every feature (all of them up to ALL_PAIRS)
+
+    @property
+    def n_tested(self) -> int:
+        return int(self.tested.sum())
+
+    def verified_rows(self, rows: np.ndarray):
+        """(rows, verified) blocks: ``verified[r, j]`` — feature rows[r] is more important than j at 95%."""
+        for chunk, above, _ in self.pairs.blocks(rows):
+            yield chunk, above
+
+    def verified_pair(self, i: int, j: int) -> bool:
+        """Whether "feature i is more important than feature j" holds at 95%."""
+        return bool(self.pairs.block(np.array([i]))[0][0, j])
 
     def top_k_verified(self, k: int) -> bool:
-        """Whether the top-k set is verified: each of the first k above every feature outside them."""
-        k = min(k, len(self.order))
-        return bool(self.verified[np.ix_(self.order[:k], self.order[k:])].all())
+        """Whether the top-k set is verified: each of the first k above every feature outside them.
+        Never claimed beyond the candidates."""
+        if k >= len(self.order):
+            return True
+        return k <= len(self.holds) and bool(self.holds[k - 1])
 
     def summary(self) -> str:
         """'top 4 verified at 95%; order verified for the top 2', in words for the report."""
+        n = len(self.features)
+        scope = "" if self.n_tested == n else f" (of the top {self.n_tested} tested against all {n} features)"
         if self.top_set == 0:
-            return "no top feature verified at 95%"
+            return "no top feature verified at 95%" + scope
         text = f"top {self.top_set} verified at 95%"
         if self.top_order == 0:
-            return text + "; their order not verified"
-        return text + f"; order verified for the top {self.top_order}"
+            return text + "; their order not verified" + scope
+        return text + f"; order verified for the top {self.top_order}" + scope
 
     def to_dict(self) -> dict:
         return {
@@ -81,77 +157,111 @@ class RankingEvidence:
             "test": self.test,
             "top_set": self.top_set,
             "top_order": self.top_order,
+            "tested": self.n_tested,
             "summary": self.summary(),
             "threshold": self.threshold,
             "features": [
                 {"feature": f, "rank": int(self.rank[i]), "rank_low": int(self.rank_low[i]),
                  "rank_high": int(self.rank_high[i]), "relevant": bool(self.relevant[i]),
-                 "negligible": bool(self.negligible[i]), "degenerate": bool(self.degenerate[i])}
+                 "negligible": bool(self.negligible[i]), "degenerate": bool(self.degenerate[i]),
+                 "tested": bool(self.tested[i])}
                 for i, f in enumerate(self.features)
             ],
         }
 
 
-def ranking_evidence(result: ImportanceResult, *, alpha: float = ALPHA, relevance: float = RELEVANCE) -> RankingEvidence:
-    """Test every pair of features on ``result``'s samples; derive verified top-K, rank intervals, relevance."""
-    p = pairwise_p_values(result)
-    verified = p < alpha
-    np.fill_diagonal(verified, False)
+def ranking_evidence(result: ImportanceResult, *, alpha: float = ALPHA, relevance: float = RELEVANCE,
+                     max_pairs: int = MAX_PAIRS) -> RankingEvidence:
+    """Test the pairs that can matter on ``result``'s samples; derive verified top-K, rank intervals, relevance."""
     n = len(result.features)
-    rank_low = 1 + verified.sum(axis=0)
-    rank_high = n - verified.sum(axis=1)
-    order = np.argsort(-result.importances_mean, kind="stable")
-    top_set, top_order = verified_top(verified, order)
+    mean = np.asarray(result.importances_mean, dtype=float)
+    order = np.argsort(-mean, kind="stable")
+    position = np.empty(n, dtype=int)
+    position[order] = np.arange(n)
     degenerate = _degenerate(result)
-    threshold = relevance * float(np.nanmax(result.importances_mean)) if n else 0.0
-    threshold = max(threshold, 0.0)
+    threshold = max(relevance * float(np.nanmax(mean)), 0.0) if n else 0.0
+    relevant = (result.low > threshold) & ~degenerate
+    n_tested = candidates(result, order, relevant, max_pairs=max_pairs)
+    pairs = PairTest(result, alpha=alpha)
+
+    above_all = np.zeros(n, dtype=int)  # a candidate: features verified above it
+    below_all = np.zeros(n, dtype=int)  # a candidate: features it is verified above
+    above_tested = np.zeros(n, dtype=int)  # any feature: candidates verified above it
+    below_tested = np.zeros(n, dtype=int)  # any feature: candidates it is verified above
+    reach = np.zeros(n_tested, dtype=int)  # per candidate: 1 + the lowest position it is not verified above
+    for rows, above, below in pairs.blocks(order[:n_tested]):
+        below_all[rows], above_all[rows] = above.sum(axis=1), below.sum(axis=1)
+        above_tested += above.sum(axis=0)
+        below_tested += below.sum(axis=0)
+        reach[position[rows]] = _reach(above, rows, position)
+    tested = np.zeros(n, dtype=bool)
+    tested[order[:n_tested]] = True
+    above_count = np.where(tested, above_all, above_tested)
+    below_count = np.where(tested, below_all, below_tested)
+    holds = top_holds(reach)[: max(n - 1, 0)]
+    top_set, top_order = top_from_holds(holds)
     return RankingEvidence(
         method=result.method,
         features=result.features,
-        verified=verified,
+        pairs=pairs,
         rank=result.rank,
-        rank_low=np.minimum(rank_low, result.rank),
-        rank_high=np.maximum(rank_high, result.rank),
+        rank_low=np.minimum(1 + above_count, result.rank),
+        rank_high=np.maximum(n - below_count, result.rank),
         top_set=top_set,
         top_order=top_order,
         threshold=threshold,
-        relevant=(result.low > threshold) & ~degenerate,
+        relevant=relevant,
         negligible=(result.high < threshold) & ~degenerate,
         degenerate=degenerate,
         test=_test_words(result),
         order=order,
+        holds=holds,
+        tested=tested,
     )
 
 
-def pairwise_p_values(result: ImportanceResult) -> np.ndarray:
-    """``p[i, j]``: one-sided p-value of "feature i is more important than feature j" (1 where untestable)."""
-    samples = np.asarray(result.importances, dtype=float)
-    n_features, n_samples = samples.shape
-    p = np.ones((n_features, n_features))
-    if result.sampling == "single" or n_samples < 2:
-        return p
-    for i in range(n_features):
-        d = samples[i][None, :] - samples  # (n_features, n_samples): i minus every j, sample by sample
-        if result.sampling == "bootstrap":
-            spread = d.max(axis=1) > d.min(axis=1)
-            p[i] = np.where(spread, (d <= 0).mean(axis=1), 1.0)
-        else:
-            mean, sd = d.mean(axis=1), d.std(axis=1, ddof=1)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                t = mean / (sd / np.sqrt(n_samples))
-            p[i] = np.where(sd > 0, stats.t.sf(t, n_samples - 1), 1.0)
-    return p
+def candidates(result: ImportanceResult, order: np.ndarray, relevant: np.ndarray, *,
+               max_pairs: int = MAX_PAIRS) -> int:
+    """How many features, from the top of ``order``, to test against every feature (module docstring, "Cost")."""
+    n = len(order)
+    if n * n <= max_pairs:
+        return n
+    k = top_k_for(n)
+    boundary = result.low[order[k - 1]]
+    keep = (result.high >= boundary) | relevant
+    keep[order[: k + 1]] = True
+    wanted = int(np.nonzero(keep[order])[0].max()) + 1
+    return min(wanted, max(k + 1, max_pairs // n))
+
+
+def _reach(above: np.ndarray, rows: np.ndarray, position: np.ndarray) -> np.ndarray:
+    """Per row: 1 + the lowest position (in importance order) of a feature it is not verified above, itself aside."""
+    open_ = ~above
+    open_[np.arange(len(rows)), rows] = False
+    return np.where(open_, position[None, :], -1).max(axis=1) + 1
+
+
+def top_holds(reach: np.ndarray) -> np.ndarray:
+    """``holds[k - 1]``: the top-k set is verified. Given each top feature's reach (in importance order), the
+    top-k set holds when none of its first k members leaves a feature at position k or below unverified."""
+    return np.maximum.accumulate(reach) <= np.arange(1, len(reach) + 1)
+
+
+def top_from_holds(holds: np.ndarray) -> tuple[int, int]:
+    """(largest K whose top-K set is verified, number of leading ranks that are each verified)."""
+    top_set = int(np.nonzero(holds)[0].max()) + 1 if holds.any() else 0
+    top_order = len(holds) if holds.all() else int(np.argmin(holds))
+    return top_set, top_order
 
 
 def verified_top(verified: np.ndarray, order: np.ndarray) -> tuple[int, int]:
-    """(largest K whose top-K set is verified, number of leading ranks that are each verified)."""
+    """(largest K whose top-K set is verified, leading ranks each verified) from a full (n, n) verified matrix, in
+    O(n²): for each feature the lowest position it fails to beat, then a running maximum down the order."""
     n = len(order)
-    holds = [bool(verified[np.ix_(order[:k], order[k:])].all()) for k in range(1, n)]
-    top_set = max((k for k in range(1, n) if holds[k - 1]), default=0)
-    top_order = 0
-    while top_order < n - 1 and holds[top_order]:
-        top_order += 1
-    return top_set, top_order
+    position = np.empty(n, dtype=int)
+    position[order] = np.arange(n)
+    reach = _reach(verified[order], order, position)
+    return top_from_holds(top_holds(reach)[: max(n - 1, 0)])
 
 
 def _degenerate(result: ImportanceResult) -> np.ndarray:

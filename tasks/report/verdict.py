@@ -41,6 +41,7 @@ from tasks.methods.table import judged, result_titles
 Verdict = Literal["agree", "partly agree", "disagree", "not assessed"]
 MIN_GAP = 2  # an under-ranked feature sits at least this many ranks below the worst rank its behaviour allows
 AGREEMENT_KS = (3, 5, 10)
+SHOWN_INVERTED = 10  # inverted pairs kept by name, as examples (all are counted)
 N_BOOTSTRAP = 200
 SEVERITY = {"not assessed": 0, "agree": 1, "partly agree": 2, "disagree": 3}
 VERDICT_RULE = (
@@ -69,14 +70,15 @@ class Agreement:
     weighted_tau: float = float("nan")  # top-weighted Kendall tau (hyperbolic weights)
     weighted_tau_interval: tuple[float, float] = (float("nan"), float("nan"))  # bootstrap over b's samples
     verified_pairs: int = 0  # pairs whose order b verifies at 95% (the more important one relevant)
-    inverted: tuple[tuple[str, str], ...] = ()  # verified pairs (more important, less important) a orders the other way
+    inverted: tuple[tuple[str, str], ...] = ()  # the first verified pairs (more, less important) a orders the other way
+    n_inverted: int = 0  # how many verified pairs a orders the other way
 
     @property
     def resolved_agreement(self) -> float:
         """Share of the pairs b verifies that a orders the same way (NaN when b verifies none)."""
         if not self.verified_pairs:
             return float("nan")
-        return 1.0 - len(self.inverted) / self.verified_pairs
+        return 1.0 - self.n_inverted / self.verified_pairs
 
 
 @dataclass(frozen=True)
@@ -138,12 +140,23 @@ def over_ranked(weight: ImportanceResult, evidence: RankingEvidence, j: int) -> 
     return int(weight.rank[j]) <= top_k_for(len(weight.features)) and bool(evidence.negligible[j])
 
 
-def inverted_pairs(weight: ImportanceResult, evidence: RankingEvidence) -> tuple[int, list[tuple[str, str]]]:
-    """(number of verified pairs with a relevant leader, those the weights order the other way)."""
-    leaders, followers = np.nonzero(evidence.verified & evidence.relevant[:, None])
-    wrong = weight.importances_mean[leaders] < weight.importances_mean[followers]
+def inverted_pairs(weight: ImportanceResult, evidence: RankingEvidence,
+                   shown: int = SHOWN_INVERTED) -> tuple[int, int, list[tuple[str, str]]]:
+    """(verified pairs with a relevant leader, how many of them the weights order the other way, the first
+    ``shown`` of those). Leaders are the relevant candidates (every relevant feature up to ALL_PAIRS features)."""
+    leaders = np.nonzero(evidence.relevant & evidence.tested)[0]
+    w = np.asarray(weight.importances_mean, dtype=float)
     names = evidence.features
-    return len(leaders), [(names[i], names[j]) for i, j in zip(leaders[wrong], followers[wrong])]
+    count, wrong_count, wrong = 0, 0, []
+    for rows, verified in evidence.verified_rows(leaders):
+        inverted = verified & (w[rows, None] < w[None, :])
+        count += int(verified.sum())
+        wrong_count += int(inverted.sum())
+        for r, j in zip(*np.nonzero(inverted)):
+            if len(wrong) == shown:
+                break
+            wrong.append((names[rows[r]], names[j]))
+    return count, wrong_count, wrong
 
 
 def agreement(a: ImportanceResult, b: ImportanceResult, *, evidence: RankingEvidence | None = None,
@@ -151,7 +164,7 @@ def agreement(a: ImportanceResult, b: ImportanceResult, *, evidence: RankingEvid
     """Rank agreement between two results over the same features; with ``evidence`` for b, its verified pairs too."""
     n = len(a.features)
     moves = sorted(zip(a.features, a.rank.tolist(), b.rank.tolist()), key=lambda t: (-abs(t[1] - t[2]), t[1]))
-    verified, inverted = inverted_pairs(a, evidence) if evidence is not None else (0, [])
+    verified, n_inverted, inverted = inverted_pairs(a, evidence) if evidence is not None else (0, 0, [])
     return Agreement(
         method_a=a.method,
         method_b=b.method,
@@ -164,6 +177,7 @@ def agreement(a: ImportanceResult, b: ImportanceResult, *, evidence: RankingEvid
         weighted_tau_interval=weighted_tau_interval(a, b),
         verified_pairs=verified,
         inverted=tuple(inverted),
+        n_inverted=n_inverted,
     )
 
 
@@ -280,7 +294,7 @@ def verdict_reason(verdict: Verdict, verdicts: dict[str, Verdict], agreements: t
     if verdict == "partly agree":
         a = next(a for a in own if a.inverted)
         lead, follow = a.inverted[0]
-        return (f"partly agree: no feature is misranked beyond noise, but the {who} order {len(a.inverted)} of the "
+        return (f"partly agree: no feature is misranked beyond noise, but the {who} order {a.n_inverted} of the "
                 f"{a.verified_pairs} pairs that {a.method_b} verifies the other way (e.g. '{follow}' above '{lead}'){tail}.")
     if verdict == "agree":
         counts = ", ".join(f"{a.method_b} {a.verified_pairs}" for a in own if a.method_a == worst[0])

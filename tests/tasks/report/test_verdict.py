@@ -88,7 +88,8 @@ def test_degenerate_intervals_are_unresolved_not_certain():
     samples = np.repeat(np.array([[0.0], [0.002], [0.004], [0.0], [0.0], [0.0]]), 5, axis=1)
     flat = ImportanceResult.from_samples("permutation", "behavioural", FEATURES, samples)
     evidence = ranking_evidence(flat)
-    assert evidence.degenerate.all() and not evidence.verified.any() and not evidence.negligible.any()
+    assert evidence.degenerate.all() and not evidence.negligible.any()
+    assert not any(verified.any() for _, verified in evidence.verified_rows(np.arange(6)))
     result = compare([_weights([5, 4, 3, 2, 1, 0.5]), flat])
     assert result.findings == () and result.verdict == "not assessed"
 
@@ -132,7 +133,7 @@ def test_bootstrap_draws_are_tested_as_pairs():
     result = _bootstrap([3, 2, 1, 0.5, 0.5, 0.1], spread=0.05)
     evidence = ranking_evidence(result)
     assert evidence.top_set == 5 and evidence.top_order == 3  # 0.5 and 0.5 tie, but both beat 0.1
-    assert evidence.verified[0, 1] and not evidence.verified[3, 4] and evidence.verified[4, 5]
+    assert evidence.verified_pair(0, 1) and not evidence.verified_pair(3, 4) and evidence.verified_pair(4, 5)
 
 
 def test_identical_rankings_agree_with_krishna_measures_kept():
