@@ -14,6 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined
 from prefect import task
 
@@ -40,6 +41,8 @@ from tasks.report.verdict import Comparison
 from tasks.subject.clusters import UnitRecords
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "templates"  # the top-level templates/ folder
+SHOWN_RANKS = 25  # the rankings table shows a feature when any method ranks it this high; the rest are summarised
+SHOWN_MEMBERS = 12  # a correlated cluster lists this many members by name
 LIBRARIES = ("featureaudit", "tensorflow-cpu", "keras", "numpy", "pandas", "shap", "prefect", "weasyprint", "jinja2")
 
 
@@ -347,22 +350,44 @@ def _method(result: ImportanceResult) -> dict[str, Any]:
         "notes": list(result.notes),
         "n_samples": result.n_samples,
         "chart": chart,
-        "groups": units.groups if units is not None else [],
-        "clusters": units.clusters if units is not None else [],
+        "groups": _most_important(units.groups if units is not None else []),
+        "clusters": [replace(c, members=c.members[:SHOWN_MEMBERS],
+                             member_importances=dict(list(c.member_importances.items())[:SHOWN_MEMBERS]))
+                     for c in _most_important(units.clusters if units is not None else [])],
+        "groups_hidden": max(0, len(units.groups) - SHOWN_RANKS) if units is not None else 0,
+        "clusters_hidden": max(0, len(units.clusters) - SHOWN_RANKS) if units is not None else 0,
+        "members": {c.name: len(c.members) for c in (units.clusters if units is not None else [])},
     }
 
 
-def _rankings(features: tuple[str, ...], results: list[ImportanceResult], comparison: Comparison) -> dict[str, Any]:
-    """One row per feature: per method its rank (with the rank interval its verified pairs allow), importance, interval."""
+def _most_important(records: list, shown: int = SHOWN_RANKS) -> list:
+    """The ``shown`` most important records (groups or clusters), in their own order; all when that is every one."""
+    if len(records) <= shown:
+        return list(records)
+    keep = set(np.argsort([-r.importance for r in records], kind="stable")[:shown].tolist())
+    return [r for i, r in enumerate(records) if i in keep]
+
+
+def _rankings(features: tuple[str, ...], results: list[ImportanceResult], comparison: Comparison,
+              shown: int = SHOWN_RANKS) -> dict[str, Any]:
+    """One row per feature that any method ranks in its top ``shown`` (so every feature a warning names): per
+    method its rank (with the rank interval its verified pairs allow), importance and interval. The rest are
+    summarised: how many, and the largest importance among them."""
     evidence = {e.method: e for e in comparison.evidence}
+    index = {name: j for j, name in enumerate(features)}
+    keep = np.zeros(len(features), dtype=bool)
+    for r in results:
+        top = [index[r.features[j]] for j in np.flatnonzero(r.rank <= shown) if r.features[j] in index]
+        keep[top] = True
+    positions = {r.method: {name: j for j, name in enumerate(r.features)} for r in results}
     rows = []
-    for name in features:
+    for name in np.asarray(features, dtype=object)[keep]:
         cells = []
         for r in results:
-            if name not in r.features:
+            j = positions[r.method].get(name)
+            if j is None:
                 cells.append(None)  # e.g. not ablated within the budget
                 continue
-            j = r.features.index(name)
             e = evidence.get(r.method)
             span = (int(e.rank_low[j]), int(e.rank_high[j])) if e is not None else None
             cells.append({"importance": float(r.importances_mean[j]), "low": float(r.low[j]),
@@ -372,7 +397,16 @@ def _rankings(features: tuple[str, ...], results: list[ImportanceResult], compar
         rows.append({"feature": name, "cells": cells})
     key = next((i for i, r in enumerate(results) if r.method == reference("behavioural")), 0)
     rows.sort(key=lambda row: row["cells"][key]["rank"] if row["cells"] and row["cells"][key] else 0)
-    return {"methods": [r.method for r in results], "rows": rows}
+    hidden = len(features) - len(rows)
+    largest = []
+    on_show = {row["feature"] for row in rows}
+    for r in results:  # the largest importance among the features not shown, beside the method's top one
+        rest = np.array([name not in on_show for name in r.features], dtype=bool)
+        if rest.any():
+            largest.append({"method": r.method, "largest": float(np.max(r.importances_mean[rest])),
+                            "top": float(np.max(r.importances_mean))})
+    return {"methods": [r.method for r in results], "rows": rows, "hidden": hidden, "shown": shown,
+            "hidden_largest": largest}
 
 
 def _summary(version: ModelVersion, comparison: Comparison, results: list[ImportanceResult]) -> str:

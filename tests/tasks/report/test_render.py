@@ -78,11 +78,12 @@ def test_pdf_renderer_fetches_no_local_file(tmp_path):
 
 def test_correlated_clusters_are_shown_beside_their_members(linear_registry):
     from tasks.methods.permutation import PermutationDetails
+    from tasks.subject.clusters import ClusterRecord
 
     version = resolve_version(linear_registry, "linear")
     features = version.features
-    cluster = {"name": "a+b", "members": ["a", "b"], "min_abs_rho": 0.93, "importance": 7.5, "std": 0.2,
-               "low": 7.2, "high": 7.8, "member_importances": {"a": 1.1, "b": 0.9}}
+    cluster = ClusterRecord(name="a+b", members=["a", "b"], min_abs_rho=0.93, importance=7.5, std=0.2,
+                            low=7.2, high=7.8, member_importances={"a": 1.1, "b": 0.9})
     perm = ImportanceResult.from_samples("permutation", "behavioural", features, np.ones((4, 3)),
                                          details=PermutationDetails(n_repeats=3, seed=0, n_rows=100,
                                                                     cluster_threshold=0.8, baseline=1.0, groups=[],
@@ -106,3 +107,51 @@ def test_charts_stay_bounded_for_many_features():
     height = lambda png: Image.open(io.BytesIO(png)).size[1]  # noqa: E731
     assert height(importance_bars(many)) == height(importance_bars(few))
     assert height(rank_lines(weights, [many])) == height(rank_lines(weights.subset(names[:MAX_FEATURES]), [few]))
+
+
+def test_a_wide_model_shows_each_methods_top_features_and_summarises_the_rest(linear_registry):
+    version = resolve_version(linear_registry, "linear")
+    names = tuple(f"f{j}" for j in range(300))
+    object.__setattr__(version, "features", names)
+    rng = np.random.default_rng(0)
+    weight_values = rng.random(300)
+    weights = ImportanceResult.from_samples("weights", "weight-based", names, weight_values)
+    drivers = np.zeros(300)
+    drivers[250:260] = np.arange(10, 0, -1)  # the behaviour's drivers, ranked low by the weights
+    perm = ImportanceResult.from_samples("permutation", "behavioural", names,
+                                         drivers[:, None] + 0.01 * rng.standard_normal((300, 5)))
+    results = [weights, perm]
+    run = RunInfo(run_id="20260101T000000Z-abc123", started=datetime(2026, 1, 1, tzinfo=timezone.utc), seed=0)
+    context = build_context(version, results, compare(results), run)
+    shown = {row["feature"] for row in context["rankings"]["rows"]}
+    expected = {n for n, r in zip(names, weights.rank) if r <= 25} | {n for n, r in zip(names, perm.rank) if r <= 25}
+    assert shown == expected and len(shown) < 50
+    html = render_html(context)
+    assert f"{300 - len(shown)} more features, ranked below #25 by every method, are not shown" in html
+    hidden_weight = max(v for n, v in zip(names, weight_values) if n not in shown)
+    assert context["rankings"]["hidden_largest"][0]["largest"] == pytest.approx(hidden_weight)
+
+
+def test_many_correlated_clusters_show_the_most_important_with_their_first_members(linear_registry):
+    from tasks.methods.permutation import PermutationDetails
+    from tasks.subject.clusters import ClusterRecord
+
+    version = resolve_version(linear_registry, "linear")
+    names = tuple(f"f{j}" for j in range(800))
+    object.__setattr__(version, "features", names)
+    clusters = [ClusterRecord(name=f"c{i}", members=list(names[20 * i:20 * i + 20]), min_abs_rho=0.9,
+                              importance=float(i), std=0.1, low=i - 0.2, high=i + 0.2,
+                              member_importances={n: 0.5 for n in names[20 * i:20 * i + 20]})
+                for i in range(40)]
+    details = PermutationDetails(n_repeats=5, seed=0, n_rows=100, cluster_threshold=0.8, baseline=1.0,
+                                 groups=[], clusters=clusters)
+    rng = np.random.default_rng(0)
+    perm = ImportanceResult.from_samples("permutation", "behavioural", names, rng.random((800, 5)), details=details)
+    weights = ImportanceResult.from_samples("weights", "weight-based", names, rng.random(800))
+    run = RunInfo(run_id="20260101T000000Z-abc123", started=datetime(2026, 1, 1, tzinfo=timezone.utc), seed=0)
+    context = build_context(version, [weights, perm], compare([weights, perm]), run)
+    shown = next(m for m in context["methods"] if m["name"] == "permutation")["clusters"]
+    assert [c.name for c in shown] == [f"c{i}" for i in range(15, 40)]  # the 25 most important, in their order
+    assert all(len(c.members) == 12 and len(c.member_importances) == 12 for c in shown)
+    html = render_html(context)
+    assert html.count("and 8 more") == 25 and "15 less important clusters not shown" in html
