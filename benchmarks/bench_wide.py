@@ -2,8 +2,9 @@
 
 Workload: a folder registry holding one Dense MLP F-64-1 (ReLU) per width and 500 test rows of
 independent standard-normal features. Its weights are set by construction: five drivers feed the
-hidden layer with weight 1, every other feature with ±0.01, so the truth is known — five features
-matter, the rest are noise — and the model is what a wide tabular model looks like to the audit.
+hidden layer with weight 1, every other feature with small random weights (standard deviation
+0.05/√features), so the truth is known — five features matter, the rest barely — and the model
+is what a wide tabular model looks like to the audit.
 The target is the model's own output plus a little noise.
 
 Each width runs the installed command in a fresh subprocess, end to end: load the model and split,
@@ -51,7 +52,7 @@ def write_registry(root: Path, n_features: int) -> str:
     rng = np.random.default_rng(SEED)
     features = [f"x{j}" for j in range(n_features)]
     X = rng.standard_normal((N_ROWS, n_features), dtype=np.float32)
-    kernel = rng.choice(np.float32([-0.01, 0.01]), size=(n_features, HIDDEN))
+    kernel = rng.normal(0.0, 0.05 / np.sqrt(n_features), size=(n_features, HIDDEN)).astype(np.float32)
     kernel[:DRIVERS] = 0.0
     kernel[np.arange(DRIVERS), np.arange(DRIVERS)] = 1.0
     model = keras.Sequential([keras.Input((n_features,)), keras.layers.Dense(HIDDEN, activation="relu"),

@@ -8,8 +8,9 @@ on the method's own samples before anything is built on it.
   a t-test of the per-sample differences for repeats and seeds (column ``s`` is the same repeat or
   seed for every feature, so seeds are paired through their shared baseline), or the share of
   bootstrap draws that order the pair the other way (draws share their row resample). A pair whose
-  differences are all equal (zero spread, e.g. accuracy moving by the same step in every repeat)
-  is *unresolved*, never certain; a single-sample method resolves nothing.
+  differences are all equal (zero spread, e.g. accuracy moving by the same step in every repeat;
+  equal up to rounding, ``ROUNDING`` of the largest sample) is *unresolved*, never certain; a
+  single-sample method resolves nothing.
 - **Verified top-K.** The top-K *set* is verified when every one of the first K features is
   verified above every feature outside them; its *order* is verified for the top m when the top-1,
   top-2, …, top-m sets all are (so each of the first m ranks is exact). Each claim rejects every
@@ -49,6 +50,7 @@ TOP_K = 3  # the verdict's and adaptive permutation's "top k" (see top_k_for)
 MAX_PAIRS = 4_000_000  # pairs tested at most (every pair up to ALL_PAIRS features)
 ALL_PAIRS = 2_000  # features up to which every pair is tested (ALL_PAIRS² = MAX_PAIRS)
 BLOCK = 4_000_000  # pair × sample differences held at once (32 MB of float64)
+ROUNDING = 1e-12  # differences spreading less than this share of the largest sample are equal up to rounding
 
 
 def top_k_for(n: int) -> int:
@@ -66,6 +68,8 @@ class PairTest:
         self.alpha = alpha
         self.testable = result.sampling != "single" and self.n_samples >= 2
         self.rows_per_block = max(1, BLOCK // max(1, self.n * self.n_samples))
+        # differences that spread less than this are equal up to rounding: unresolved
+        self.tolerance = ROUNDING * float(np.abs(self.samples).max()) if self.samples.size else 0.0
 
     def block(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(above, below), each (len(rows), n) bool: ``above[r, j]`` — feature rows[r] is verified above j;
@@ -75,7 +79,7 @@ class PairTest:
             empty = np.zeros((len(rows), self.n), dtype=bool)
             return empty, empty.copy()
         d = self.samples[rows][:, None, :] - self.samples[None, :, :]  # rows[r] minus j, sample by sample
-        spread = d.max(axis=2) > d.min(axis=2)  # all differences equal: unresolved, never certain
+        spread = d.max(axis=2) - d.min(axis=2) > self.tolerance  # all differences equal: unresolved, never certain
         if self.sampling == "bootstrap":
             above = spread & ((d <= 0).mean(axis=2) < self.alpha)
             below = spread & ((d >= 0).mean(axis=2) < self.alpha)
@@ -84,9 +88,8 @@ class PairTest:
             with np.errstate(divide="ignore", invalid="ignore"):
                 t = mean / (sd / np.sqrt(self.n_samples))
             df = self.n_samples - 1
-            resolved = sd > 0
-            above = resolved & (np.where(resolved, stats.t.sf(t, df), 1.0) < self.alpha)
-            below = resolved & (np.where(resolved, stats.t.sf(-t, df), 1.0) < self.alpha)
+            above = spread & (np.where(spread, stats.t.sf(t, df), 1.0) < self.alpha)
+            below = spread & (np.where(spread, stats.t.sf(-t, df), 1.0) < self.alpha)
         self_pairs = (np.arange(len(rows)), rows)
         above[self_pairs] = below[self_pairs] = False
         return above, below

@@ -144,7 +144,8 @@ class ImportanceResult:
 
     def subset(self, features: tuple[str, ...] | list[str]) -> ImportanceResult:
         """The same result restricted to ``features`` (in that order) and ranked again among them."""
-        rows = [self.features.index(f) for f in features]
+        position = {name: i for i, name in enumerate(self.features)}
+        rows = [position[f] for f in features]
         return ImportanceResult(
             method=self.method,
             kind=self.kind,

@@ -28,6 +28,7 @@ from scipy import stats
 
 from tasks.core.errors import FeatureAuditError
 from tasks.core.metrics import METRICS, Metric
+from tasks.core.names import listed
 from tasks.core.options import DEFAULT_CLUSTER_THRESHOLD, MethodOptions
 from tasks.core.ranking import RELEVANCE
 from tasks.core.result import Details, ImportanceResult
@@ -639,8 +640,8 @@ def priority_order(features: list[str], priority: Any) -> list[str]:
     candidates = priority if isinstance(priority, list) else [priority]
     for result in candidates:
         if isinstance(result, ImportanceResult) and result.ok and result.method == "permutation":
-            by_rank = sorted(features, key=lambda f: result.rank[result.features.index(f)] if f in result.features else 10**9)
-            return by_rank
+            rank = dict(zip(result.features, result.rank.tolist()))
+            return sorted(features, key=lambda f: rank.get(f, 10**9))
     return list(features)
 
 
@@ -729,9 +730,9 @@ def ablation_results(version: ModelVersion, setup: AblationSetup, plan: Ablation
                      run: AblationRun) -> list[ImportanceResult]:
     """The ablation result (in unit order, groups and clusters in its details) and the retrained weights."""
     features = list(version.features)
-    units = list(plan.units)
-    ordered = np.array([run.importances[units.index(name)] for name in setup.measured])  # back in unit order
-    scores = np.array([run.scores[units.index(name)] for name in setup.measured])
+    planned = {name: i for i, name in enumerate(plan.units)}
+    ordered = np.array([run.importances[planned[name]] for name in setup.measured])  # back in unit order
+    scores = np.array([run.scores[planned[name]] for name in setup.measured])
     baselines = np.asarray(run.details.baselines, dtype=float)
     check = retrain_check(scores, baselines, list(setup.measured), metric=setup.metric,
                           registered=setup.registered_score, null=setup.null_score)
@@ -740,7 +741,8 @@ def ablation_results(version: ModelVersion, setup: AblationSetup, plan: Ablation
         return [ImportanceResult.not_ok("ablation", "behavioural", features, status="failed", reason=reason),
                 _retrained_weights_result(run, features, setup.recipe)]
     ordered = ordered[:, check.usable_seeds]
-    ordered[[list(setup.measured).index(name) for name in check.diverged]] = np.nan
+    measured = {name: i for i, name in enumerate(setup.measured)}
+    ordered[[measured[name] for name in check.diverged]] = np.nan
     return [
         _ablation_result(ordered, run.details, check, setup, features),
         _retrained_weights_result(run, features, setup.recipe),
@@ -836,7 +838,9 @@ def _ablation_result(
 ) -> ImportanceResult:
     """The paired drop-column result over the features that were ablated, groups and clusters in its details."""
     measured, recipe = setup.measured, setup.recipe
-    kept = [f for f in features if f not in run.not_ablated and f not in check.diverged]
+    left_out = set(run.not_ablated) | set(check.diverged)
+    kept = [f for f in features if f not in left_out]
+    column = {f: j for j, f in enumerate(features)}
     groups, cluster_records = unit_records(ordered, measured, features, setup.clusters)
     per_seed: dict[int, float] = {}
     for timing in run.timings:
@@ -846,7 +850,7 @@ def _ablation_result(
              f"{run.n_seeds} seeds × {n_units} units, {recipe.epochs} epochs, batch {recipe.batch_size}; "
              "retraining time per seed: " + ", ".join(f"{seconds:.1f} s" for seconds in per_seed.values()) + "."]
     if run.not_ablated:
-        notes.append(f"Budget reached: not ablated: {', '.join(run.not_ablated)}.")
+        notes.append(f"Budget reached: not ablated: {listed(run.not_ablated)}.")
     if check.note:
         notes.append(check.note)
     ran = {f.name: getattr(run, f.name) for f in fields(RunDetails)}
@@ -857,7 +861,7 @@ def _ablation_result(
         clusters=cluster_records,
     )
     return ImportanceResult.from_samples(
-        "ablation", "behavioural", kept, ordered[[features.index(f) for f in kept]], metric=setup.metric.name,
+        "ablation", "behavioural", kept, ordered[[column[f] for f in kept]], metric=setup.metric.name,
         notes=notes, sampling="seeds", details=details,
     )
 

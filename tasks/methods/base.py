@@ -14,9 +14,9 @@ report each result's title. A method is either
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from tasks.core.options import MethodOptions, RunOptions

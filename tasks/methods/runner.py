@@ -88,18 +88,35 @@ def _wait(method: Method, future: PrefectFuture, features: tuple[str, ...]) -> l
 
 def _progress(method: Method, version: ModelVersion, logger: Any) -> Callable[[str, int, int], None]:
     """A progress callback ``(unit, done, total)``: a log record the command line draws as a bar, and a Prefect
-    progress artifact, made when the method first reports progress."""
+    progress artifact, made when the method first reports progress. Both at most once per percent, so ten
+    thousand units make a hundred updates, not ten thousand."""
     lock, artifact = threading.Lock(), []
 
-    def progress(unit: str, done: int, total: int) -> None:
+    def report(unit: str, done: int, total: int) -> None:
         logger.info("%s: %s done (%d/%d)", method.name, unit, done, total,
                     extra={"progress": {"task": method.name, "unit": unit, "done": done, "total": total}})
+        if not artifact:
+            artifact.append(create_progress_artifact(
+                0.0, key=f"{method.name}-{slug(version.name)}",
+                description=f"{method.title} of {version.name} {version.version}: units done"))
+        update_progress_artifact(artifact[0], 100.0 * done / total)
+
+    return every_percent(report, lock)
+
+
+def every_percent(report: Callable[[str, int, int], None],
+                  lock: threading.Lock | None = None) -> Callable[[str, int, int], None]:
+    """``report``, called only when the whole percentage done moves on (and always for the last unit)."""
+    lock = lock or threading.Lock()
+    last = [-1]
+
+    def progress(unit: str, done: int, total: int) -> None:
         with lock:
-            if not artifact:
-                artifact.append(create_progress_artifact(
-                    0.0, key=f"{method.name}-{slug(version.name)}",
-                    description=f"{method.title} of {version.name} {version.version}: units done"))
-            update_progress_artifact(artifact[0], 100.0 * done / total)
+            percent = 100 * done // max(total, 1)
+            if percent == last[0] and done < total:
+                return
+            last[0] = percent
+            report(unit, done, total)
 
     return progress
 

@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from tasks.core.names import listed
 from tasks.core.options import MethodOptions
 from tasks.core.result import ImportanceResult
 from tasks.methods.base import Context, Method, ResultSpec
@@ -101,10 +102,10 @@ class Unattributable(Exception):
         self.features = tuple(features)
         self.inputs = tuple(inputs)
         if self.features:
-            message = f"weight-based importance cannot place {_listed(self.features)}: {reason}"
+            message = f"weight-based importance cannot place {listed(self.features)}: {reason}"
         elif self.inputs:
             inputs = "model input" if len(self.inputs) == 1 else "model inputs"
-            message = f"weight-based importance cannot follow {inputs} {_listed(self.inputs)}: {reason}"
+            message = f"weight-based importance cannot follow {inputs} {listed(self.inputs)}: {reason}"
         else:
             message = reason
         super().__init__(message)
@@ -268,7 +269,7 @@ def _unplaced(named: dict[str, tuple[str, ...]], problems: dict[str, str], *, wh
     if len(by_reason) == 1:
         reason = next(iter(by_reason))
     else:
-        reason = "; ".join(f"{r} (for {_listed(tuple(names))})" for r, names in by_reason.items())
+        reason = "; ".join(f"{r} (for {listed(tuple(names))})" for r, names in by_reason.items())
     if what == "inputs":
         return Unattributable(reason, inputs=everyone)
     return Unattributable(reason, everyone)
@@ -648,13 +649,6 @@ def _describe(operation) -> str:
     kind = type(operation).__name__
     what = "layer" if isinstance(operation, keras.layers.Layer) else "operation"
     return f"the {kind} {what} '{operation.name}'"
-
-
-def _listed(names: tuple[str, ...], limit: int = 6) -> str:
-    quoted = [f"'{n}'" for n in names[:limit]]
-    if len(names) > limit:
-        return ", ".join(quoted) + f" and {len(names) - limit:,} more"
-    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " and " + quoted[-1]
 
 
 def _unique(pairs) -> tuple[tuple[str, str], ...]:

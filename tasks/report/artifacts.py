@@ -61,11 +61,12 @@ def ranking_rows(results: list[ImportanceResult]) -> list[dict[str, Any]]:
     """One row per feature: its rank under every method that succeeded."""
     usable = [r for r in results if r.ok]
     features = usable[0].features if usable else ()
+    ranks = [(r.method, dict(zip(r.features, r.rank.tolist()))) for r in usable]
     rows = []
     for name in features:
         row: dict[str, Any] = {"feature": name}
-        for r in usable:
-            row[r.method] = int(r.rank[r.features.index(name)]) if name in r.features else None
+        for method, rank in ranks:
+            row[method] = rank.get(name)
         rows.append(row)
     return rows
 

@@ -376,9 +376,9 @@ def _rankings(features: tuple[str, ...], results: list[ImportanceResult], compar
     evidence = {e.method: e for e in comparison.evidence}
     index = {name: j for j, name in enumerate(features)}
     keep = np.zeros(len(features), dtype=bool)
-    for r in results:
-        top = [index[r.features[j]] for j in np.flatnonzero(r.rank <= shown) if r.features[j] in index]
-        keep[top] = True
+    for r in results:  # by position, not rank: a thousand features tied at #6 are not all "top 25"
+        first = np.argsort(-np.asarray(r.importances_mean, dtype=float), kind="stable")[:shown]
+        keep[[index[r.features[j]] for j in first if r.features[j] in index]] = True
     positions = {r.method: {name: j for j, name in enumerate(r.features)} for r in results}
     rows = []
     for name in np.asarray(features, dtype=object)[keep]:

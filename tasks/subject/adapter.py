@@ -227,6 +227,7 @@ def _input_feeds(model, features: tuple[str, ...], mapping: dict[str, list[str]]
         if missing:
             raise ModelLoadError(f"manifest.json maps column '{missing[0]}' to input '{name}', but it is not a feature")
     feeds = []
+    column = {c: j for j, c in enumerate(features)}
     for name, tensor in zip(names, tensors):
         shape = tuple(tensor.shape)[1:]
         if any(d is None for d in shape):
@@ -234,11 +235,11 @@ def _input_feeds(model, features: tuple[str, ...], mapping: dict[str, list[str]]
                                  "featureaudit feeds inputs of fixed shape from the split's columns")
         size = math.prod(shape)
         if name in mapping:
-            cols = tuple(features.index(c) for c in mapping[name])
+            cols = tuple(column[c] for c in mapping[name])
         elif len(tensors) == 1 and not (len(features) == 1 and size == 1):
             cols = tuple(range(len(features)))  # a single input takes every feature, in C order
         elif name in features:
-            cols = (features.index(name),)
+            cols = (column[name],)
         else:
             wide = (f"; it takes {size} values per row, so map its columns in manifest.json: "
                     f"\"inputs\": {{\"{name}\": [\"col_a\", \"col_b\", …]}}") if size > 1 else ""

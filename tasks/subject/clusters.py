@@ -247,18 +247,19 @@ def importance_units(
     This is also the order per-unit seeds are spawned in. A cluster with the same members as a
     manifest group is not added again: the group stands for it.
     """
+    column = {f: j for j, f in enumerate(features)}
     units = {f: [j] for j, f in enumerate(features)}
-    units.update({f"group:{g}": [features.index(m) for m in members] for g, members in groups.items()})
+    units.update({f"group:{g}": [column[m] for m in members] for g, members in groups.items()})
+    groups_by_columns = joint_units(units)
     for cluster in clusters:
-        if unit_of(units, cluster) is None:
+        if tuple(sorted(cluster.columns)) not in groups_by_columns:
             units[f"cluster:{cluster.name}"] = list(cluster.columns)
     return units
 
 
-def unit_of(units: dict[str, list[int]], cluster: Cluster) -> str | None:
-    """The group or cluster unit that holds exactly the cluster's columns, if there is one."""
-    columns = sorted(cluster.columns)
-    return next((name for name, cols in units.items() if len(cols) > 1 and sorted(cols) == columns), None)
+def joint_units(units: dict[str, list[int]]) -> dict[tuple[int, ...], str]:
+    """The units of two or more columns (groups and clusters), by their sorted columns."""
+    return {tuple(sorted(cols)): name for name, cols in units.items() if len(cols) > 1}
 
 
 @dataclass(frozen=True)
@@ -308,13 +309,16 @@ def unit_records(
     measured = [i for i in range(len(names)) if not np.isnan(samples[i]).all()]
     group_rows = [i for i in measured if names[i].startswith("group:")]
     groups = ImportanceResult.from_samples("groups", "behavioural", [names[i] for i in group_rows], samples[group_rows])
-    kept = [c for c in clusters if names.index(unit_of(units, c)) in measured]
-    rows = [names.index(unit_of(units, c)) for c in kept]
+    row_of = {name: i for i, name in enumerate(names)}
+    joint = joint_units(units)
+    measured_rows = set(measured)
+    kept = [c for c in clusters if row_of[joint[tuple(sorted(c.columns))]] in measured_rows]
+    rows = [row_of[joint[tuple(sorted(c.columns))]] for c in kept]
     grouped = ImportanceResult.from_samples("clusters", "behavioural", [c.name for c in kept], samples[rows])
     cluster_records = [
         ClusterRecord(name=c.name, members=list(c.members), min_abs_rho=c.min_abs_rho,
                       **{k: record[k] for k in ("importance", "std", "low", "high")},
-                      member_importances={features[j]: float(np.nanmean(samples[names.index(features[j])]))
+                      member_importances={features[j]: float(np.nanmean(samples[row_of[features[j]]]))
                                           for j in c.columns})
         for c, record in zip(kept, grouped.records())
     ]

@@ -20,7 +20,6 @@ import pypdf
 import pytest
 
 from flows.audit import audit_model
-from tasks.methods.table import AuditOptions
 from tasks.methods.cache import (
     CACHE_ENV,
     CACHE_FOLDER,
@@ -32,6 +31,7 @@ from tasks.methods.cache import (
     decode,
     encode,
 )
+from tasks.methods.table import AuditOptions
 from tests import helpers
 
 OPTIONS = AuditOptions(methods=("weights", "permutation", "shap"), repeats=2, shap_rows=40)

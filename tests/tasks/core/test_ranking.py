@@ -11,10 +11,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from tasks.core.ranking import ALPHA, ranking_evidence, top_k_for, verified_top
+from tasks.core.ranking import ALPHA, ROUNDING, ranking_evidence, top_k_for, verified_top
 from tasks.core.result import ImportanceResult
 
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomized: the same examples on every run, so CI is reproducible (raise max_examples locally to search further)
+SETTINGS = settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
 
 def all_pairs_verified(result: ImportanceResult) -> np.ndarray:
@@ -24,10 +25,11 @@ def all_pairs_verified(result: ImportanceResult) -> np.ndarray:
     verified = np.zeros((n, n), dtype=bool)
     if result.sampling == "single" or s < 2:
         return verified
+    rounding = ROUNDING * np.abs(samples).max()
     for i in range(n):
         for j in range(n):
             d = samples[i] - samples[j]
-            if i == j or d.max() == d.min():
+            if i == j or d.max() - d.min() <= rounding:  # all equal, up to rounding: unresolved
                 continue
             if result.sampling == "bootstrap":
                 verified[i, j] = (d <= 0).mean() < ALPHA
@@ -139,3 +141,4 @@ def test_a_verified_top_beyond_the_candidates_is_reported_as_untested():
     # below the candidates, each feature's bounds come from the ten above it: best rank 11, worst rank 60
     assert (evidence.rank_low[10:] == 11).all() and (evidence.rank_high[10:] == 60).all()
     assert [f["tested"] for f in evidence.to_dict()["features"]] == [True] * 10 + [False] * 50
+

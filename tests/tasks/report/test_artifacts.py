@@ -30,7 +30,8 @@ def test_markdown_shows_feature_names_as_literal_text():
     features = ("[click](http://x)", "b", "c", "d")
     weights = ImportanceResult.from_samples("weights", "weight-based", features, np.array([0.01, 3.0, 2.0, 1.0]))
     perm = ImportanceResult.from_samples("permutation", "behavioural", features,
-                                         np.array([[9.0] * 5, [3.0] * 5, [2.0] * 5, [1.0] * 5]) + 0.01 * np.arange(5))
+                                         np.array([[9.0] * 5, [3.0] * 5, [2.0] * 5, [1.0] * 5])
+                                         + 0.01 * np.random.default_rng(0).standard_normal((4, 5)))
     text = verdict_markdown("m", "v1", compare([weights, perm]), "/reports/m/v1/r")
     assert "[click](http://x)" not in text and escape_markdown("[click](http://x)") in text
     assert "Verdict on the weight-based ranking" in text

@@ -114,7 +114,7 @@ def test_a_wide_model_shows_each_methods_top_features_and_summarises_the_rest(li
     names = tuple(f"f{j}" for j in range(300))
     object.__setattr__(version, "features", names)
     rng = np.random.default_rng(0)
-    weight_values = rng.random(300)
+    weight_values = np.round(rng.random(300), 1)  # ties: about 30 features share each weight
     weights = ImportanceResult.from_samples("weights", "weight-based", names, weight_values)
     drivers = np.zeros(300)
     drivers[250:260] = np.arange(10, 0, -1)  # the behaviour's drivers, ranked low by the weights
@@ -124,8 +124,8 @@ def test_a_wide_model_shows_each_methods_top_features_and_summarises_the_rest(li
     run = RunInfo(run_id="20260101T000000Z-abc123", started=datetime(2026, 1, 1, tzinfo=timezone.utc), seed=0)
     context = build_context(version, results, compare(results), run)
     shown = {row["feature"] for row in context["rankings"]["rows"]}
-    expected = {n for n, r in zip(names, weights.rank) if r <= 25} | {n for n, r in zip(names, perm.rank) if r <= 25}
-    assert shown == expected and len(shown) < 50
+    first = lambda r: {names[j] for j in np.argsort(-r.importances_mean, kind="stable")[:25]}  # noqa: E731
+    assert shown == first(weights) | first(perm) and len(shown) <= 50
     html = render_html(context)
     assert f"{300 - len(shown)} more features, ranked below #25 by every method, are not shown" in html
     hidden_weight = max(v for n, v in zip(names, weight_values) if n not in shown)

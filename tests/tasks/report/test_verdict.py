@@ -1,4 +1,7 @@
 import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tasks.core.ranking import ranking_evidence, top_k_for
 from tasks.core.result import ImportanceResult
@@ -182,3 +185,17 @@ def test_weight_stability_reports_each_features_rank_range():
     stability = result.weight_stability
     assert stability["n_trainings"] == 3 and stability["max_rank_range"] == 2
     assert {f["feature"]: (f["rank_low"], f["rank_high"]) for f in stability["features"]}["b"] == (2, 4)
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(n=st.integers(0, 80), seed=st.integers(0, 2**32 - 1), levels=st.sampled_from([2, 5, 1000]),
+       nans=st.booleans())
+def test_pairwise_rank_agreement_counts_every_pair(n, seed, levels, nans):
+    rng = np.random.default_rng(seed)
+    a, b = rng.integers(0, levels, n).astype(float), rng.integers(0, levels, n).astype(float)  # ties at few levels
+    if nans and n:
+        a[rng.integers(0, n)] = np.nan
+    i, j = np.triu_indices(n, k=1)
+    with np.errstate(invalid="ignore"):
+        expected = float(np.mean(np.sign(a[i] - a[j]) == np.sign(b[i] - b[j]))) if len(i) else float("nan")
+    assert pairwise_rank_agreement(a, b) == pytest.approx(expected, nan_ok=True, abs=1e-12)
