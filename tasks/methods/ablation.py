@@ -661,6 +661,7 @@ class AblationSetup:
     registered_score: float  # the registered model's test metric
     null_score: float  # the test metric of a constant prediction (the training target's mean or class shares)
     cluster_threshold: float = DEFAULT_CLUSTER_THRESHOLD
+    clustering_note: str | None = None  # what the clusters leave out (a group too large to link)
 
 
 def load_setup(version: ModelVersion, *, seed: int = 0, cluster_threshold: float = DEFAULT_CLUSTER_THRESHOLD) -> AblationSetup:
@@ -677,6 +678,7 @@ def load_setup(version: ModelVersion, *, seed: int = 0, cluster_threshold: float
         registered_score=subject.metric(subject.test.y, subject.forward()(subject.test.X)),
         null_score=subject.metric(subject.test.y, constant_prediction(subject.train.y, subject.test.y, version.task)),
         cluster_threshold=cluster_threshold,
+        clustering_note=subject.clustering_note(cluster_threshold, seed=seed),
     )
 
 
@@ -853,6 +855,8 @@ def _ablation_result(
         notes.append(f"Budget reached: not ablated: {listed(run.not_ablated)}.")
     if check.note:
         notes.append(check.note)
+    if setup.clustering_note:
+        notes.append(setup.clustering_note)
     ran = {f.name: getattr(run, f.name) for f in fields(RunDetails)}
     details = AblationDetails(
         **{**ran, "seeds": [s for s, ok in zip(run.seeds, check.usable_seeds) if ok]},  # the seeds that trained

@@ -337,8 +337,9 @@ def audit_permutation(
             "some of the leading features are too close to order.")
     if len(history) > 1:
         note += f" Repeats were doubled while they were not: {' → '.join(map(str, history))}."
+    notes = (note,) + tuple(filter(None, [subject.clustering_note(cluster_threshold, seed=seed)]))
     adaptive = AdaptiveRepeats(repeats_tried=history, top_k=k, top_k_verified=bool(verified))
-    return [dataclasses.replace(r, notes=(*r.notes, note), details=dataclasses.replace(r.details, adaptive=adaptive))
+    return [dataclasses.replace(r, notes=(*r.notes, *notes), details=dataclasses.replace(r.details, adaptive=adaptive))
             for r in results]
 
 

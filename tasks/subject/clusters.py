@@ -49,6 +49,7 @@ DEFAULT_MAX_ROWS = 100_000
 RANK_BYTES_PER_VALUE = 80  # scipy's rankdata holds about ten 8-byte temporaries per value it ranks
 SCREEN_BYTES_PER_PAIR = 5  # a float32 |ρ| and its boolean test
 LINK_BYTES_PER_EDGE = 128  # a partner's int64 label, and at worst one edge through scipy's graph routines
+MAX_LINKED = 10_000  # a connected group of more columns is not linked: its distances alone would take 400 MB+
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,26 @@ class Cluster:
         return "+".join(self.members)
 
 
+@dataclass(frozen=True)
+class Clustering:
+    """The clusters found, and the sizes of the connected groups too large to link (their features stay single)."""
+
+    clusters: list[Cluster]
+    unlinked: tuple[int, ...] = ()
+    max_linked: int = MAX_LINKED
+
+    @property
+    def note(self) -> str | None:
+        """One sentence for a method's caveats when a group was too large to cluster, else None."""
+        if not self.unlinked:
+            return None
+        sizes = ", ".join(f"{size:,}" for size in self.unlinked)
+        return (f"Correlated clusters: {len(self.unlinked)} connected group(s) of strongly correlated features "
+                f"({sizes} features) exceed the {self.max_linked:,} that are clustered at once, so they were not "
+                "clustered: their features are measured one by one only, and correlated ones share their "
+                "importance.")
+
+
 def correlated_clusters(
     X: np.ndarray,
     features: list[str] | tuple[str, ...],
@@ -73,16 +94,33 @@ def correlated_clusters(
     random_state: int | None = 0,
 ) -> list[Cluster]:
     """Clusters of two or more features with pairwise |Spearman ρ| >= ``threshold``, in feature order."""
+    return clustering(X, features, threshold=threshold, max_rows=max_rows, random_state=random_state).clusters
+
+
+def clustering(
+    X: np.ndarray,
+    features: list[str] | tuple[str, ...],
+    *,
+    threshold: float = DEFAULT_CLUSTER_THRESHOLD,
+    max_rows: int = DEFAULT_MAX_ROWS,
+    random_state: int | None = 0,
+    max_linked: int = MAX_LINKED,
+) -> Clustering:
+    """:func:`correlated_clusters`, saying which connected groups were too large to link (more than
+    ``max_linked`` columns: complete linkage needs all their pairwise distances at once)."""
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"threshold must be in (0, 1], got {threshold}")
     if len(features) != np.shape(X)[1]:
         raise ValueError(f"{np.shape(X)[1]} columns for {len(features)} features")
     if len(features) < 2:
-        return []
+        return Clustering([])
     ranks, norms = centred_ranks(X, max_rows=max_rows, random_state=random_state)
     cut = 1.0 - threshold
-    clusters = []
+    clusters, unlinked = [], []
     for group in candidate_groups(ranks, norms, threshold=threshold):
+        if len(group) > max_linked:
+            unlinked.append(len(group))
+            continue
         distance = _condensed_distances(ranks, norms, group)
         labels = hierarchy.fcluster(hierarchy.linkage(distance, method="complete"), t=cut, criterion="distance")
         for label in np.unique(labels):
@@ -93,7 +131,7 @@ def correlated_clusters(
             clusters.append(Cluster(members=tuple(features[k] for k in columns),
                                     columns=tuple(int(k) for k in columns),
                                     min_abs_rho=1.0 - _largest_distance(distance, len(group), inside)))
-    return sorted(clusters, key=lambda cluster: cluster.columns[0])
+    return Clustering(sorted(clusters, key=lambda cluster: cluster.columns[0]), tuple(unlinked), max_linked)
 
 
 def centred_ranks(

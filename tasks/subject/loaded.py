@@ -22,7 +22,7 @@ from tasks.core.metrics import Metric, get_metric
 from tasks.core.options import DEFAULT_CLUSTER_THRESHOLD
 from tasks.registry.versions import ModelVersion, Split, load_keras_model, read_split, target_values
 from tasks.subject.adapter import Adapter, build_adapter, head_loss
-from tasks.subject.clusters import Cluster, correlated_clusters, importance_units
+from tasks.subject.clusters import Cluster, Clustering, clustering, importance_units
 from tasks.subject.modeling import Forward, compiled_loss_name
 
 CACHED_SUBJECTS = 2
@@ -57,14 +57,22 @@ class Subject:
 
     def clusters(self, threshold: float = DEFAULT_CLUSTER_THRESHOLD, *, seed: int = 0) -> list[Cluster]:
         """Strongly correlated numeric features of the test split (strings and categorical codes are left out)."""
+        return self._clustering(threshold, seed).clusters
+
+    def clustering_note(self, threshold: float = DEFAULT_CLUSTER_THRESHOLD, *, seed: int = 0) -> str | None:
+        """What the clusters leave out, for a method's caveats (a group too large to link), or None."""
+        return self._clustering(threshold, seed).note
+
+    def _clustering(self, threshold: float, seed: int) -> Clustering:
         key = ("clusters", threshold, seed)
         with self._lock:
             if key not in self._memo:
                 numeric = list(self.adapter.numeric)
-                found = correlated_clusters(self.test.X[:, numeric], [self.features[j] for j in numeric],
-                                            threshold=threshold, random_state=seed)
-                self._memo[key] = [Cluster(c.members, tuple(numeric[j] for j in c.columns), c.min_abs_rho)
-                                   for c in found]
+                found = clustering(self.test.X[:, numeric], [self.features[j] for j in numeric],
+                                   threshold=threshold, random_state=seed)
+                self._memo[key] = Clustering(
+                    [Cluster(c.members, tuple(numeric[j] for j in c.columns), c.min_abs_rho) for c in found.clusters],
+                    found.unlinked, found.max_linked)
             return self._memo[key]
 
     def units(self, threshold: float = DEFAULT_CLUSTER_THRESHOLD, *, seed: int = 0) -> dict[str, list[int]]:

@@ -4,7 +4,7 @@ from scipy import stats
 from scipy.cluster import hierarchy
 from scipy.spatial.distance import squareform
 
-from tasks.subject.clusters import Cluster, candidate_groups, centred_ranks, correlated_clusters
+from tasks.subject.clusters import Cluster, candidate_groups, centred_ranks, clustering, correlated_clusters
 
 
 def correlated_frame(n_rows=3000, rho=0.95, seed=0):
@@ -142,3 +142,15 @@ def test_bad_threshold_is_refused():
     X, features = correlated_frame(100)
     with pytest.raises(ValueError, match="threshold must be in"):
         correlated_clusters(X, features, threshold=0.0)
+
+
+def test_a_group_too_large_to_link_is_left_unclustered_and_said_so():
+    rng = np.random.default_rng(0)
+    factor = rng.standard_normal((200, 1))
+    X = np.hstack([factor + 0.01 * rng.standard_normal((200, 5)), rng.standard_normal((200, 3))])
+    features = [f"x{j}" for j in range(8)]
+    assert clustering(X, features).clusters[0].columns == (0, 1, 2, 3, 4)
+    capped = clustering(X, features, max_linked=4)
+    assert capped.clusters == [] and capped.unlinked == (5,)
+    assert "1 connected group(s) of strongly correlated features (5 features)" in capped.note
+    assert clustering(X, features).note is None
