@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import stats
 
 from tasks.core.errors import ManifestError
 
@@ -90,3 +91,54 @@ def get_metric(name: str | None, task: str, compiled_loss: str | None = None) ->
                 f"manifest.json metric {name!r} does not suit a {task} task; use one of {', '.join(VALID_FOR[task])}"
             )
     return METRICS[DEFAULT_FOR[task]]
+
+
+def constant_prediction(y_train: np.ndarray, y_test: np.ndarray, task: str) -> np.ndarray:
+    """What a model that learnt nothing predicts for each test row: the training mean, prevalence, or class shares."""
+    if task == "multiclass":
+        classes = int(max(y_train.max(), y_test.max())) + 1
+        shares = np.bincount(y_train.astype(np.int64), minlength=classes) / len(y_train)
+        return np.tile(shares, (len(y_test), 1))
+    return np.full(len(y_test), float(np.mean(y_train)))
+
+
+def null_loss(metric: Metric, y_test: np.ndarray, y_train: np.ndarray | None, task: str) -> float | None:
+    """The test loss of a model that learnt nothing (:func:`constant_prediction`, from the training target, or the
+    test target's when there is no training split): what a loss-based importance is material against. None for a
+    metric where higher is better (accuracy): its drops are not losses."""
+    if metric.higher_is_better:
+        return None
+    return metric(y_test, constant_prediction(y_test if y_train is None else y_train, y_test, task))
+
+
+@dataclass(frozen=True)
+class ModelFit:
+    """Whether the model beats a constant prediction on the test split: both losses, and the 95% interval of their
+    mean per-row difference (model minus constant)."""
+
+    metric: str
+    loss: float
+    null_loss: float
+    difference_low: float
+    difference_high: float
+    n_rows: int
+    beats_constant: bool  # better than the constant at 95%: the difference's interval wholly on the good side
+
+    def sentence(self) -> str:
+        """'The model beats a constant prediction on the test split: mse 0.12 against 1.03 …', or that it does not."""
+        said = (f"{self.metric} {self.loss:.4g} against {self.null_loss:.4g} for a constant prediction over "
+                f"{self.n_rows} test rows (95% interval of the difference [{self.difference_low:.3g}, "
+                f"{self.difference_high:.3g}])")
+        verb = "beats" if self.beats_constant else "does not beat"
+        return f"The model {verb} a constant prediction on the test split: {said}."
+
+
+def model_fit(metric: Metric, y: np.ndarray, pred: np.ndarray, constant: np.ndarray) -> ModelFit:
+    """The model's and a constant prediction's test loss, with a t-interval of the mean per-row difference."""
+    difference = np.asarray(metric.per_row(y, pred), dtype=float) - np.asarray(metric.per_row(y, constant), dtype=float)
+    n = len(difference)
+    mean = float(difference.mean())
+    half = float(stats.t.ppf(0.975, n - 1) * difference.std(ddof=1) / np.sqrt(n)) if n > 1 else float("inf")
+    low, high = mean - half, mean + half
+    beats = low > 0 if metric.higher_is_better else high < 0
+    return ModelFit(metric.name, metric(y, pred), metric(y, constant), low, high, n, bool(beats))

@@ -18,10 +18,14 @@ on the method's own samples before anything is built on it.
   at most 5%.
 - **Rank interval.** ``[1 + #features verified above it, n - #features verified below it]``: the
   ranks the feature can hold without contradicting a verified pair.
-- **Relevance.** ``threshold`` = ``RELEVANCE`` × the top feature's mean importance, in the method's
-  own units. A feature is *relevant* when its 95% interval lies above the threshold, and
-  *negligible* when its interval lies below it (an equivalence test against that margin; an
-  interval that merely covers zero is no evidence). Degenerate intervals are neither.
+- **Relevance.** ``threshold`` is the larger of ``RELEVANCE`` × the top feature's mean importance and
+  ``MATERIAL`` × the model-level reference the method reports (``ImportanceResult.reference``: the
+  test loss of a constant prediction for permutation and ablation, the target's spread for SHAP),
+  in the method's own units. Being large beside the top feature is not enough: when the model
+  learnt nothing, nothing is relevant. A feature is *relevant* when its 95% interval lies above the
+  threshold, and *negligible* when its interval lies below ``RELEVANCE`` × the top feature's
+  importance (an equivalence test against that margin; an interval that merely covers zero is no
+  evidence). Degenerate intervals are neither.
 
 Cost, at every width. Up to ``ALL_PAIRS`` features every pair is tested. Beyond, only the
 *candidates* are: the features down to the last one whose interval reaches the top-k boundary (its
@@ -46,6 +50,7 @@ from tasks.core.result import ImportanceResult
 
 ALPHA = 0.05
 RELEVANCE = 0.05  # a feature is negligible below 5% of the top feature's importance, in the method's units
+MATERIAL = 0.01  # ... and below 1% of the model-level reference (a constant prediction's loss, the target's spread)
 TOP_K = 3  # the verdict's and adaptive permutation's "top k" (see top_k_for)
 MAX_PAIRS = 4_000_000  # pairs tested at most (every pair up to ALL_PAIRS features)
 ALL_PAIRS = 2_000  # features up to which every pair is tested (ALL_PAIRS² = MAX_PAIRS)
@@ -114,14 +119,15 @@ class RankingEvidence:
     rank_high: np.ndarray  # worst rank compatible with the verified pairs
     top_set: int  # largest K whose top-K set is verified (0: not even the top feature)
     top_order: int  # the first top_order ranks are each verified
-    threshold: float  # RELEVANCE × the top feature's importance
+    threshold: float  # RELEVANCE × the top feature's importance, at least MATERIAL × the reference
     relevant: np.ndarray  # (n,) bool: interval above the threshold
-    negligible: np.ndarray  # (n,) bool: interval below the threshold
+    negligible: np.ndarray  # (n,) bool: interval below RELEVANCE × the top feature's importance
     degenerate: np.ndarray  # (n,) bool: no usable spread (single sample or all samples equal)
     test: str  # how pairs were tested, in words
     order: np.ndarray  # feature indices, most important first
     holds: np.ndarray  # holds[k - 1]: the top-k set is verified, for k = 1 .. n_tested (at most n - 1)
     tested: np.ndarray  # (n,) bool: a candidate, tested against every feature (all of them up to ALL_PAIRS)
+    reference: float | None = None  # what relevance was also held against (the result's reference), if anything
 
     @property
     def n_tested(self) -> int:
@@ -163,6 +169,7 @@ class RankingEvidence:
             "tested": self.n_tested,
             "summary": self.summary(),
             "threshold": self.threshold,
+            "reference": self.reference,
             "features": [
                 {"feature": f, "rank": int(self.rank[i]), "rank_low": int(self.rank_low[i]),
                  "rank_high": int(self.rank_high[i]), "relevant": bool(self.relevant[i]),
@@ -174,7 +181,7 @@ class RankingEvidence:
 
 
 def ranking_evidence(result: ImportanceResult, *, alpha: float = ALPHA, relevance: float = RELEVANCE,
-                     max_pairs: int = MAX_PAIRS) -> RankingEvidence:
+                     material: float = MATERIAL, max_pairs: int = MAX_PAIRS) -> RankingEvidence:
     """Test the pairs that can matter on ``result``'s samples; derive verified top-K, rank intervals, relevance."""
     n = len(result.features)
     mean = np.asarray(result.importances_mean, dtype=float)
@@ -182,7 +189,7 @@ def ranking_evidence(result: ImportanceResult, *, alpha: float = ALPHA, relevanc
     position = np.empty(n, dtype=int)
     position[order] = np.arange(n)
     degenerate = _degenerate(result)
-    threshold = max(relevance * float(np.nanmax(mean)), 0.0) if n else 0.0
+    threshold = relevance_threshold(result, relevance=relevance, material=material)
     relevant = (result.low > threshold) & ~degenerate
     n_tested = candidates(result, order, relevant, max_pairs=max_pairs)
     pairs = PairTest(result, alpha=alpha)
@@ -214,13 +221,25 @@ def ranking_evidence(result: ImportanceResult, *, alpha: float = ALPHA, relevanc
         top_order=top_order,
         threshold=threshold,
         relevant=relevant,
-        negligible=(result.high < threshold) & ~degenerate,
+        negligible=(result.high < relevance_threshold(result, relevance=relevance, material=0.0)) & ~degenerate,
         degenerate=degenerate,
         test=_test_words(result),
         order=order,
         holds=holds,
         tested=tested,
+        reference=result.reference,
     )
+
+
+def relevance_threshold(result: ImportanceResult, *, relevance: float = RELEVANCE,
+                        material: float = MATERIAL) -> float:
+    """The margin a feature's interval must clear to be relevant: ``relevance`` × the top feature's importance,
+    and at least ``material`` × the result's reference (what the model's own loss or target make material)."""
+    mean = np.asarray(result.importances_mean, dtype=float)
+    threshold = relevance * float(np.nanmax(mean)) if len(mean) else 0.0
+    if result.reference is not None and np.isfinite(result.reference):
+        threshold = max(threshold, material * float(result.reference))
+    return max(threshold, 0.0)
 
 
 def candidates(result: ImportanceResult, order: np.ndarray, relevant: np.ndarray, *,

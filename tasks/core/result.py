@@ -62,6 +62,9 @@ class ImportanceResult:
     metric: str | None = None
     details: Details | None = None  # None for methods without any (weights) and for failed or skipped results
     sampling: Sampling = "single"
+    #: What an importance is material against, in the importance's own units: the test loss of a constant
+    #: prediction (permutation, ablation) or the target's spread (SHAP); None where nothing applies.
+    reference: float | None = None
 
     @classmethod
     def from_samples(
@@ -76,6 +79,7 @@ class ImportanceResult:
         details: Details | None = None,
         interval: tuple[np.ndarray, np.ndarray] | None = None,
         sampling: Sampling | None = None,
+        reference: float | None = None,
     ) -> ImportanceResult:
         """Summarise ``(n_features, n_samples)`` draws: mean, std, 95% interval, rank.
 
@@ -112,6 +116,7 @@ class ImportanceResult:
             metric=metric,
             details=details,
             sampling=sampling or ("repeats" if n > 1 else "single"),
+            reference=reference,
         )
 
     @classmethod
@@ -162,6 +167,7 @@ class ImportanceResult:
             metric=self.metric,
             details=self.details,
             sampling=self.sampling,
+            reference=self.reference,
         )
 
     @property
@@ -203,6 +209,7 @@ class ImportanceResult:
             "metric": self.metric,
             "n_samples": self.n_samples,
             "sampling": self.sampling,
+            "reference": json_ready(self.reference),
             "notes": list(self.notes),
             "features": self.records(),
             "details": self.details_json(),

@@ -27,7 +27,7 @@ from pydantic import Field, field_validator
 from scipy import stats
 
 from tasks.core.errors import FeatureAuditError
-from tasks.core.metrics import METRICS, Metric
+from tasks.core.metrics import METRICS, Metric, constant_prediction
 from tasks.core.names import listed
 from tasks.core.options import DEFAULT_CLUSTER_THRESHOLD, MethodOptions
 from tasks.core.ranking import RELEVANCE
@@ -682,15 +682,6 @@ def load_setup(version: ModelVersion, *, seed: int = 0, cluster_threshold: float
     )
 
 
-def constant_prediction(y_train: np.ndarray, y_test: np.ndarray, task: str) -> np.ndarray:
-    """What a model that learnt nothing predicts for each test row: the training mean, prevalence, or class shares."""
-    if task == "multiclass":
-        classes = int(max(y_train.max(), y_test.max())) + 1
-        shares = np.bincount(y_train.astype(np.int64), minlength=classes) / len(y_train)
-        return np.tile(shares, (len(y_test), 1))
-    return np.full(len(y_test), float(np.mean(y_train)))
-
-
 _SETUPS: dict[tuple, AblationSetup] = {}
 _SETUPS_LOCK = threading.Lock()
 
@@ -867,6 +858,7 @@ def _ablation_result(
     return ImportanceResult.from_samples(
         "ablation", "behavioural", kept, ordered[[column[f] for f in kept]], metric=setup.metric.name,
         notes=notes, sampling="seeds", details=details,
+        reference=None if setup.metric.higher_is_better else setup.null_score,
     )
 
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import Field
 
-from tasks.core.metrics import METRICS, Metric
+from tasks.core.metrics import METRICS, Metric, ModelFit, constant_prediction, model_fit, null_loss
 from tasks.core.options import DEFAULT_CLUSTER_THRESHOLD, MethodOptions
 from tasks.core.ranking import ranking_evidence, top_k_for
 from tasks.core.result import Details, ImportanceResult
@@ -74,7 +74,7 @@ class PermutationDetails(Details):
     and the manifest groups and correlated clusters (:class:`~tasks.subject.clusters.GroupRecord`,
     :class:`~tasks.subject.clusters.ClusterRecord`).
 
-    ``adaptive`` is set by :func:`audit_permutation` once the repeats are settled.
+    ``adaptive`` and ``fit`` are set by :func:`audit_permutation` once the repeats are settled.
     """
 
     n_repeats: int
@@ -85,6 +85,7 @@ class PermutationDetails(Details):
     groups: list[GroupRecord]
     clusters: list[ClusterRecord]
     adaptive: AdaptiveRepeats | None = None
+    fit: ModelFit | None = None  # the model against a constant prediction on the test split (the primary metric's)
 
 
 @dataclass(frozen=True, eq=False)
@@ -274,8 +275,10 @@ def permutation_results(
     seed: int,
     n_rows: int,
     cluster_threshold: float,
+    references: dict[str, float | None] | None = None,
 ) -> list[ImportanceResult]:
-    """One result per metric: per-feature importances, with groups and clusters in its :class:`PermutationDetails`."""
+    """One result per metric: per-feature importances, with groups and clusters in its :class:`PermutationDetails`,
+    each material against ``references[metric]`` (a constant prediction's test loss)."""
     n = len(features)
     results = []
     for metric in scores.metrics:
@@ -289,6 +292,7 @@ def permutation_results(
                 details=PermutationDetails(n_repeats=n_repeats, seed=seed, n_rows=n_rows,
                                            cluster_threshold=cluster_threshold, baseline=scores.baselines[metric],
                                            groups=groups, clusters=cluster_records),
+                reference=(references or {}).get(metric),
             )
         )
     return results
@@ -316,6 +320,8 @@ def audit_permutation(
     clusters = subject.clusters(cluster_threshold, seed=seed)
     units = subject.units(cluster_threshold, seed=seed)
     forward = subject.forward()
+    y_train = subject.train.y if subject.train is not None else None
+    references = {m.name: null_loss(m, test.y, y_train, version.task) for m in (metric, *extra)}
     k = top_k_for(len(features))
     repeats, history = n_repeats, []
     while True:
@@ -324,7 +330,7 @@ def audit_permutation(
             n_repeats=repeats, random_state=seed, units=units, progress=progress,
         )
         results = permutation_results(scores, units, features, clusters, n_repeats=repeats, seed=seed,
-                                      n_rows=test.n_rows, cluster_threshold=cluster_threshold)
+                                      n_rows=test.n_rows, cluster_threshold=cluster_threshold, references=references)
         verified = ranking_evidence(results[0]).top_k_verified(k)
         history.append(repeats)
         if verified or repeats >= max_repeats:
@@ -339,8 +345,11 @@ def audit_permutation(
         note += f" Repeats were doubled while they were not: {' → '.join(map(str, history))}."
     notes = (note,) + tuple(filter(None, [subject.clustering_note(cluster_threshold, seed=seed)]))
     adaptive = AdaptiveRepeats(repeats_tried=history, top_k=k, top_k_verified=bool(verified))
-    return [dataclasses.replace(r, notes=(*r.notes, *notes), details=dataclasses.replace(r.details, adaptive=adaptive))
-            for r in results]
+    constant = constant_prediction(test.y if y_train is None else y_train, test.y, version.task)
+    fit = model_fit(metric, test.y, forward(test.X), constant)
+    return [dataclasses.replace(r, notes=(*r.notes, *notes),
+                                details=dataclasses.replace(r.details, adaptive=adaptive, fit=fit if i == 0 else None))
+            for i, r in enumerate(results)]
 
 
 class Options(MethodOptions):
@@ -362,5 +371,5 @@ METHOD = Method(
     units=frozenset({"column", "group", "cluster"}),
     results=(ResultSpec("permutation", "Permutation importance"),
              ResultSpec("permutation_accuracy", "Permutation importance (accuracy)", judged=False)),
-    options=Options, compute=compute, shared=("seed", "cluster_threshold"), stored=(PermutationDetails, AdaptiveRepeats, GroupRecord, ClusterRecord),
+    options=Options, compute=compute, shared=("seed", "cluster_threshold"), stored=(PermutationDetails, AdaptiveRepeats, GroupRecord, ClusterRecord, ModelFit),
 )

@@ -578,8 +578,12 @@ def shap_audit(version: ModelVersion, *, seed: int = 0, n_rows: int = SHAP_ROWS,
                                   n_global=len(rows) - len(worst) - len(random_rows), n_worst=len(worst),
                                   background_source="training" if subject.train is not None else "test",
                                   columns=subject.adapter.columns)
+    # what mean |φ| is material against: the target's spread (not the prediction's: φ always sums to the
+    # prediction's deviation, so a model that fits noise would look material against its own output)
+    reference = float(np.std(test.y)) if version.task in ("regression", "binary") else None
     return ImportanceResult.from_samples("shap", "behavioural", features, draws, interval=interval,
-                                         notes=(*NOTES, *notes), details=details, sampling="bootstrap")
+                                         notes=(*NOTES, *notes), details=details, sampling="bootstrap",
+                                         reference=reference)
 
 
 @dataclass(frozen=True)

@@ -107,6 +107,7 @@ class MethodEntry:
     metric: str | None = None
     n_samples: int = 0
     sampling: Sampling = "repeats"
+    reference: float | None = None  # what an importance is material against, in its units (None: nothing applies)
     notes: tuple[str, ...] = ()
     features: tuple[FeatureRecord, ...] = ()
     details: dict[str, Any] = field(default_factory=dict)
@@ -123,6 +124,7 @@ class MethodEntry:
             metric=result.metric,
             n_samples=result.n_samples,
             sampling=result.sampling,
+            reference=json_ready(result.reference),
             notes=tuple(result.notes),
             features=tuple(FeatureRecord(**json_ready(record)) for record in result.records()),
             details=json_ready(result.details_json()),
@@ -188,6 +190,8 @@ class ResultsDocument:
     consensus: tuple[dict[str, Any], ...] = ()
     rank_evidence: dict[str, dict[str, Any]] = field(default_factory=dict)
     weight_stability: dict[str, Any] | None = None
+    # the model against a constant prediction on the test split; absent from results.json files written before it
+    model_fit: dict[str, Any] | None = field(default=None, metadata={"optional": True})
     warnings: tuple[WarningEntry, ...] = ()
     history: tuple[dict[str, Any], ...] | None = field(default=None, metadata={"optional": True})
     since_approval: dict[str, Any] | None = field(default=None, metadata={"optional": True})
@@ -399,7 +403,7 @@ _CONVERT: dict[type, dict[str, Convert]] = {
                     "low": _optional(_number), "high": _optional(_number), "rank": _int},
     MethodEntry: {"method": _str, "kind": _optional(_str), "status": _one_of(*get_args(Status)),
                   "error": _optional(_str), "reason": _optional(_str), "metric": _optional(_str), "n_samples": _int,
-                  "sampling": _one_of(*get_args(Sampling)), "notes": _list_of(_str),
+                  "sampling": _one_of(*get_args(Sampling)), "reference": _optional(_number), "notes": _list_of(_str),
                   "features": _list_of(_nested(FeatureRecord)), "details": _object},
     WarningEntry: {"message": _str, "feature": _str, "kind": _str, "weight_method": _optional(_str),
                    "behavioural_method": _optional(_str), "weight_rank": _optional(_int),
@@ -411,7 +415,7 @@ _CONVERT: dict[type, dict[str, Convert]] = {
                       "verdict": _str, "verdict_reason": _str, "verdicts": _dict_of(_str), "verdict_rule": _str,
                       "status": _one_of(*RUN_STATUS), "test_rows": _optional(_nested(TestRows)),
                       "agreement": _list_of(_object), "consensus": _list_of(_object),
-                      "rank_evidence": _dict_of(_object), "weight_stability": _optional(_object),
+                      "rank_evidence": _dict_of(_object), "weight_stability": _optional(_object), "model_fit": _optional(_object),
                       "warnings": _list_of(_nested(WarningEntry)), "history": _optional(_list_of(_object)),
                       "since_approval": _optional(_object)},
 }

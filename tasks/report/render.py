@@ -108,6 +108,7 @@ def build_context(
         "evidence": [{"method": e.method, "summary": e.summary(), "test": e.test}
                      for e in comparison.evidence],
         "weight_stability": comparison.weight_stability,
+        "model_fit": comparison.fit.sentence() if comparison.fit is not None else None,
         "methods": [_method(r) for r in results],
         "rankings": _rankings(version.features, usable, comparison),
         "agreements": comparison.agreements,
@@ -192,6 +193,7 @@ def results_document(
         consensus=tuple(agreement["consensus"]),
         rank_evidence=agreement["rank_evidence"],
         weight_stability=agreement["weight_stability"],
+        model_fit=agreement["model_fit"],
         warnings=tuple(WarningEntry.from_finding(f) for f in comparison.findings),
     )
 

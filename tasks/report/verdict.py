@@ -35,16 +35,19 @@ import numpy as np
 from prefect import task
 from scipy import stats
 
-from tasks.core.ranking import RELEVANCE, TOP_K, RankingEvidence, ranking_evidence, top_k_for
+from tasks.core.metrics import ModelFit
+from tasks.core.ranking import MATERIAL, RELEVANCE, TOP_K, RankingEvidence, ranking_evidence, top_k_for
 from tasks.core.result import ImportanceResult
 from tasks.methods.table import judged, result_titles
 
-Verdict = Literal["agree", "partly agree", "disagree", "not assessed"]
+Verdict = Literal["agree", "partly agree", "disagree", "not assessed", "no material effect"]
 MIN_GAP = 2  # an under-ranked feature sits at least this many ranks below the worst rank its behaviour allows
 AGREEMENT_KS = (3, 5, 10)
 SHOWN_INVERTED = 10  # inverted pairs kept by name, as examples (all are counted)
-N_BOOTSTRAP = 200
-SEVERITY = {"not assessed": 0, "agree": 1, "partly agree": 2, "disagree": 3}
+N_BOOTSTRAP = 200  # draws behind the weighted tau's interval, up to TAU_WORK // features (never below MIN_BOOTSTRAP)
+MIN_BOOTSTRAP = 50
+TAU_WORK = 2_000_000  # feature values the interval's weighted taus read: 200 draws up to 10,000 features
+SEVERITY = {"not assessed": 0, "agree": 1, "partly agree": 2, "disagree": 3, "no material effect": 4}
 VERDICT_RULE = (
     "Each behavioural method first tests its own ranking: a pair of features counts only when its order holds "
     "at 95% on the method's repeats, seeds or bootstrap draws. disagree: the weights rank a feature strictly in "
@@ -53,7 +56,13 @@ VERDICT_RULE = (
     f"top {TOP_K} that a behavioural method shows to be negligible (its 95% interval below {RELEVANCE:.0%} of the top "
     "feature's). partly agree: no such feature, but the weights order a verified pair the other way. agree: the "
     "weights order every verified pair the same way. not assessed: no pair was verified, or no weight and "
-    "behavioural method both succeeded. The overall verdict is the worst over the weight rankings."
+    "behavioural method both succeeded. no material effect: the model does not beat a constant prediction on the "
+    "test split at 95% (a paired t-interval of the per-row loss difference), or no behavioural method finds any "
+    "feature relevant, "
+    f"where relevant also means material against the model itself (an importance above {MATERIAL:.0%} of a "
+    "constant prediction's test loss for permutation and retrain-ablation, of the target's spread for SHAP): "
+    "then no ranking of the weights is evidence of importance, and the verdict is never agree. The overall "
+    "verdict is the worst over the weight rankings."
 )
 
 
@@ -108,6 +117,7 @@ class Comparison:
     verdicts: dict[str, Verdict] = field(default_factory=dict)  # per judged weight ranking
     evidence: tuple[RankingEvidence, ...] = ()  # per judged behavioural method
     weight_stability: dict[str, Any] | None = None
+    fit: ModelFit | None = None  # the model against a constant prediction on the test split, where measured
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -120,6 +130,7 @@ class Comparison:
             "warnings": [asdict(f) for f in self.findings],
             "rank_evidence": {e.method: e.to_dict() for e in self.evidence},
             "weight_stability": self.weight_stability,
+            "model_fit": asdict(self.fit) if self.fit is not None else None,
         }
 
 
@@ -229,12 +240,14 @@ def weighted_tau(a: np.ndarray, b: np.ndarray) -> float:
 
 def weighted_tau_interval(a: ImportanceResult, b: ImportanceResult, *, n_bootstrap: int = N_BOOTSTRAP,
                           random_state: int = 0) -> tuple[float, float]:
-    """95% interval of the weighted tau over b's own variation: its bootstrap draws, or resampled repeats/seeds."""
+    """95% interval of the weighted tau over b's own variation: its bootstrap draws, or resampled repeats/seeds.
+    Each draw costs a weighted tau over every feature, so a wide model gets fewer (``TAU_WORK``)."""
     samples = b.importances
     if b.sampling == "single" or samples.shape[1] < 2 or len(a.features) < 2:
         return (float("nan"), float("nan"))
+    n_bootstrap = min(n_bootstrap, max(MIN_BOOTSTRAP, TAU_WORK // len(a.features)))
     if b.sampling == "bootstrap":
-        draws = samples.T
+        draws = samples.T[:n_bootstrap]
     else:
         rng = np.random.default_rng(random_state)
         picks = rng.integers(0, samples.shape[1], size=(n_bootstrap, samples.shape[1]))
@@ -271,9 +284,10 @@ def compare(results: list[ImportanceResult]) -> Comparison:
     # the weight ranking sampled across retrainings of the architecture (retrain-ablation's baselines), if any
     stability = weight_stability(next((r for r in results if r.ok and r.kind == "weight-based"
                                        and r.sampling == "seeds"), None))
+    fit = fit_of(results)
     if not weights or not behaviours:
         reason = "not assessed: no weight-based and behavioural method both succeeded."
-        return Comparison((), (), "not assessed", reason=reason, weight_stability=stability)
+        return Comparison((), (), "not assessed", reason=reason, weight_stability=stability, fit=fit)
     evidence = {b.method: ranking_evidence(b) for b in behaviours}
     pairs = [(w.subset(b.features), b) for w in weights for b in behaviours if set(b.features) <= set(w.features)]
     agreements = tuple(agreement(w, b, evidence=evidence[b.method]) for w, b in pairs)
@@ -283,10 +297,39 @@ def compare(results: list[ImportanceResult]) -> Comparison:
         for i, x in enumerate(behaviours) for y in behaviours[i + 1:]
         if len(shared := [f for f in x.features if f in y.features]) > 1
     )
+    if (fit is not None and not fit.beats_constant) or no_material_effect(list(evidence.values())):
+        verdicts = {w.method: "no material effect" for w in weights}
+        return Comparison(agreements, found, "no material effect", consensus,
+                          reason=no_material_reason(list(evidence.values()), fit), verdicts=verdicts,
+                          evidence=tuple(evidence.values()), weight_stability=stability, fit=fit)
     verdicts = {w.method: weight_verdict(w.method, agreements, found) for w in weights}
     verdict = max(verdicts.values(), key=SEVERITY.__getitem__)
     return Comparison(agreements, found, verdict, consensus, reason=verdict_reason(verdict, verdicts, agreements, found),
-                      verdicts=verdicts, evidence=tuple(evidence.values()), weight_stability=stability)
+                      verdicts=verdicts, evidence=tuple(evidence.values()), weight_stability=stability, fit=fit)
+
+
+def fit_of(results: list[ImportanceResult]) -> ModelFit | None:
+    """The model against a constant prediction, as the first result that measured it carries (permutation's)."""
+    return next((fit for r in results if isinstance(fit := getattr(r.details, "fit", None), ModelFit)), None)
+
+
+def no_material_effect(evidence: list[RankingEvidence]) -> bool:
+    """No behavioural method finds a relevant feature, and at least one could have: it holds relevance against the
+    model itself (a reference) and its samples have spread."""
+    measured = [e for e in evidence if e.reference is not None and not e.degenerate.all()]
+    return bool(measured) and not any(e.relevant.any() for e in evidence)
+
+
+def no_material_reason(evidence: list[RankingEvidence], fit: ModelFit | None) -> str:
+    """The 'no material effect' verdict's sentence: the model does not beat a constant, or no feature is material."""
+    if fit is not None and not fit.beats_constant:
+        return ("no material effect: the model does not beat a constant prediction on the test split "
+                f"({fit.metric} {fit.loss:.4g} against {fit.null_loss:.4g}, 95% interval of the difference "
+                f"[{fit.difference_low:.3g}, {fit.difference_high:.3g}]); the weights' ranking is not evidence of "
+                "importance.")
+    margins = "; ".join(f"{e.method}: no feature's 95% interval above {e.threshold:.3g}" for e in evidence)
+    return ("no material effect: the model shows no material dependence on any feature; the weights' ranking is "
+            f"not evidence of importance ({margins}).")
 
 
 def weight_verdict(method: str, agreements: tuple[Agreement, ...], found: tuple[Finding, ...]) -> Verdict:

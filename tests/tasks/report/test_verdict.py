@@ -199,3 +199,27 @@ def test_pairwise_rank_agreement_counts_every_pair(n, seed, levels, nans):
     with np.errstate(invalid="ignore"):
         expected = float(np.mean(np.sign(a[i] - a[j]) == np.sign(b[i] - b[j]))) if len(i) else float("nan")
     assert pairwise_rank_agreement(a, b) == pytest.approx(expected, nan_ok=True, abs=1e-12)
+
+
+def test_importances_immaterial_against_the_model_are_no_material_effect_never_agree():
+    # the behaviour orders the features clearly, but every importance is below 1% of a constant prediction's loss
+    samples = np.array([6, 5, 4, 3, 2, 1], float)[:, None] * 0.01 + 0.001 * np.random.default_rng(0).standard_normal((6, 5))
+    small = ImportanceResult.from_samples("permutation", "behavioural", FEATURES, samples, reference=100.0)
+    result = compare([_weights([6, 5, 4, 3, 2, 1]), small])
+    assert result.verdict == "no material effect" and set(result.verdicts.values()) == {"no material effect"}
+    assert result.reason.startswith("no material effect: the model shows no material dependence on any feature")
+    # the same numbers against a model whose constant prediction loses 1.0: material, and the weights agree
+    material = ImportanceResult.from_samples("permutation", "behavioural", FEATURES, samples, reference=1.0)
+    assert compare([_weights([6, 5, 4, 3, 2, 1]), material]).verdict == "agree"
+
+
+def test_model_fit_is_a_paired_interval_against_a_constant():
+    from tasks.core.metrics import METRICS, model_fit
+
+    rng = np.random.default_rng(0)
+    y = rng.standard_normal(2000)
+    good = model_fit(METRICS["mse"], y, y + 0.1 * rng.standard_normal(2000), np.zeros(2000))
+    assert good.beats_constant and good.difference_high < 0 and good.loss == pytest.approx(0.01, rel=0.1)
+    noise = model_fit(METRICS["mse"], y, 0.3 * rng.standard_normal(2000), np.zeros(2000))  # predicts noise
+    assert not noise.beats_constant and noise.loss > noise.null_loss
+    assert noise.sentence().startswith("The model does not beat a constant prediction on the test split: mse ")

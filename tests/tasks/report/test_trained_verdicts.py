@@ -1,0 +1,50 @@
+"""The verdict on trained models (tests/trained.py): real MLPs, trained in seconds, on processes whose drivers are
+known, audited by the real methods."""
+
+from __future__ import annotations
+
+import pytest
+
+from tasks.methods.permutation import audit_permutation
+from tasks.methods.shap import shap_audit
+from tasks.methods.weights import audit_weights
+from tasks.registry.versions import resolve_version
+from tasks.report.verdict import compare
+from tests import trained
+
+
+def _audit(root, case, *, shap: bool = False):
+    version = resolve_version(root, case.name, case.folder)
+    results = [*audit_weights(version), *audit_permutation(version, seed=0)]
+    if shap:
+        results.append(shap_audit(version, seed=0, n_rows=200))
+    return results, compare(results)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_model_that_learnt_nothing_has_no_material_effect_never_agree(tmp_path, seed):
+    case = trained.build(tmp_path, "no_signal", 1.0, seed)
+    results, comparison = _audit(tmp_path, case, shap=True)
+    assert comparison.verdict == "no material effect", comparison.reason
+    assert set(comparison.verdicts.values()) == {"no material effect"}
+    assert comparison.fit is not None and not comparison.fit.beats_constant
+    assert comparison.reason.startswith("no material effect: the model does not beat a constant prediction on the "
+                                        "test split (mse ")
+    assert "the weights' ranking is not evidence of importance" in comparison.reason
+    shap = next(r for r in results if r.method == "shap")
+    assert shap.reference is not None and shap.importances_mean.max() < 0.2 * shap.reference
+    # without the floor against the model itself, SHAP alone would call its top feature relevant
+    from tasks.core.ranking import ranking_evidence
+
+    assert ranking_evidence(shap, material=0.0).relevant.any()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_faithful_trained_model_keeps_its_material_drivers(tmp_path, seed):
+    case = trained.build(tmp_path, "faithful", 1.0, seed)
+    results, comparison = _audit(tmp_path, case)
+    assert comparison.verdict not in ("no material effect", "disagree"), comparison.reason
+    assert comparison.fit.beats_constant and comparison.fit.loss < 0.1 * comparison.fit.null_loss
+    permutation = next(e for e in comparison.evidence if e.method == "permutation")
+    relevant = {f for f, r in zip(permutation.features, permutation.relevant) if r}
+    assert {"d0", "d1", "d2", "d3"} <= relevant and not relevant & {"n0", "n1", "n2"}
