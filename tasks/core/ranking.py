@@ -27,7 +27,7 @@ on the method's own samples before anything is built on it.
   importance (an equivalence test against that margin; an interval that merely covers zero is no
   evidence). Degenerate intervals are neither.
 
-Cost, at every width. Up to ``ALL_PAIRS`` features every pair is tested. Beyond, only the
+Cost, at every width. Up to √``MAX_PAIRS`` = 2,000 features every pair is tested. Beyond, only the
 *candidates* are: the features down to the last one whose interval reaches the top-k boundary (its
 upper end at or above the lower end of the k-th feature's interval) or that the relevance screen
 keeps, each tested against every feature, and never more than ``MAX_PAIRS`` pairs. For a candidate
@@ -52,8 +52,7 @@ ALPHA = 0.05
 RELEVANCE = 0.05  # a feature is negligible below 5% of the top feature's importance, in the method's units
 MATERIAL = 0.01  # ... and below 1% of the model-level reference (a constant prediction's loss, the target's spread)
 TOP_K = 3  # the verdict's and adaptive permutation's "top k" (see top_k_for)
-MAX_PAIRS = 4_000_000  # pairs tested at most (every pair up to ALL_PAIRS features)
-ALL_PAIRS = 2_000  # features up to which every pair is tested (ALL_PAIRS² = MAX_PAIRS)
+MAX_PAIRS = 4_000_000  # pairs tested at most: every pair up to 2,000 features, beyond only the candidates
 BLOCK = 4_000_000  # pair × sample differences held at once (32 MB of float64)
 ROUNDING = 1e-12  # differences spreading less than this share of the largest sample are equal up to rounding
 
@@ -126,7 +125,7 @@ class RankingEvidence:
     test: str  # how pairs were tested, in words
     order: np.ndarray  # feature indices, most important first
     holds: np.ndarray  # holds[k - 1]: the top-k set is verified, for k = 1 .. n_tested (at most n - 1)
-    tested: np.ndarray  # (n,) bool: a candidate, tested against every feature (all of them up to ALL_PAIRS)
+    tested: np.ndarray  # (n,) bool: a candidate, tested against every feature (all, up to 2,000 features)
     reference: float | None = None  # what relevance was also held against (the result's reference), if anything
 
     @property

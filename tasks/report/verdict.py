@@ -155,7 +155,7 @@ def over_ranked(weight: ImportanceResult, evidence: RankingEvidence, j: int) -> 
 def inverted_pairs(weight: ImportanceResult, evidence: RankingEvidence,
                    shown: int = SHOWN_INVERTED) -> tuple[int, int, list[tuple[str, str]]]:
     """(verified pairs with a relevant leader, how many of them the weights order the other way, the first
-    ``shown`` of those). Leaders are the relevant candidates (every relevant feature up to ALL_PAIRS features)."""
+    ``shown`` of those). Leaders are the relevant candidates (every relevant feature up to 2,000 features)."""
     leaders = np.nonzero(evidence.relevant & evidence.tested)[0]
     w = np.asarray(weight.importances_mean, dtype=float)
     names = evidence.features
@@ -164,10 +164,10 @@ def inverted_pairs(weight: ImportanceResult, evidence: RankingEvidence,
         inverted = verified & (w[rows, None] < w[None, :])
         count += int(verified.sum())
         wrong_count += int(inverted.sum())
-        for r, j in zip(*np.nonzero(inverted)):
-            if len(wrong) == shown:
-                break
-            wrong.append((names[rows[r]], names[j]))
+        room = shown - len(wrong)
+        if room > 0:
+            leader, follower = np.nonzero(inverted)
+            wrong += [(names[rows[r]], names[j]) for r, j in zip(leader[:room], follower[:room])]
     return count, wrong_count, wrong
 
 

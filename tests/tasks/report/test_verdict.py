@@ -223,3 +223,12 @@ def test_model_fit_is_a_paired_interval_against_a_constant():
     noise = model_fit(METRICS["mse"], y, 0.3 * rng.standard_normal(2000), np.zeros(2000))  # predicts noise
     assert not noise.beats_constant and noise.loss > noise.null_loss
     assert noise.sentence().startswith("The model does not beat a constant prediction on the test split: mse ")
+
+
+def test_inverted_pairs_are_all_counted_and_the_first_ten_named():
+    features = tuple(f"f{i}" for i in range(12))
+    means = np.arange(12, 0, -1, dtype=float)
+    result = compare([_weights(means[::-1], features), _behaviour(means, spread=0.01, features=features)])
+    a = result.agreements[0]
+    assert a.n_inverted == a.verified_pairs > 10 and len(a.inverted) == 10
+    assert a.inverted[0] == ("f0", "f1") and a.resolved_agreement == 0.0
