@@ -113,6 +113,7 @@ class RankingEvidence:
     method: str
     features: tuple[str, ...]
     pairs: PairTest
+    mean: np.ndarray  # (n,) the method's importances, in its units
     rank: np.ndarray
     rank_low: np.ndarray  # best rank compatible with the verified pairs
     rank_high: np.ndarray  # worst rank compatible with the verified pairs
@@ -213,6 +214,7 @@ def ranking_evidence(result: ImportanceResult, *, alpha: float = ALPHA, relevanc
         method=result.method,
         features=result.features,
         pairs=pairs,
+        mean=mean,
         rank=result.rank,
         rank_low=np.minimum(1 + above_count, result.rank),
         rank_high=np.maximum(n - below_count, result.rank),

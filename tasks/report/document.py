@@ -32,6 +32,7 @@ A file that is missing, is not JSON, is not such a document or has a newer schem
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass
 from datetime import datetime
@@ -148,6 +149,10 @@ class WarningEntry:
     behavioural_rank: int | None = None
     weight_methods: tuple[str, ...] = ()
     behavioural_methods: tuple[str, ...] = ()
+    # a demoted driver's importance over the largest the weights rank above it, and that feature (None when not
+    # demoted, or when every such feature's importance is ≤ 0); documents written before them lack the keys
+    margin: float | None = field(default=None, metadata={"optional": True})
+    margin_over: str | None = field(default=None, metadata={"optional": True})
 
     @classmethod
     def from_finding(cls, finding: Finding) -> WarningEntry:
@@ -155,7 +160,9 @@ class WarningEntry:
                    weight_method=finding.weight_method, behavioural_method=finding.behavioural_method,
                    weight_rank=int(finding.weight_rank), behavioural_rank=int(finding.behavioural_rank),
                    weight_methods=tuple(finding.weight_methods),
-                   behavioural_methods=tuple(finding.behavioural_methods))
+                   behavioural_methods=tuple(finding.behavioural_methods),
+                   margin=finding.margin if finding.margin is not None and math.isfinite(finding.margin) else None,
+                   margin_over=finding.margin_over)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -408,7 +415,8 @@ _CONVERT: dict[type, dict[str, Convert]] = {
     WarningEntry: {"message": _str, "feature": _str, "kind": _str, "weight_method": _optional(_str),
                    "behavioural_method": _optional(_str), "weight_rank": _optional(_int),
                    "behavioural_rank": _optional(_int), "weight_methods": _list_of(_str),
-                   "behavioural_methods": _list_of(_str)},
+                   "behavioural_methods": _list_of(_str), "margin": _optional(_number),
+                   "margin_over": _optional(_str)},
     TestRows: {"in_file": _int, "used": _int, "sampled": _bool, "cap": _optional(_int), "seed": _optional(_int),
                "note": _optional(_str)},
     ResultsDocument: {"schema": _int, "model": _nested(ModelIdentity), "run": _nested(RunEntry), "methods": _methods,

@@ -9,6 +9,11 @@ retrain-ablation, SHAP), using only what that method has verified about its own 
   importance is relevant (95% interval above 5% of the top feature's), the weights rank it strictly
   in their lower half, and at least ``MIN_GAP`` ranks below the worst rank the behavioural method
   allows it (its rank interval): a one-rank move is never a warning.
+- **Demoted** (:func:`demoted`): a behavioural method verifies the feature among its top k (its rank
+  interval's worst end within k) with a relevant importance, while the weights rank it at least ``MIN_GAP``
+  ranks below that worst end — in either half of their ranking — and the method verifies it above every
+  feature the weights rank above it, at ``MARGIN`` times the importance of the largest of them at least.
+  It is warned about as under-ranked, its margin named.
 - **Over-ranked** (:func:`over_ranked`): the weights put the feature in their top k while a
   behavioural method shows it negligible (95% interval below 5% of the top feature's importance).
   An interval that merely covers zero is no evidence.
@@ -42,6 +47,10 @@ from tasks.methods.table import judged, result_titles
 
 Verdict = Literal["agree", "partly agree", "disagree", "not assessed", "no material effect"]
 MIN_GAP = 2  # an under-ranked feature sits at least this many ranks below the worst rank its behaviour allows
+# a demoted driver's importance is at least this many times that of every feature the weights rank above it:
+# conservative (permutation's importance is a squared effect for mse) until benchmarks/bench_verdict_power.py
+# measures the rate of each choice on trained models
+MARGIN = 2.0
 AGREEMENT_KS = (3, 5, 10)
 SHOWN_INVERTED = 10  # inverted pairs kept by name, as examples (all are counted)
 N_BOOTSTRAP = 200  # draws behind the weighted tau's interval, up to TAU_WORK // features (never below MIN_BOOTSTRAP)
@@ -54,7 +63,11 @@ VERDICT_RULE = (
     f"their lower half and at least {MIN_GAP} places below every rank a behavioural method allows it while that method puts it in its top "
     f"{TOP_K} (at most half the features) with a relevant importance (above {RELEVANCE:.0%} of the top feature's), or rank a feature in their "
     f"top {TOP_K} that a behavioural method shows to be negligible (its 95% interval below {RELEVANCE:.0%} of the top "
-    "feature's). partly agree: no such feature, but the weights order a verified pair the other way. agree: the "
+    f"feature's), or rank a feature at least {MIN_GAP} places below every rank a behavioural method allows it, in "
+    f"either half, while that method verifies it in its top {TOP_K} with a relevant importance and above every "
+    f"feature the weights rank above it, at {MARGIN:g} times the largest of their importances at least (a demoted "
+    "driver; a conservative margin, not yet measured on trained models). partly agree: no such feature, but the "
+    "weights order a verified pair the other way. agree: the "
     "weights order every verified pair the same way. not assessed: no pair was verified, or no weight and "
     "behavioural method both succeeded. no material effect: the model does not beat a constant prediction on the "
     "test split at 95% (a paired t-interval of the per-row loss difference), or no behavioural method finds any "
@@ -104,6 +117,8 @@ class Finding:
     behavioural_rank: int
     weight_methods: tuple[str, ...] = ()
     behavioural_methods: tuple[str, ...] = ()
+    margin: float | None = None  # a demoted driver: its importance over the largest the weights rank above it
+    margin_over: str | None = None  # ... and that feature
 
 
 @dataclass(frozen=True)
@@ -145,6 +160,31 @@ def under_ranked(weight: ImportanceResult, evidence: RankingEvidence, j: int) ->
     w = int(weight.rank[j])
     return (int(evidence.rank[j]) <= top_k_for(n) and bool(evidence.relevant[j]) and in_lower_half(w, n)
             and w >= int(evidence.rank_high[j]) + MIN_GAP)
+
+
+def demotion(weight: ImportanceResult, evidence: RankingEvidence, j: int) -> tuple[float, int] | None:
+    """(margin, the feature it is taken over) when the weights demote a verified top driver: the behavioural method
+    verifies feature j within its top k with a relevant importance, the weights rank it at least ``MIN_GAP`` below
+    that rank interval, and it is verified above every feature the weights rank above it, with ``margin`` — its
+    importance over the largest of theirs — at least ``MARGIN``. None otherwise."""
+    n = len(weight.features)
+    w = int(weight.rank[j])
+    if not (int(evidence.rank_high[j]) <= top_k_for(n) and bool(evidence.relevant[j])
+            and w >= int(evidence.rank_high[j]) + MIN_GAP):
+        return None
+    above = np.nonzero(np.asarray(weight.rank) < w)[0]
+    mean = evidence.mean
+    largest = int(above[np.argmax(mean[above])])
+    margin = float(mean[j] / mean[largest]) if mean[largest] > 0 else math.inf
+    verified = next(evidence.verified_rows(np.array([j])))[1][0]
+    if margin < MARGIN or not verified[above].all():
+        return None
+    return margin, largest
+
+
+def demoted(weight: ImportanceResult, evidence: RankingEvidence, j: int) -> bool:
+    """The weights rank a verified top driver below features it is verified at ``MARGIN`` times above."""
+    return demotion(weight, evidence, j) is not None
 
 
 def over_ranked(weight: ImportanceResult, evidence: RankingEvidence, j: int) -> bool:
@@ -266,7 +306,7 @@ def findings(weights: list[ImportanceResult], evidence: list[RankingEvidence]) -
         for e in evidence:
             sub = w.subset(e.features)
             for j, name in enumerate(e.features):
-                kind = ("under-ranked" if under_ranked(sub, e, j) else
+                kind = ("under-ranked" if under_ranked(sub, e, j) or demoted(sub, e, j) else
                         "over-ranked" if over_ranked(sub, e, j) else None)
                 if kind is None:
                     continue
@@ -274,7 +314,8 @@ def findings(weights: list[ImportanceResult], evidence: list[RankingEvidence]) -
                 if entry["kind"] == kind:
                     entry["pairs"].append((w, e))
     order = weights[0].features if weights else ()
-    return [_finding(name, support[name]["kind"], support[name]["pairs"]) for name in order if name in support]
+    return [_finding(name, support[name]["kind"], support[name]["pairs"], evidence)
+            for name in order if name in support]
 
 
 def compare(results: list[ImportanceResult]) -> Comparison:
@@ -394,26 +435,66 @@ def compare_task(results: list[ImportanceResult]) -> Comparison:
     return compare(results)
 
 
-def _finding(name: str, kind: str, pairs: list[tuple[ImportanceResult, RankingEvidence]]) -> Finding:
-    """The warning's sentence: each supporting weight rank, and each supporting behavioural method's evidence."""
+def _finding(name: str, kind: str, pairs: list[tuple[ImportanceResult, RankingEvidence]],
+             every: list[RankingEvidence]) -> Finding:
+    """The warning's sentence: each supporting weight rank, each supporting behavioural method's evidence (a demoted
+    driver's margin first), and what the other behavioural methods say of the feature."""
     weights = list({w.method: w for w, _ in pairs}.values())
     evidence = list({e.method: e for _, e in pairs}.values())
     ranks = {w.method: int(w.rank[w.features.index(name)]) for w in weights}
+    n = len(weights[0].features)
+    margins = {}
+    if kind == "under-ranked":
+        for w, e in pairs:
+            sub = w.subset(e.features)
+            found = demotion(sub, e, e.features.index(name))
+            if found is not None and e.method not in margins:
+                margins[e.method] = (found[0], e.features[found[1]], int(sub.rank[e.features.index(name)]))
     said = []
     for e in evidence:
         i = e.features.index(name)
-        if kind == "under-ranked":
-            said.append(f"{e.method} ranks it {int(e.rank[i])} (at worst {int(e.rank_high[i])})")
+        if e.method in margins:
+            margin, over, _ = margins[e.method]
+            said.append(f"{e.method} verifies it as #{int(e.rank[i])} ({_interval(e, i)}) at {_times(margin)} "
+                        f"'{over}', the most important feature the weights rank above it")
+        elif kind == "under-ranked":
+            said.append(f"{e.method} ranks it {int(e.rank[i])} ({_interval(e, i)})")
         else:
             said.append(f"{e.method} shows it negligible (95% interval below {RELEVANCE:.0%} of the top feature's "
-                        "importance)")
+                        f"importance; it ranks it {int(e.rank[i])} of {len(e.features)})")
+    others = [f"{e.method}, which ranks it {int(e.rank[i])} ({_interval(e, i)}{_standing(e, i)})"
+              for e in every if e.method not in {x.method for x in evidence}
+              and (i := _index(e.features, name)) is not None]
+    against = f" Not confirmed by {'; nor by '.join(others)}." if others else ""
     ranked = " and the ".join(f"{_weight_title(m)} rank it {r}" for m, r in ranks.items())
     verb = "under-rank" if kind == "under-ranked" else "over-rank"
-    n = len(weights[0].features)
-    message = f"'{name}': the {ranked} of {n}, but {', and '.join(said)}: the weights {verb} it."
+    message = f"'{name}': the {ranked} of {n}, but {', and '.join(said)}: the weights {verb} it.{against}"
     first_e = evidence[0]
+    margin = next(iter(margins.values()), None)
     return Finding(message, name, kind, weights[0].method, first_e.method, ranks[weights[0].method],
-                   int(first_e.rank[first_e.features.index(name)]), tuple(ranks), tuple(e.method for e in evidence))
+                   int(first_e.rank[first_e.features.index(name)]), tuple(ranks), tuple(e.method for e in evidence),
+                   margin=margin[0] if margin else None, margin_over=margin[1] if margin else None)
+
+
+def _interval(e: RankingEvidence, i: int) -> str:
+    """'rank interval 1–2', or 'rank 1 verified' where the interval is a single rank."""
+    low, high = int(e.rank_low[i]), int(e.rank_high[i])
+    return f"rank {low} verified" if low == high else f"rank interval {low}–{high}"
+
+
+def _standing(e: RankingEvidence, i: int) -> str:
+    return ", relevant" if e.relevant[i] else ", negligible" if e.negligible[i] else ""
+
+
+def _times(margin: float) -> str:
+    return "more than 1000×" if margin > 1000 else f"{margin:.1f}×"
+
+
+def _index(features: tuple[str, ...], name: str) -> int | None:
+    try:
+        return features.index(name)
+    except ValueError:
+        return None
 
 
 def _agreement_dict(a: Agreement) -> dict[str, Any]:

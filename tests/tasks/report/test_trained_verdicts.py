@@ -9,7 +9,7 @@ from tasks.methods.permutation import audit_permutation
 from tasks.methods.shap import shap_audit
 from tasks.methods.weights import audit_weights
 from tasks.registry.versions import resolve_version
-from tasks.report.verdict import compare
+from tasks.report.verdict import MARGIN, compare, in_lower_half
 from tests import trained
 
 
@@ -48,3 +48,28 @@ def test_a_faithful_trained_model_keeps_its_material_drivers(tmp_path, seed):
     permutation = next(e for e in comparison.evidence if e.method == "permutation")
     relevant = {f for f, r in zip(permutation.features, permutation.relevant) if r}
     assert {"d0", "d1", "d2", "d3"} <= relevant and not relevant & {"n0", "n1", "n2"}
+
+
+@pytest.mark.parametrize(("strength", "seed", "upper_half"), [(2.0, 0, True), (2.0, 1, True), (10.0, 0, False)])
+def test_a_driver_the_weights_demote_by_its_scale_is_named_and_the_verdict_disagrees(tmp_path, strength, seed,
+                                                                                  upper_half):
+    case = trained.build(tmp_path, "scale", strength, seed)
+    results, comparison = _audit(tmp_path, case)
+    assert comparison.verdict == "disagree", comparison.reason
+    assert [(f.feature, f.kind) for f in comparison.findings] == [("d0", "under-ranked")]
+    finding = comparison.findings[0]
+    assert finding.weight_methods == ("weights",)  # the scale-aware weights see it
+    assert finding.margin >= MARGIN and finding.margin_over == "d1"
+    assert f"permutation verifies it as #1 (rank 1 verified) at {finding.margin:.1f}× 'd1'" in finding.message
+    # a ×2 scale demotes it only to the weights' upper half, where the lower-half rule alone was silent
+    assert (not in_lower_half(finding.weight_rank, len(case.features))) == upper_half
+
+
+def test_a_first_layer_weight_that_a_later_layer_zeroes_is_named_over_ranked(tmp_path):
+    case = trained.build(tmp_path, "zeroed", 1.0, 0)
+    results, comparison = _audit(tmp_path, case)
+    weights = next(r for r in results if r.method == "weights")
+    assert weights.rank[weights.features.index("n0")] == 1
+    assert comparison.verdict == "disagree", comparison.reason
+    assert [(f.feature, f.kind) for f in comparison.findings] == [("n0", "over-ranked")]
+    assert "permutation shows it negligible" in comparison.findings[0].message

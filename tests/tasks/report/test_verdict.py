@@ -232,3 +232,38 @@ def test_inverted_pairs_are_all_counted_and_the_first_ten_named():
     a = result.agreements[0]
     assert a.n_inverted == a.verified_pairs > 10 and len(a.inverted) == 10
     assert a.inverted[0] == ("f0", "f1") and a.resolved_agreement == 0.0
+
+
+def test_a_demoted_driver_in_the_weights_upper_half_is_named_with_its_margin():
+    # 'scaled' is verified #1 at 8/3 of 'x1', the largest the weights rank above it; the weights rank it 3rd of 6
+    weights = _weights([2.6, 0.5, 3, 2.8, 2, 1.5])
+    result = compare([weights, _behaviour([8, 0, 3, 2.5, 2, 1.5])])
+    assert not in_lower_half(3, 6)  # the lower-half rule alone would stay silent
+    assert [(f.feature, f.kind) for f in result.findings] == [("scaled", "under-ranked")]
+    finding = result.findings[0]
+    assert finding.margin == pytest.approx(8 / 3, rel=0.05) and finding.margin_over == "x1"
+    assert "rank it 3 of 6" in finding.message
+    assert "permutation verifies it as #1 (rank 1 verified) at 2.7× 'x1'" in finding.message
+    assert result.verdict == "disagree"
+
+
+def test_a_demotion_below_the_margin_or_by_one_rank_is_not_a_warning():
+    below_margin = compare([_weights([2.6, 0.5, 3, 2.8, 2, 1.5]), _behaviour([5, 0, 3, 2.5, 2, 1.5])])
+    assert below_margin.findings == () and below_margin.verdict == "partly agree"
+    one_rank = compare([_weights([2.9, 0.5, 3, 2.8, 2, 1.5]), _behaviour([8, 0, 3, 2.5, 2, 1.5])])
+    assert one_rank.findings == () and one_rank.verdict == "partly agree"
+
+
+def test_a_demoted_driver_needs_to_be_verified_above_every_feature_ranked_above_it():
+    # x1 is as important as 'scaled' within noise: no verified margin over everything the weights put above it
+    result = compare([_weights([2.6, 0.5, 3, 2.8, 2, 1.5]), _behaviour([8, 0, 8, 2.5, 2, 1.5], spread=1.0)])
+    assert "scaled" not in [f.feature for f in result.findings]
+
+
+def test_a_warning_quotes_the_behavioural_methods_that_do_not_confirm_it():
+    weights = _weights([0.01, 0.5, 3, 2.5, 2, 1.5])
+    result = compare([weights, _behaviour([5, 0, 3, 2.5, 2, 1.5]),
+                      _behaviour([1.4, 0, 3, 2.5, 2, 1.6], spread=0.01, method="shap")])
+    finding = result.findings[0]
+    assert finding.behavioural_methods == ("permutation",)
+    assert "Not confirmed by shap, which ranks it 5 (rank 5 verified, relevant)." in finding.message
