@@ -61,7 +61,7 @@ def main() -> None:
         line = f"{kind:<12} seed {seed}: {comparison.verdict:<13} warned: {warned:<16}"
         if case.faithful:
             n_faithful += 1
-            faithful[comparison.verdict] += 1
+            faithful[comparison.verdict] = faithful.get(comparison.verdict, 0) + 1
             again, _ = oracles.audit(root, case, seed=1, methods=("permutation", "shap"))
             first = _document([r for r in results if r.method in ("permutation", "shap")], 0)
             changes = drift(first, _document(again, 1))["changes"]

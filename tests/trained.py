@@ -19,6 +19,8 @@ Processes (``KINDS``; ``strength`` grades each):
 - ``no_signal``: a target unrelated to 3 inputs, 1,000 training rows, Dense(100)-Dropout(0.2)-Dense(50)
   (seed 001's third example).
 - ``sin``: ``y = sin(x0·x1 + x2)`` on 300 training rows of U(-1, 1) inputs (the seeds' toy example).
+- ``product``: ``y = strength·x0·x1 + x2`` with two noise features n0, n1, standardized inputs: x0 and x1
+  act only jointly.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import pandas as pd
 
 from tests.helpers import write_version
 
-KINDS = ("faithful", "scale", "interaction", "zeroed", "proxy", "no_signal", "sin")
+KINDS = ("faithful", "scale", "interaction", "zeroed", "proxy", "no_signal", "sin", "product")
 EFFECTS = (3.0, 2.0, 1.5, 1.0, 0.6)
 NOISE_SD = 0.3
 
@@ -86,6 +88,14 @@ def _sin_frame(n: int, rng) -> pd.DataFrame:
     return frame
 
 
+def _product_frame(n: int, rng, strength: float) -> pd.DataFrame:
+    z = rng.standard_normal((n, 5))
+    y = strength * z[:, 0] * z[:, 1] + z[:, 2] + NOISE_SD * rng.standard_normal(n)
+    frame = pd.DataFrame({name: z[:, i].astype(np.float32) for i, name in enumerate(("x0", "x1", "x2", "n0", "n1"))})
+    frame["y"] = y.astype(np.float32)
+    return frame
+
+
 def frame_of(kind: str, strength: float, n: int, rng) -> pd.DataFrame:
     """``n`` rows of the process."""
     if kind in ("faithful", "zeroed"):
@@ -98,6 +108,8 @@ def frame_of(kind: str, strength: float, n: int, rng) -> pd.DataFrame:
         return _interaction_frame(n, rng, strength)
     if kind == "no_signal":
         return _noise_frame(n, rng)
+    if kind == "product":
+        return _product_frame(n, rng, strength)
     return _sin_frame(n, rng)
 
 

@@ -85,6 +85,7 @@ MAX_EVALUATIONS_PER_CALL = 262_144  # the most evaluations in one block, whateve
 _PLAIN_BYTES = 5  # per input value of a block of chains: float32 input and its bool switch mask
 _FIRST_LAYER_BYTES = 4  # per pre-activation: the float32 block, in which the running sum is built in place
 _BEESWARM_ROWS = 400
+DEPENDENCE_BINS = 10  # quantile bins of a feature's own value (or its levels, when it has at most this many)
 _BEESWARM_FEATURES = 20
 
 
@@ -537,6 +538,38 @@ def local_explanations(
     return records
 
 
+def unexplained_shares(values: np.ndarray, X: np.ndarray, *, bins: int = DEPENDENCE_BINS) -> np.ndarray:
+    """Per feature, the share of the variance of its SHAP values that its own value leaves unexplained: the
+    within-bin sum of squares over the total, binning the rows on the feature's value (quantile bins, or its levels
+    when it has at most ``bins``). Additive in that feature (φ_j a function of x_j alone): near 0, up to the
+    binning's coarseness and the sampler's noise; acting through a product with another feature: near 1.
+    Multiclass values (rows, features, classes) pool the classes' sums of squares. NaN where φ_j is constant."""
+    phi = values if values.ndim == 3 else values[..., None]
+    shares = np.full(phi.shape[1], np.nan)
+    for j in range(phi.shape[1]):
+        groups = _bins(X[:, j], bins)
+        centred = phi[:, j, :] - phi[:, j, :].mean(axis=0)
+        total = float((centred ** 2).sum())
+        if total <= 0.0 or not np.isfinite(total):
+            continue
+        counts = np.bincount(groups)
+        sums = np.stack([np.bincount(groups, weights=phi[:, j, c]) for c in range(phi.shape[2])], axis=1)
+        kept = counts > 0
+        explained = float(((sums[kept] ** 2) / counts[kept, None]).sum()
+                          - (phi[:, j, :].sum(axis=0) ** 2 / len(groups)).sum())
+        shares[j] = min(1.0, max(0.0, 1.0 - explained / total))
+    return shares
+
+
+def _bins(x: np.ndarray, bins: int) -> np.ndarray:
+    """Each row's bin of ``x``: its level when x has at most ``bins`` values, else its quantile bin."""
+    levels, codes = np.unique(x, return_inverse=True)
+    if len(levels) <= bins:
+        return codes.ravel()
+    edges = np.unique(np.quantile(x, np.linspace(0, 1, bins + 1)[1:-1]))
+    return np.searchsorted(edges, x, side="right")
+
+
 def beeswarm_data(features: tuple[str, ...], values: np.ndarray, X: np.ndarray, outputs: np.ndarray,
                   *, order: np.ndarray, limit: int = _BEESWARM_ROWS,
                   max_features: int = _BEESWARM_FEATURES) -> Beeswarm:
@@ -619,6 +652,9 @@ class ShapDetails(Details):
     loss_metric: str
     local: list[LocalExplanation]
     beeswarm: Beeswarm
+    # per feature, the share of its φ's variance its own value leaves unexplained (:func:`unexplained_shares`;
+    # None where φ is constant): near 0 where the model is additive in the feature
+    unexplained: list[float | None] = dataclasses.field(default_factory=list)
 
 
 def shap_details(features, split, raw: ShapValues, rows, draws, loss, metric, *, n_global: int, n_worst: int,
@@ -664,6 +700,8 @@ def shap_details(features, split, raw: ShapValues, rows, draws, loss, metric, *,
         local=local,
         beeswarm=beeswarm_data(features, raw.values[:n_global], X_explained[:n_global], raw.outputs[:n_global],
                                order=order),
+        unexplained=[float(v) if np.isfinite(v) else None
+                     for v in unexplained_shares(raw.values[:n_global], X_explained[:n_global])],
     )
     return details, notes
 

@@ -48,6 +48,8 @@ def verdict_markdown(model: str, version: str, comparison: Comparison, report_fo
         "",
         escape_markdown(comparison.reason),
         "",
+        escape_markdown(comparison.interactions),
+        "",
         escape_markdown(comparison.rule),
         "",
         "## Warnings",

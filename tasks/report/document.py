@@ -199,6 +199,7 @@ class ResultsDocument:
     weight_stability: dict[str, Any] | None = None
     # the model against a constant prediction on the test split; absent from results.json files written before it
     model_fit: dict[str, Any] | None = field(default=None, metadata={"optional": True})
+    interactions: str | None = field(default=None, metadata={"optional": True})  # what the run says of interactions
     warnings: tuple[WarningEntry, ...] = ()
     history: tuple[dict[str, Any], ...] | None = field(default=None, metadata={"optional": True})
     since_approval: dict[str, Any] | None = field(default=None, metadata={"optional": True})
@@ -424,6 +425,7 @@ _CONVERT: dict[type, dict[str, Convert]] = {
                       "status": _one_of(*RUN_STATUS), "test_rows": _optional(_nested(TestRows)),
                       "agreement": _list_of(_object), "consensus": _list_of(_object),
                       "rank_evidence": _dict_of(_object), "weight_stability": _optional(_object), "model_fit": _optional(_object),
+                      "interactions": _optional(_str),
                       "warnings": _list_of(_nested(WarningEntry)), "history": _optional(_list_of(_object)),
                       "since_approval": _optional(_object)},
 }

@@ -109,6 +109,7 @@ def build_context(
                      for e in comparison.evidence],
         "weight_stability": comparison.weight_stability,
         "model_fit": comparison.fit.sentence() if comparison.fit is not None else None,
+        "interactions": comparison.interactions,
         "methods": [_method(r) for r in results],
         "rankings": _rankings(version.features, usable, comparison),
         "agreements": comparison.agreements,
@@ -194,6 +195,7 @@ def results_document(
         rank_evidence=agreement["rank_evidence"],
         weight_stability=agreement["weight_stability"],
         model_fit=agreement["model_fit"],
+        interactions=agreement["interactions"],
         warnings=tuple(WarningEntry.from_finding(f) for f in comparison.findings),
     )
 

@@ -23,7 +23,12 @@ retrain-ablation, SHAP), using only what that method has verified about its own 
 - **Verdict**, per weight ranking, and overall the worst of them: *disagree* when a feature is
   warned about; *partly agree* when no feature is, but the weights invert a verified pair;
   *agree* when the weights order every verified pair the same way; *not assessed* when no weight
-  and behavioural method both succeeded, or the behavioural methods verified no pair.
+  and behavioural method both succeeded, or the behavioural methods verified no pair; *no material
+  effect* when the model does not beat a constant or no feature is material.
+- **Interactions not assessed** (:func:`acting_jointly`): no method of this run measures interactions,
+  and every report says so. Where the verdict would be *agree* but SHAP shows a relevant feature acting
+  through others (more than ``NONADDITIVE`` of its SHAP values' variance not explained by its own
+  value), the verdict is *agree, interactions not assessed*.
 
 Krishna et al.'s (2022) measures — Spearman's ρ, Kendall's τ, top-k agreement, pairwise rank
 agreement — are kept in the tables, with a top-weighted Kendall τ (``scipy.stats.weightedtau``)
@@ -41,11 +46,13 @@ from prefect import task
 from scipy import stats
 
 from tasks.core.metrics import ModelFit
+from tasks.core.names import listed
 from tasks.core.ranking import MATERIAL, RELEVANCE, TOP_K, RankingEvidence, ranking_evidence, top_k_for
 from tasks.core.result import ImportanceResult
 from tasks.methods.table import judged, result_titles
 
-Verdict = Literal["agree", "partly agree", "disagree", "not assessed", "no material effect"]
+Verdict = Literal["agree", "agree, interactions not assessed", "partly agree", "disagree", "not assessed",
+                  "no material effect"]
 MIN_GAP = 2  # an under-ranked feature sits at least this many ranks below the worst rank its behaviour allows
 # a demoted driver's importance is at least this many times that of every feature the weights rank above it:
 # conservative (permutation's importance is a squared effect for mse) until benchmarks/bench_verdict_power.py
@@ -56,7 +63,11 @@ SHOWN_INVERTED = 10  # inverted pairs kept by name, as examples (all are counted
 N_BOOTSTRAP = 200  # draws behind the weighted tau's interval, up to TAU_WORK // features (never below MIN_BOOTSTRAP)
 MIN_BOOTSTRAP = 50
 TAU_WORK = 2_000_000  # feature values the interval's weighted taus read: 200 draws up to 10,000 features
-SEVERITY = {"not assessed": 0, "agree": 1, "partly agree": 2, "disagree": 3, "no material effect": 4}
+# a relevant feature acts through others when more than this share of its SHAP values' variance is not explained by
+# its own value (binned): additive drivers of trained MLPs leave at most 7%, factors of a product at least 85%
+NONADDITIVE = 0.5
+SEVERITY = {"not assessed": 0, "agree": 1, "agree, interactions not assessed": 2, "partly agree": 3, "disagree": 4,
+            "no material effect": 5}
 VERDICT_RULE = (
     "Each behavioural method first tests its own ranking: a pair of features counts only when its order holds "
     "at 95% on the method's repeats, seeds or bootstrap draws. disagree: the weights rank a feature strictly in "
@@ -74,9 +85,14 @@ VERDICT_RULE = (
     "feature relevant, "
     f"where relevant also means material against the model itself (an importance above {MATERIAL:.0%} of a "
     "constant prediction's test loss for permutation and retrain-ablation, of the target's spread for SHAP): "
-    "then no ranking of the weights is evidence of importance, and the verdict is never agree. The overall "
+    "then no ranking of the weights is evidence of importance, and the verdict is never agree. agree, "
+    "interactions not assessed: the weights agree, but SHAP shows a relevant feature acting through others "
+    f"(more than {NONADDITIVE:.0%} of the variance of its SHAP values is not explained by its own value): a "
+    "first-layer weight cannot show a joint effect, and no method in this run measures one. The overall "
     "verdict is the worst over the weight rankings."
 )
+INTERACTIONS_UNMEASURED = ("Interactions are not assessed in this run: no method measures whether features act "
+                           "jointly")
 
 
 @dataclass(frozen=True)
@@ -133,6 +149,8 @@ class Comparison:
     evidence: tuple[RankingEvidence, ...] = ()  # per judged behavioural method
     weight_stability: dict[str, Any] | None = None
     fit: ModelFit | None = None  # the model against a constant prediction on the test split, where measured
+    interactions: str = INTERACTIONS_UNMEASURED + "."  # what this run can say of interactions, in one sentence
+    jointly: tuple[tuple[str, float], ...] = ()  # relevant features acting through others: (feature, share)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -146,6 +164,7 @@ class Comparison:
             "rank_evidence": {e.method: e.to_dict() for e in self.evidence},
             "weight_stability": self.weight_stability,
             "model_fit": asdict(self.fit) if self.fit is not None else None,
+            "interactions": self.interactions,
         }
 
 
@@ -326,9 +345,11 @@ def compare(results: list[ImportanceResult]) -> Comparison:
     stability = weight_stability(next((r for r in results if r.ok and r.kind == "weight-based"
                                        and r.sampling == "seeds"), None))
     fit = fit_of(results)
+    shares = unexplained_of(results)
     if not weights or not behaviours:
         reason = "not assessed: no weight-based and behavioural method both succeeded."
-        return Comparison((), (), "not assessed", reason=reason, weight_stability=stability, fit=fit)
+        return Comparison((), (), "not assessed", reason=reason, weight_stability=stability, fit=fit,
+                          interactions=interactions_sentence(shares, ()))
     evidence = {b.method: ranking_evidence(b) for b in behaviours}
     pairs = [(w.subset(b.features), b) for w in weights for b in behaviours if set(b.features) <= set(w.features)]
     agreements = tuple(agreement(w, b, evidence=evidence[b.method]) for w, b in pairs)
@@ -338,15 +359,55 @@ def compare(results: list[ImportanceResult]) -> Comparison:
         for i, x in enumerate(behaviours) for y in behaviours[i + 1:]
         if len(shared := [f for f in x.features if f in y.features]) > 1
     )
+    jointly = acting_jointly(shares, evidence.get("shap"))
+    common = dict(evidence=tuple(evidence.values()), weight_stability=stability, fit=fit,
+                  interactions=interactions_sentence(shares, jointly), jointly=jointly)
     if (fit is not None and not fit.beats_constant) or no_material_effect(list(evidence.values())):
         verdicts = {w.method: "no material effect" for w in weights}
         return Comparison(agreements, found, "no material effect", consensus,
-                          reason=no_material_reason(list(evidence.values()), fit), verdicts=verdicts,
-                          evidence=tuple(evidence.values()), weight_stability=stability, fit=fit)
+                          reason=no_material_reason(list(evidence.values()), fit), verdicts=verdicts, **common)
     verdicts = {w.method: weight_verdict(w.method, agreements, found) for w in weights}
+    if jointly:
+        verdicts = {m: "agree, interactions not assessed" if v == "agree" else v for m, v in verdicts.items()}
     verdict = max(verdicts.values(), key=SEVERITY.__getitem__)
-    return Comparison(agreements, found, verdict, consensus, reason=verdict_reason(verdict, verdicts, agreements, found),
-                      verdicts=verdicts, evidence=tuple(evidence.values()), weight_stability=stability, fit=fit)
+    return Comparison(agreements, found, verdict, consensus,
+                      reason=verdict_reason(verdict, verdicts, agreements, found, jointly), verdicts=verdicts, **common)
+
+
+def unexplained_of(results: list[ImportanceResult]) -> dict[str, float] | None:
+    """Per feature, the share of its SHAP values' variance its own value leaves unexplained, as the SHAP result
+    carries it (``ShapDetails.unexplained``); None when SHAP did not run or measured none."""
+    shap = next((r for r in results if r.ok and r.method == "shap"), None)
+    shares = getattr(shap.details, "unexplained", None) if shap is not None else None
+    if not shares:
+        return None
+    return {f: float(v) for f, v in zip(shap.features, shares) if v is not None}
+
+
+def acting_jointly(shares: dict[str, float] | None, shap: RankingEvidence | None, *,
+                   threshold: float = NONADDITIVE) -> tuple[tuple[str, float], ...]:
+    """The features SHAP finds relevant whose SHAP values their own value leaves mostly unexplained (more than
+    ``threshold`` of the variance): they act through other features. Largest share first."""
+    if shares is None or shap is None:
+        return ()
+    found = [(f, shares[f]) for f, relevant in zip(shap.features, shap.relevant)
+             if relevant and shares.get(f, 0.0) > threshold]
+    return tuple(sorted(found, key=lambda t: -t[1]))
+
+
+def interactions_sentence(shares: dict[str, float] | None, jointly: tuple[tuple[str, float], ...]) -> str:
+    """What this run can say of interactions, in one sentence for every report."""
+    if shares is None:
+        return (f"{INTERACTIONS_UNMEASURED}, and SHAP, whose values show how far a feature acts through others, "
+                "did not run.")
+    if jointly:
+        named = listed([f for f, _ in jointly])
+        shares = ", ".join(f"{share:.0%}" for _, share in jointly[:6])
+        return (f"{INTERACTIONS_UNMEASURED}, but SHAP shows {named} acting through other features ({shares} of "
+                f"their SHAP values' variance not explained by their own value, above {NONADDITIVE:.0%}): a "
+                "first-layer weight cannot show a joint effect.")
+    return (f"{INTERACTIONS_UNMEASURED}; SHAP shows no relevant feature acting mainly through others (more than "
+            f"{NONADDITIVE:.0%} of its SHAP values' variance not explained by its own value).")
 
 
 def fit_of(results: list[ImportanceResult]) -> ModelFit | None:
@@ -386,7 +447,7 @@ def weight_verdict(method: str, agreements: tuple[Agreement, ...], found: tuple[
 
 
 def verdict_reason(verdict: Verdict, verdicts: dict[str, Verdict], agreements: tuple[Agreement, ...],
-                   found: tuple[Finding, ...]) -> str:
+                   found: tuple[Finding, ...], jointly: tuple[tuple[str, float], ...] = ()) -> str:
     """The verdict's reason in one sentence, naming the warning or the agreement figure that decided it."""
     worst = [m for m, v in verdicts.items() if v == verdict]
     who = " and the ".join(_weight_title(m) for m in worst)
@@ -403,10 +464,15 @@ def verdict_reason(verdict: Verdict, verdicts: dict[str, Verdict], agreements: t
         lead, follow = a.inverted[0]
         return (f"partly agree: no feature is misranked beyond noise, but the {who} order {a.n_inverted} of the "
                 f"{a.verified_pairs} pairs that {a.method_b} verifies the other way (e.g. '{follow}' above '{lead}'){tail}.")
-    if verdict == "agree":
+    if verdict in ("agree", "agree, interactions not assessed"):
         counts = ", ".join(f"{a.method_b} {a.verified_pairs}" for a in own if a.method_a == worst[0])
-        return (f"agree: the {who} order every feature pair that the behavioural methods verify at 95% "
-                f"({counts} pairs) the same way, and misrank no feature{tail}.")
+        agreed = (f"the {who} order every feature pair that the behavioural methods verify at 95% "
+                  f"({counts} pairs) the same way, and misrank no feature{tail}")
+        if verdict == "agree":
+            return f"agree: {agreed}."
+        named = listed([f for f, _ in jointly])
+        return (f"agree, interactions not assessed: {agreed}; but SHAP shows {named} acting through other features, "
+                "which a first-layer weight cannot show and no method in this run measures.")
     return "not assessed: the behavioural methods verified the order of no pair of features at 95%."
 
 

@@ -10,6 +10,7 @@ from tasks.methods.shap import (
     sampling_shap,
     shap_audit,
     shap_importance,
+    unexplained_shares,
 )
 from tasks.registry.versions import resolve_version
 from tasks.subject.loaded import load_subject
@@ -284,3 +285,17 @@ def test_many_features_explain_fewer_rows_and_say_why(tmp_path):
     # the interval machinery works with fewer rows and background rows
     assert (result.low <= result.importances_mean).all() and (result.importances_mean <= result.high).all()
     assert np.isfinite(result.details.mc_se).all()
+
+
+def test_unexplained_shares_separate_additive_features_from_factors_of_a_product():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((400, 4))
+    X[:, 3] = rng.integers(0, 3, 400)  # a categorical code: binned by its levels
+    additive = X * [3.0, 2.0, 1.0, 0.5]
+    shares = unexplained_shares(additive, X)
+    assert (shares[:3] < 0.1).all() and shares[3] == pytest.approx(0.0, abs=1e-12)
+    product = np.stack([X[:, 0] * X[:, 1] / 2, X[:, 0] * X[:, 1] / 2, X[:, 2], np.zeros(400)], axis=1)
+    shares = unexplained_shares(product, X)
+    assert (shares[:2] > 0.9).all() and shares[2] < 0.1 and np.isnan(shares[3])
+    # multiclass values pool the classes: additive in every class is still additive
+    assert (unexplained_shares(np.stack([additive, -additive], axis=2), X)[:3] < 0.1).all()

@@ -69,7 +69,7 @@ def test_the_document_says_what_the_results_and_the_comparison_say(audit, docume
     data = document.to_json()
     assert list(data) == ["schema", "model", "run", "methods", "verdict", "verdict_reason", "verdicts", "verdict_rule",
                           "status", "test_rows", "agreement", "consensus", "rank_evidence", "weight_stability",
-                          "model_fit", "warnings"]
+                          "model_fit", "interactions", "warnings"]
     assert list(data["model"]) == ["name", "version", "task", "sha256", "paths", "inputs", "output", "notes"]
     assert data["run"] == {"id": run.run_id, "started": "2026-01-01T00:00:00+00:00", "seed": 0, "flow_run_id": None,
                            "timings": {"weights": 1.5}}
@@ -80,6 +80,7 @@ def test_the_document_says_what_the_results_and_the_comparison_say(audit, docume
     assert (data["agreement"], data["consensus"]) == (agreement["agreements"], agreement["consensus"])
     assert (data["rank_evidence"], data["weight_stability"]) == (agreement["rank_evidence"], agreement["weight_stability"])
     assert data["model_fit"] == agreement["model_fit"]
+    assert data["interactions"] == comparison.interactions and data["interactions"].startswith("Interactions are not")
     assert data["test_rows"] == version.test_sampling()
     assert (data["status"], data["verdict"]) == ("partial", comparison.verdict)
     assert document.methods["shap"].error == "RuntimeError: boom" and document.methods["ablation"].reason == "no train split"

@@ -53,6 +53,9 @@ def test_pdf_text_shows_verdict_warning_and_failed_method(context):
     first = re.sub(r"\s+", " ", pdf.pages[0].extract_text())
     assert "Verdict on the weight-based ranking: disagree disagree: the first-layer weights |W| misrank" in first
     assert "no disagreement" not in text
+    # what the verdict cannot see is said on the first page: SHAP failed here, so nothing about interactions is known
+    assert ("Interactions are not assessed in this run: no method measures whether features act jointly, and SHAP"
+            in first)
     assert "This method failed: RuntimeError: explainer broke" in text
     assert f"page 1 of {len(pdf.pages)}" in text
     # the running header names model and version on every page but the first, which shows it once in the body

@@ -73,3 +73,33 @@ def test_a_first_layer_weight_that_a_later_layer_zeroes_is_named_over_ranked(tmp
     assert comparison.verdict == "disagree", comparison.reason
     assert [(f.feature, f.kind) for f in comparison.findings] == [("n0", "over-ranked")]
     assert "permutation shows it negligible" in comparison.findings[0].message
+
+
+def test_two_factors_acting_through_their_product_are_never_a_bare_agree(tmp_path):
+    # y = 0.5·x0·x1 + x2: the weights order every verified pair as the behavioural methods do
+    case = trained.build(tmp_path, "product", 0.5, 0)
+    results, comparison = _audit(tmp_path, case, shap=True)
+    assert comparison.verdict == "agree, interactions not assessed", comparison.reason
+    assert [f for f, _ in comparison.jointly] == ["x0", "x1"] or [f for f, _ in comparison.jointly] == ["x1", "x0"]
+    assert all(share > 0.85 for _, share in comparison.jointly)
+    assert "SHAP shows 'x" in comparison.reason and "no method in this run measures" in comparison.reason
+    shap = next(r for r in results if r.method == "shap")
+    assert shap.details.unexplained[shap.features.index("x2")] < 0.1  # the additive driver
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_y_equals_x0_times_x1_plus_x2_gives_no_bare_agree(tmp_path, seed):
+    case = trained.build(tmp_path, "product", 1.0, seed)
+    _, comparison = _audit(tmp_path, case, shap=True)
+    assert comparison.verdict != "agree", comparison.reason
+    assert {f for f, _ in comparison.jointly} == {"x0", "x1"}
+    assert comparison.interactions.startswith("Interactions are not assessed in this run")
+
+
+def test_a_faithful_model_shows_no_feature_acting_through_others(tmp_path):
+    case = trained.build(tmp_path, "faithful", 1.0, 0)
+    results, comparison = _audit(tmp_path, case, shap=True)
+    assert comparison.jointly == () and comparison.verdict not in ("disagree", "agree, interactions not assessed")
+    assert "SHAP shows no relevant feature acting mainly through others" in comparison.interactions
+    shap = next(r for r in results if r.method == "shap")
+    assert max(shap.details.unexplained[:5]) < 0.1  # d0-d4, the drivers

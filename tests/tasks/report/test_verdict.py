@@ -267,3 +267,24 @@ def test_a_warning_quotes_the_behavioural_methods_that_do_not_confirm_it():
     finding = result.findings[0]
     assert finding.behavioural_methods == ("permutation",)
     assert "Not confirmed by shap, which ranks it 5 (rank 5 verified, relevant)." in finding.message
+
+
+def test_a_relevant_feature_acting_through_others_turns_agree_into_agree_interactions_not_assessed():
+    from tasks.report.verdict import NONADDITIVE, acting_jointly, interactions_sentence
+
+    shap = ranking_evidence(_bootstrap([5, 0, 3, 2.5, 2, 1.5], 0.05))
+    shares = {"scaled": 0.97, "noise": 0.9, "x1": 0.04, "x2": 0.05, "x3": 0.6, "x4": 0.02}
+    jointly = acting_jointly(shares, shap)
+    # the noise feature's SHAP values are noise whatever its share: only relevant features count
+    assert jointly == (("scaled", 0.97), ("x3", 0.6)) and NONADDITIVE == 0.5
+    assert "SHAP shows 'scaled' and 'x3' acting through other features (97%, 60%" in interactions_sentence(shares, jointly)
+    assert acting_jointly({f: 0.05 for f in FEATURES}, shap) == ()
+    assert "no relevant feature acting mainly through others" in interactions_sentence({"x1": 0.05}, ())
+    assert "SHAP, whose values show how far a feature acts through others, did not run" in interactions_sentence(None, ())
+
+
+def test_every_comparison_states_that_interactions_are_not_assessed():
+    result = compare([_weights([5, 0.5, 3, 2.5, 2, 1.5]), _behaviour([5, 0, 3, 2.5, 2, 1.5])])
+    assert result.verdict == "agree"
+    assert result.interactions.startswith("Interactions are not assessed in this run")
+    assert result.to_dict()["interactions"] == result.interactions
