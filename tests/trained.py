@@ -14,8 +14,8 @@ Processes (``KINDS``; ``strength`` grades each):
 - ``zeroed``: the faithful process, trained; then 8 hidden units are added whose first-layer weights
   read the noise feature n0 with weight 3 and whose outgoing weights are 0 (seed 003: "in later stages
   the variable could be reduced to 0"). The function is unchanged; the weights rank n0 first.
-- ``proxy``: the faithful process plus ``p0 = d0 + 0.3·noise``, a correlated proxy with no effect of
-  its own.
+- ``proxy``: the faithful process plus ``p0 = ρ·d0 + √(1 − ρ²)·noise`` with ρ = ``strength``, a
+  correlated proxy with no effect of its own.
 - ``no_signal``: a target unrelated to 3 inputs, 1,000 training rows, Dense(100)-Dropout(0.2)-Dense(50)
   (seed 001's third example).
 - ``sin``: ``y = sin(x0·x1 + x2)`` on 300 training rows of U(-1, 1) inputs (the seeds' toy example).
@@ -54,13 +54,13 @@ class Trained:
         return f"v{self.seed}"
 
 
-def _linear_frame(n: int, rng, *, scale: float = 1.0, proxy: bool = False) -> pd.DataFrame:
+def _linear_frame(n: int, rng, *, scale: float = 1.0, proxy: float | None = None) -> pd.DataFrame:
     z = rng.standard_normal((n, 8))
     columns = {f"d{i}": z[:, i] for i in range(5)} | {f"n{i}": z[:, 5 + i] for i in range(3)}
     y = z[:, :5] @ np.array(EFFECTS) + NOISE_SD * rng.standard_normal(n)
     columns["d0"] = columns["d0"] * scale
-    if proxy:
-        columns["p0"] = z[:, 0] + 0.3 * rng.standard_normal(n)
+    if proxy is not None:
+        columns["p0"] = proxy * z[:, 0] + np.sqrt(max(0.0, 1.0 - proxy**2)) * rng.standard_normal(n)
     frame = pd.DataFrame({k: v.astype(np.float32) for k, v in columns.items()})
     frame["y"] = y.astype(np.float32)
     return frame
@@ -103,7 +103,7 @@ def frame_of(kind: str, strength: float, n: int, rng) -> pd.DataFrame:
     if kind == "scale":
         return _linear_frame(n, rng, scale=strength)
     if kind == "proxy":
-        return _linear_frame(n, rng, proxy=True)
+        return _linear_frame(n, rng, proxy=strength)
     if kind == "interaction":
         return _interaction_frame(n, rng, strength)
     if kind == "no_signal":

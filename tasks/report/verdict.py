@@ -181,11 +181,12 @@ def under_ranked(weight: ImportanceResult, evidence: RankingEvidence, j: int) ->
             and w >= int(evidence.rank_high[j]) + MIN_GAP)
 
 
-def demotion(weight: ImportanceResult, evidence: RankingEvidence, j: int) -> tuple[float, int] | None:
+def demotion(weight: ImportanceResult, evidence: RankingEvidence, j: int, *,
+             margin: float = MARGIN) -> tuple[float, int] | None:
     """(margin, the feature it is taken over) when the weights demote a verified top driver: the behavioural method
     verifies feature j within its top k with a relevant importance, the weights rank it at least ``MIN_GAP`` below
     that rank interval, and it is verified above every feature the weights rank above it, with ``margin`` — its
-    importance over the largest of theirs — at least ``MARGIN``. None otherwise."""
+    importance over the largest of theirs — at least ``margin``. None otherwise."""
     n = len(weight.features)
     w = int(weight.rank[j])
     if not (int(evidence.rank_high[j]) <= top_k_for(n) and bool(evidence.relevant[j])
@@ -194,16 +195,16 @@ def demotion(weight: ImportanceResult, evidence: RankingEvidence, j: int) -> tup
     above = np.nonzero(np.asarray(weight.rank) < w)[0]
     mean = evidence.mean
     largest = int(above[np.argmax(mean[above])])
-    margin = float(mean[j] / mean[largest]) if mean[largest] > 0 else math.inf
+    ratio = float(mean[j] / mean[largest]) if mean[largest] > 0 else math.inf
     verified = next(evidence.verified_rows(np.array([j])))[1][0]
-    if margin < MARGIN or not verified[above].all():
+    if ratio < margin or not verified[above].all():
         return None
-    return margin, largest
+    return ratio, largest
 
 
-def demoted(weight: ImportanceResult, evidence: RankingEvidence, j: int) -> bool:
-    """The weights rank a verified top driver below features it is verified at ``MARGIN`` times above."""
-    return demotion(weight, evidence, j) is not None
+def demoted(weight: ImportanceResult, evidence: RankingEvidence, j: int, *, margin: float = MARGIN) -> bool:
+    """The weights rank a verified top driver below features it is verified at ``margin`` times above."""
+    return demotion(weight, evidence, j, margin=margin) is not None
 
 
 def over_ranked(weight: ImportanceResult, evidence: RankingEvidence, j: int) -> bool:
@@ -318,14 +319,15 @@ def weighted_tau_interval(a: ImportanceResult, b: ImportanceResult, *, n_bootstr
     return (float(np.percentile(taus, 2.5)), float(np.percentile(taus, 97.5)))
 
 
-def findings(weights: list[ImportanceResult], evidence: list[RankingEvidence]) -> list[Finding]:
+def findings(weights: list[ImportanceResult], evidence: list[RankingEvidence], *,
+             margin: float = MARGIN) -> list[Finding]:
     """One warning per feature that some weight ranking misranks beyond some behavioural method's noise."""
     support: dict[str, dict[str, Any]] = {}
     for w in weights:
         for e in evidence:
             sub = w.subset(e.features)
             for j, name in enumerate(e.features):
-                kind = ("under-ranked" if under_ranked(sub, e, j) or demoted(sub, e, j) else
+                kind = ("under-ranked" if under_ranked(sub, e, j) or demoted(sub, e, j, margin=margin) else
                         "over-ranked" if over_ranked(sub, e, j) else None)
                 if kind is None:
                     continue
@@ -333,12 +335,13 @@ def findings(weights: list[ImportanceResult], evidence: list[RankingEvidence]) -
                 if entry["kind"] == kind:
                     entry["pairs"].append((w, e))
     order = weights[0].features if weights else ()
-    return [_finding(name, support[name]["kind"], support[name]["pairs"], evidence)
+    return [_finding(name, support[name]["kind"], support[name]["pairs"], evidence, margin)
             for name in order if name in support]
 
 
-def compare(results: list[ImportanceResult]) -> Comparison:
-    """Judge every usable weight ranking against every usable behavioural method's verified evidence."""
+def compare(results: list[ImportanceResult], *, margin: float = MARGIN, material: float = MATERIAL) -> Comparison:
+    """Judge every usable weight ranking against every usable behavioural method's verified evidence (``margin``
+    and ``material``: the demoted-driver margin and the materiality floor, varied only by the benchmarks)."""
     weights = [r for r in results if r.ok and r.method in judged("weight-based")]
     behaviours = [r for r in results if r.ok and r.method in judged("behavioural") and len(r.features) > 1]
     # the weight ranking sampled across retrainings of the architecture (retrain-ablation's baselines), if any
@@ -350,10 +353,10 @@ def compare(results: list[ImportanceResult]) -> Comparison:
         reason = "not assessed: no weight-based and behavioural method both succeeded."
         return Comparison((), (), "not assessed", reason=reason, weight_stability=stability, fit=fit,
                           interactions=interactions_sentence(shares, ()))
-    evidence = {b.method: ranking_evidence(b) for b in behaviours}
+    evidence = {b.method: ranking_evidence(b, material=material) for b in behaviours}
     pairs = [(w.subset(b.features), b) for w in weights for b in behaviours if set(b.features) <= set(w.features)]
     agreements = tuple(agreement(w, b, evidence=evidence[b.method]) for w, b in pairs)
-    found = tuple(findings(weights, list(evidence.values())))
+    found = tuple(findings(weights, list(evidence.values()), margin=margin))
     consensus = tuple(
         agreement(x.subset(shared), y.subset(shared))
         for i, x in enumerate(behaviours) for y in behaviours[i + 1:]
@@ -502,7 +505,7 @@ def compare_task(results: list[ImportanceResult]) -> Comparison:
 
 
 def _finding(name: str, kind: str, pairs: list[tuple[ImportanceResult, RankingEvidence]],
-             every: list[RankingEvidence]) -> Finding:
+             every: list[RankingEvidence], margin: float = MARGIN) -> Finding:
     """The warning's sentence: each supporting weight rank, each supporting behavioural method's evidence (a demoted
     driver's margin first), and what the other behavioural methods say of the feature."""
     weights = list({w.method: w for w, _ in pairs}.values())
@@ -513,7 +516,7 @@ def _finding(name: str, kind: str, pairs: list[tuple[ImportanceResult, RankingEv
     if kind == "under-ranked":
         for w, e in pairs:
             sub = w.subset(e.features)
-            found = demotion(sub, e, e.features.index(name))
+            found = demotion(sub, e, e.features.index(name), margin=margin)
             if found is not None and e.method not in margins:
                 margins[e.method] = (found[0], e.features[found[1]], int(sub.rank[e.features.index(name)]))
     said = []
