@@ -366,9 +366,11 @@ def compare(results: list[ImportanceResult], *, margin: float = MARGIN, material
     common = dict(evidence=tuple(evidence.values()), weight_stability=stability, fit=fit,
                   interactions=interactions_sentence(shares, jointly), jointly=jointly)
     if (fit is not None and not fit.beats_constant) or no_material_effect(list(evidence.values())):
+        # no warning and no feature acting jointly: measured against an immaterial top, they would be noise
         verdicts = {w.method: "no material effect" for w in weights}
-        return Comparison(agreements, found, "no material effect", consensus,
-                          reason=no_material_reason(list(evidence.values()), fit), verdicts=verdicts, **common)
+        return Comparison(agreements, (), "no material effect", consensus,
+                          reason=no_material_reason(list(evidence.values()), fit), verdicts=verdicts,
+                          **common | {"jointly": (), "interactions": INTERACTIONS_UNMEASURED + "."})
     verdicts = {w.method: weight_verdict(w.method, agreements, found) for w in weights}
     if jointly:
         verdicts = {m: "agree, interactions not assessed" if v == "agree" else v for m, v in verdicts.items()}

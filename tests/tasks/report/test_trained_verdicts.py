@@ -31,6 +31,8 @@ def test_a_model_that_learnt_nothing_has_no_material_effect_never_agree(tmp_path
     assert comparison.reason.startswith("no material effect: the model does not beat a constant prediction on the "
                                         "test split (mse ")
     assert "the weights' ranking is not evidence of importance" in comparison.reason
+    # no warning and no feature "acting jointly" measured against an immaterial top: they would be noise
+    assert comparison.findings == () and comparison.jointly == ()
     shap = next(r for r in results if r.method == "shap")
     assert shap.reference is not None and shap.importances_mean.max() < 0.2 * shap.reference
     # without the floor against the model itself, SHAP alone would call its top feature relevant
