@@ -197,7 +197,7 @@ def main() -> None:
             shap = next(r for r in results if r.method == "shap")
             relevant = next(e for e in comparison.evidence if e.method == "shap").relevant
             for f, share, rel in zip(shap.features, shap.details.unexplained, relevant):
-                if rel and share is not None:
+                if rel and share is not None and kind != "no_signal":  # no signal: no additive truth to hold
                     where = f"{f} of {kind} {strength:g} seed {seed}"
                     shares["joint" if f in JOINT.get(kind, ()) else "additive"].append((share, where))
             named = ", ".join(sorted({f.feature for f in comparison.findings} | {f for f, _ in comparison.jointly}))
