@@ -77,7 +77,7 @@ ORACLE_ROWS = 20_000
 TOP = 3  # the oracle's and the weights' top
 MATERIAL_SHARE = 0.05  # of the oracle's top importance
 GAP = 2  # places
-MARGINS = (1.5, MARGIN, 3.0)
+MARGINS = (1.25, MARGIN, 2.0, 3.0)
 MATERIALS = (0.005, MATERIAL, 0.02)
 
 

@@ -29,11 +29,13 @@ def _bootstrap(means, spread, seed=0, features=FEATURES, method="shap"):
 
 
 def test_underranked_scaled_feature_is_one_warning_naming_its_ranks():
-    result = compare([_weights([0.01, 0.5, 3, 2.5, 2, 1.5]), _behaviour([5, 0, 3, 2.5, 2, 1.5])])
+    # verified #1 at 3.5/3 of x1, below the demoted-driver margin: the lower-half rule names it
+    result = compare([_weights([0.01, 0.5, 3, 2.5, 2, 1.5]), _behaviour([3.5, 0, 3, 2.5, 2, 1.5])])
     assert [(f.feature, f.kind) for f in result.findings] == [("scaled", "under-ranked")]
     finding = result.findings[0]
     assert finding.weight_rank == 6 and finding.behavioural_rank == 1
-    assert "rank it 6 of 6" in finding.message and "permutation ranks it 1" in finding.message
+    assert "rank it 6 of 6" in finding.message and "permutation ranks it 1 (rank 1 verified)" in finding.message
+    assert finding.margin is None
     assert result.verdict == "disagree" and "'scaled'" in result.reason
 
 
@@ -248,7 +250,7 @@ def test_a_demoted_driver_in_the_weights_upper_half_is_named_with_its_margin():
 
 
 def test_a_demotion_below_the_margin_or_by_one_rank_is_not_a_warning():
-    below_margin = compare([_weights([2.6, 0.5, 3, 2.8, 2, 1.5]), _behaviour([5, 0, 3, 2.5, 2, 1.5])])
+    below_margin = compare([_weights([2.6, 0.5, 3, 2.8, 2, 1.5]), _behaviour([4, 0, 3, 2.5, 2, 1.5])])  # 1.33×
     assert below_margin.findings == () and below_margin.verdict == "partly agree"
     one_rank = compare([_weights([2.9, 0.5, 3, 2.8, 2, 1.5]), _behaviour([8, 0, 3, 2.5, 2, 1.5])])
     assert one_rank.findings == () and one_rank.verdict == "partly agree"
