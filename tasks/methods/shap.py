@@ -493,6 +493,15 @@ def highest_loss_rows(y: np.ndarray, predictions: np.ndarray, metric: Metric, n:
     return order[:n], loss
 
 
+def explained_rows(y: np.ndarray, predictions: np.ndarray, metric: Metric, rng: np.random.Generator, *,
+                   n_worst: int, n_random: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The rows explained one by one — ``{"highest loss": the n_worst worst, "random": n_random drawn from
+    rng}`` — and every row's loss. SHAP and LIME pick them alike, so the report sets them side by side."""
+    worst, loss = highest_loss_rows(y, predictions, metric, n_worst)
+    random_rows = np.sort(rng.choice(len(y), size=min(n_random, len(y)), replace=False))
+    return {"highest loss": worst, "random": random_rows}, loss
+
+
 def local_explanations(
     features: tuple[str, ...],
     X: np.ndarray,
@@ -532,7 +541,7 @@ def local_explanations(
                 explained_output=explained,
                 base_value=base,
                 loss=float(loss[i]),
-                features=[LocalFeature(features[j], _raw_value(X[i, j], columns[j] if columns else None),
+                features=[LocalFeature(features[j], raw_value(X[i, j], columns[j] if columns else None),
                                        float(phi[j])) for j in order],
             ))
     return records
@@ -599,9 +608,9 @@ def shap_audit(version: ModelVersion, *, seed: int = 0, n_rows: int = SHAP_ROWS,
     model, test, metric, features = subject.model, subject.test, subject.metric, subject.features
     pool_split = subject.train if subject.train is not None else test
     forward = subject.forward()
-    worst, loss = highest_loss_rows(test.y, forward(test.X), metric, n_worst)
     rng = np.random.default_rng(seed)
-    random_rows = np.sort(rng.choice(len(test.X), size=min(n_random, len(test.X)), replace=False))
+    selections, loss = explained_rows(test.y, forward(test.X), metric, rng, n_worst=n_worst, n_random=n_random)
+    worst, random_rows = selections["highest loss"], selections["random"]
     draws, interval, raw, rows = shap_importance(
         model, features, test.X, pool_split.X, n_rows=n_rows,
         random_state=int(rng.integers(0, 2**31 - 1)), extra_rows=np.concatenate([worst, random_rows]), forward=forward,
@@ -726,7 +735,7 @@ def _checked(values: np.ndarray, mc_se: np.ndarray, groups: np.ndarray, base: np
                       reason=REASON, max_deviation=deviation, output_std=spread, n_background=n_background)
 
 
-def _raw_value(code: float, column) -> float | str | int:
+def raw_value(code: float, column) -> float | str | int:
     """A coded value as the split holds it: the number, or the vocabulary entry it codes."""
     if column is None or column.vocabulary is None:
         return float(code)

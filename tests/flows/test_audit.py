@@ -30,13 +30,17 @@ def test_report_folder_layout(demo_run, demo_registry):
 
 def test_every_method_ran_and_has_records(demo_run):
     _, results = demo_run
-    assert set(results["methods"]) == {"weights", "weights_scaled", "permutation", "ablation", "weights_retrained", "shap"}
+    assert set(results["methods"]) == {"weights", "weights_scaled", "permutation", "ablation", "weights_retrained", "shap",
+                                       "lime"}
     for method in results["methods"].values():
         assert method["status"] == "ok", method
         assert {r["feature"] for r in method["features"]} >= {"income", "noise"}
         assert all({"feature", "importance", "std", "rank", "low", "high"} <= set(r) for r in method["features"])
     assert results["methods"]["weights_retrained"]["sampling"] == "seeds"  # the weights' own spread, per retraining
     assert results["weight_stability"]["n_trainings"] == results["methods"]["ablation"]["n_samples"]
+    # LIME explains the rows SHAP explains, one record each, in the same order
+    lime, shap = results["methods"]["lime"]["details"], results["methods"]["shap"]["details"]
+    assert [(r["selection"], r["row"]) for r in lime["rows"]] == [(r["selection"], r["row"]) for r in shap["local"]]
 
 
 def test_known_drivers_and_noise(demo_run):
