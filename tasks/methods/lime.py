@@ -23,6 +23,10 @@ and is not reproducible across calls):
 - **Batched**: the perturbations of all rows and replicates go through the forward pass in blocks of at most
   ``BLOCK_VALUES`` input values.
 
+- **Against SHAP** (it ``needs`` SHAP's result): per row, the feature, sign and rank agreement of the two top
+  ``AGREEMENT_K`` (:class:`LocalAgreement`); for the run, the median local R² and the rows where both name the
+  same top feature.
+
 The method's global result is each feature's mean |weight| over the explained rows: shown, not judged, as it
 describes a handful of chosen rows, not the model.
 """
@@ -43,6 +47,7 @@ from tasks.methods.shap import explained_rows, raw_value
 KERNEL_WIDTH = 0.75  # × √features, in standardized units
 RIDGE = 1.0  # the ridge penalty of the weighted fit, on standardized offsets
 FORWARD_LIMIT = 50  # features up to which the surrogate's features are chosen by forward selection
+AGREEMENT_K = 3  # the top features LIME and SHAP are compared on (Krishna et al. 2022)
 BLOCK_VALUES = 20_000_000  # input values per forward block (80 MB of float32)
 NOTES = (
     "LIME fits a weighted linear surrogate to the model's output on perturbations of each explained row, sampled "
@@ -74,6 +79,22 @@ class LimeFeature:
 
 
 @dataclass(frozen=True)
+class LocalAgreement:
+    """LIME against SHAP on one row, over their top ``k`` features (Krishna et al. 2022): the share both name
+    (feature agreement), the share both name with the same sign (sign agreement: φ against LIME's contribution at
+    the row, its weight times the feature's standardized distance from the training mean, or the weight itself for
+    a categorical level), the share of ranks 1..k that hold the same feature (rank agreement), and whether their
+    top feature is the same."""
+
+    k: int
+    feature: float
+    sign: float
+    rank: float
+    same_top: bool
+    shap_top: list[str]
+
+
+@dataclass(frozen=True)
 class LimeRow:
     """One explained row: why it was picked, the output explained (and its class), the surrogate's local R²
     (mean, and lowest over the replicates), its intercept, and its features, largest |weight| first."""
@@ -86,6 +107,7 @@ class LimeRow:
     r2_low: float
     intercept: float
     features: list[LimeFeature]
+    shap: LocalAgreement | None = None  # against SHAP's explanation of the same row, when SHAP ran
 
 
 @dataclass(frozen=True)
@@ -101,6 +123,12 @@ class LimeDetails(Details):
     @property
     def median_r2(self) -> float:
         return float(np.median([r.r2 for r in self.rows])) if self.rows else float("nan")
+
+    @property
+    def same_top(self) -> tuple[int, int] | None:
+        """(rows where LIME's and SHAP's top feature agree, rows compared); None when SHAP did not run."""
+        compared = [r.shap for r in self.rows if r.shap is not None]
+        return (sum(a.same_top for a in compared), len(compared)) if compared else None
 
 
 def row_stream(seed: int, row: int, replicate: int) -> np.random.Generator:
@@ -213,6 +241,16 @@ def summarise(features: tuple[str, ...], raw: list[Any], fits: list[dict[str, An
     return rows, float(r2.mean()), float(r2.min()), float(np.mean([f["intercept"] for f in fits]))
 
 
+def summary_line(details: LimeDetails) -> str:
+    """The run's line: rows, samples, the median local R², and how often LIME's top feature is SHAP's."""
+    line = (f"LIME: {len(details.rows)} rows explained, {details.samples} samples × {details.replicates} replicates "
+            f"each; median local R² {details.median_r2:.2f}")
+    if details.same_top is None:
+        return line + "; SHAP did not run, so nothing to compare with."
+    same, compared = details.same_top
+    return line + f"; the top feature is SHAP's in {same} of {compared} rows."
+
+
 def _ranks(values: np.ndarray, picked: list[int]) -> np.ndarray:
     """Each picked feature's rank by ``values`` among the picked ones (1 = largest)."""
     v = values[picked]
@@ -222,9 +260,25 @@ def _ranks(values: np.ndarray, picked: list[int]) -> np.ndarray:
     return ranks
 
 
+def local_agreement(lime: list[str], contribution: dict[str, float], shap: list[tuple[str, float]],
+                    k: int = AGREEMENT_K) -> LocalAgreement:
+    """LIME's features (largest |weight| first) with their contributions at the row, against SHAP's (feature, φ),
+    largest |φ| first: see :class:`LocalAgreement`."""
+    k = min(k, len(lime), len(shap))
+    mine, theirs = lime[:k], [f for f, _ in shap[:k]]
+    phi = dict(shap)
+    both = set(mine) & set(theirs)
+    same_sign = [f for f in both if np.sign(contribution[f]) == np.sign(phi[f])]
+    return LocalAgreement(k=k, feature=len(both) / k if k else float("nan"),
+                          sign=len(same_sign) / k if k else float("nan"),
+                          rank=sum(a == b for a, b in zip(mine, theirs)) / k if k else float("nan"),
+                          same_top=bool(mine[:1] == theirs[:1]), shap_top=theirs)
+
+
 def lime_audit(subject, *, seed: int = 0, samples: int = 5000, k: int = 8, replicates: int = 5,
-               n_worst: int = 5, n_random: int = 3) -> ImportanceResult:
-    """LIME for the rows SHAP explains (see the module's docstring)."""
+               n_worst: int = 5, n_random: int = 3, shap: ImportanceResult | None = None) -> ImportanceResult:
+    """LIME for the rows SHAP explains (see the module's docstring); with ``shap``'s result, each row set against
+    SHAP's explanation of it."""
     test, features = subject.test, subject.features
     forward = subject.forward()
     selections, _ = explained_rows(test.y, forward(test.X), subject.metric, np.random.default_rng(seed),
@@ -237,8 +291,10 @@ def lime_audit(subject, *, seed: int = 0, samples: int = 5000, k: int = 8, repli
         if column.categorical:
             codes, counts = np.unique(reference.X[:, j], return_counts=True)
             levels[j] = (codes, counts / counts.sum())
+    centre = np.asarray(reference.X, dtype=float).mean(axis=0)
     scale = np.asarray(reference.X, dtype=float).std(axis=0)
     scale = np.where(scale > 0, scale, 1.0)
+    shap_local = {(r.selection, r.row): r for r in getattr(getattr(shap, "details", None), "local", None) or []}
     multiclass = subject.version.task == "multiclass"
     classes = [int(test.y[i]) if multiclass else None for i in rows]
     fits = explain_rows(forward, np.asarray(test.X, dtype=float), rows, classes, scale=scale, levels=levels,
@@ -248,14 +304,21 @@ def lime_audit(subject, *, seed: int = 0, samples: int = 5000, k: int = 8, repli
     for i, (row, fit) in enumerate(zip(rows, fits)):
         raw = [raw_value(test.X[row, j], columns[j]) for j in range(len(features))]
         listed, r2, r2_low, intercept = summarise(features, raw, fit, k)
+        against = shap_local.get((names[i], int(row)))
+        agreement = None
+        if against is not None:
+            distance = {f: 1.0 if j in levels else (float(test.X[row, j]) - centre[j]) / scale[j]
+                        for j, f in enumerate(features)}
+            agreement = local_agreement([f.feature for f in listed], {f.feature: f.weight * distance[f.feature]
+                                                                       for f in listed},
+                                        [(f.feature, f.phi) for f in against.features])
         records.append(LimeRow(names[i], int(row), classes[i], float(np.mean([f["output"] for f in fit])), r2,
-                               r2_low, intercept, listed))
+                               r2_low, intercept, listed, agreement))
     magnitude = np.mean([np.abs(np.mean([f["weights"] for f in fit], axis=0)) for fit in fits], axis=0)
     details = LimeDetails(samples=samples, replicates=replicates, kernel_width=KERNEL_WIDTH * np.sqrt(len(features)),
                           selection="forward selection" if len(features) <= FORWARD_LIMIT else "largest ridge weights",
                           rows=records)
-    notes = (*NOTES, f"{len(rows)} rows explained, {samples} samples × {replicates} replicates each; median local "
-             f"R² {details.median_r2:.2f}.")
+    notes = (*NOTES, summary_line(details))
     return ImportanceResult.from_samples("lime", "behavioural", features, magnitude[:, None], notes=notes,
                                          details=details)
 
@@ -266,18 +329,19 @@ def section(result: ImportanceResult) -> dict[str, Any] | None:
         return None
     d = result.details
     return {"samples": d.samples, "replicates": d.replicates, "kernel_width": d.kernel_width,
-            "selection": d.selection, "median_r2": d.median_r2, "rows": d.rows}
+            "selection": d.selection, "summary": summary_line(d), "rows": d.rows, "k": AGREEMENT_K}
 
 
 def compute(subject, options: Options, context: Context) -> list[ImportanceResult]:
     """LIME for the rows the report explains."""
+    shap = next(iter(context.upstream.get("shap", [])), None)
     return [lime_audit(subject, seed=context.seed, samples=options.lime_samples, k=options.lime_features,
-                       replicates=options.lime_replicates)]
+                       replicates=options.lime_replicates, shap=shap if shap is not None and shap.ok else None)]
 
 
 METHOD = Method(
     name="lime", title="LIME", kind="behavioural", units=frozenset({"column"}),
     results=(ResultSpec("lime", "LIME (mean |weight| over the explained rows)", judged=False),),
-    options=Options, compute=compute, stored=(LimeDetails, LimeRow, LimeFeature),
+    options=Options, compute=compute, needs=("shap",), stored=(LimeDetails, LimeRow, LimeFeature, LocalAgreement),
     section=Section("lime.html.j2", section),
 )

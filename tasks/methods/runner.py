@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from prefect import get_run_logger, task
+from prefect import allow_failure, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import PrefectFuture
 
@@ -29,11 +29,14 @@ from tasks.subject.loaded import load_subject
 
 
 @task(name="method")
-def method_task(version: ModelVersion, options: AuditOptions, *, method: str) -> list[ImportanceResult]:
-    """Run one entry of the table on the version's subject (loaded once per process)."""
+def method_task(version: ModelVersion, options: AuditOptions, *, method: str,
+                upstream: dict[str, Any] | None = None) -> list[ImportanceResult]:
+    """Run one entry of the table on the version's subject (loaded once per process). ``upstream`` holds the
+    results of the methods it ``needs`` that ran (a method that failed holds its error, and is left out)."""
     entry = METHODS[method]
     logger = get_run_logger()
-    context = Context(run=options, logger=logger, progress=_progress(entry, version, logger))
+    ready = {name: results for name, results in (upstream or {}).items() if isinstance(results, list)}
+    context = Context(run=options, upstream=ready, logger=logger, progress=_progress(entry, version, logger))
     return entry.compute(load_subject(version), options.of(method), context)
 
 
@@ -50,9 +53,12 @@ class MethodRuns:
 def run_methods(version: ModelVersion, options: AuditOptions, cache: ResultCache) -> MethodRuns:
     """Run ``options.methods`` on ``version``: task methods concurrently, then the fan-outs; wait for all."""
     asked = [METHODS[name] for name in options.methods]
-    futures = {m.name: cache.apply(method_task.with_options(name=m.name, task_run_name=m.name), m.name)
-               .submit(version, options, method=m.name)
-               for m in asked if m.compute is not None}
+    futures: dict[str, PrefectFuture] = {}
+    for m in asked:  # table order: a method's needs come before it
+        if m.compute is not None:
+            needed = {n: allow_failure(futures[n]) for n in m.needs if n in futures}
+            futures[m.name] = (cache.apply(method_task.with_options(name=m.name, task_run_name=m.name), m.name)
+                               .submit(version, options, method=m.name, **({"upstream": needed} if needed else {})))
     context = Context(run=options, logger=get_run_logger())
     fanned: dict[str, list[ImportanceResult]] = {}
     states: dict[str, Any] = {}

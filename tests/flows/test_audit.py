@@ -41,6 +41,8 @@ def test_every_method_ran_and_has_records(demo_run):
     # LIME explains the rows SHAP explains, one record each, in the same order
     lime, shap = results["methods"]["lime"]["details"], results["methods"]["shap"]["details"]
     assert [(r["selection"], r["row"]) for r in lime["rows"]] == [(r["selection"], r["row"]) for r in shap["local"]]
+    # ... and, given SHAP's result through the table's `needs`, sets each row against SHAP's explanation of it
+    assert all(r["shap"] is not None and r["shap"]["k"] == 3 for r in lime["rows"])
 
 
 def test_known_drivers_and_noise(demo_run):

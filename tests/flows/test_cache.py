@@ -34,8 +34,10 @@ from tasks.methods.cache import (
 from tasks.methods.table import AuditOptions
 from tests import helpers
 
-OPTIONS = AuditOptions(methods=("weights", "permutation", "shap"), repeats=2, shap_rows=40)
-METHODS = ("weights", "permutation", "shap")
+# lime needs shap: its key holds shap's result, so it is reused exactly when shap's result is the same
+OPTIONS = AuditOptions(methods=("weights", "permutation", "shap", "lime"), repeats=2, shap_rows=40, lime_samples=200,
+                       lime_replicates=2)
+METHODS = ("weights", "permutation", "shap", "lime")
 
 
 def _copy(registry: Path, tmp: Path) -> Path:
@@ -50,7 +52,8 @@ def _audit(registry: Path, out: Path, options: AuditOptions = OPTIONS, **kwargs)
     return {"folder": folder, "results": results, "states": _task_states(results["run"]["flow_run_id"])}
 
 
-def _task_states(flow_run_id: str, prefixes=("weights", "permutation", "shap", "ablation")) -> dict[str, list[str]]:
+def _task_states(flow_run_id: str, prefixes=("weights", "permutation", "shap", "ablation", "lime")
+                 ) -> dict[str, list[str]]:
     """Each task's final state names by task run name (without the run suffix), from the Prefect API."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -149,12 +152,15 @@ def test_a_damaged_or_foreign_stored_result_is_computed_again_and_runs_no_code(t
     weights.write_text(json.dumps(record))
 
     again = _audit(registry, out)
-    assert again["states"] == {"weights": ["Completed"], "permutation": ["Cached"], "shap": ["Completed"]}
+    # shap computed again gives the same result, so lime, keyed by it, is reused
+    assert again["states"] == {"weights": ["Completed"], "permutation": ["Cached"], "shap": ["Completed"],
+                               "lime": ["Cached"]}
     assert not marker.exists()
     assert json.dumps(again["results"]["methods"]) == json.dumps(first["results"]["methods"])
-    assert set(again["results"]["run"]["reused"]) == {"permutation"}
+    assert set(again["results"]["run"]["reused"]) == {"permutation", "lime"}
     page = _first_page(again["folder"])
-    assert f"Results reused, their inputs unchanged: permutation from run {first['results']['run']['id']}" in page
+    assert "Results reused, their inputs unchanged: permutation" in page
+    assert f"from run {first['results']['run']['id']}" in page
     assert check_record(weights.read_bytes()).run == again["results"]["run"]["id"]  # stored again, readable
 
 

@@ -64,3 +64,29 @@ def test_near_tied_features_are_marked_and_clear_ones_are_not():
     tied = {f.feature: f.tied for f in features}
     assert features[0].feature == "x2" and not tied["x2"] and (features[0].rank_low, features[0].rank_high) == (1, 1)
     assert tied["x0"] and tied["x1"]
+
+
+def test_on_a_linear_model_lime_and_shap_agree_on_each_rows_features_signs_and_ranks(linear_registry):
+    from tasks.methods.shap import shap_audit
+
+    version = resolve_version(linear_registry, "linear")
+    shap = shap_audit(version, seed=0, n_rows=100)
+    result = lime_audit(load_subject(version), seed=0, samples=1000, k=4, replicates=3, shap=shap)
+    rows = result.details.rows
+    assert [(r.selection, r.row) for r in rows] == [(r.selection, r.row) for r in shap.details.local]
+    for row in rows:
+        # φ_j = w_j·(x_j − mean_j) exactly; LIME's contribution w_j·σ_j·(x_j − mean_j)/σ_j: the same signs. The order
+        # by |φ| depends on the row's values, LIME's by |weight| does not: feature agreement is what must hold
+        assert row.shap is not None and row.shap.k == 3
+        assert row.shap.sign == row.shap.feature
+    assert result.details.same_top is not None and result.details.same_top[1] == 8
+    assert "the top feature is SHAP's in" in result.notes[-1]
+
+
+def test_local_agreement_counts_features_signs_and_ranks():
+    from tasks.methods.lime import local_agreement
+
+    a = local_agreement(["x", "y", "z", "w"], {"x": 1.0, "y": -2.0, "z": 0.5, "w": 1.0},
+                        [("x", 0.9), ("z", -0.1), ("q", 0.05), ("y", -1.0)])
+    assert (a.k, a.feature, a.rank, a.same_top, a.shap_top) == (3, 2 / 3, 1 / 3, True, ["x", "z", "q"])
+    assert a.sign == 1 / 3  # z's signs differ
