@@ -15,6 +15,7 @@ test: $(STAMP) $(MLFLOW_STAMP)
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -q
 
 bench: $(STAMP)
+	$(PY) -m pip install -q -c constraints.txt -e '.[bench]'
 	for script in benchmarks/*.py; do TF_CPP_MIN_LOG_LEVEL=2 $(PY) $$script || exit 1; done
 
 # WeasyPrint needs Pango; Debian's package is installed when the machine lacks it.
