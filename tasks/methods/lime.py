@@ -80,11 +80,11 @@ class LimeFeature:
 
 @dataclass(frozen=True)
 class LocalAgreement:
-    """LIME against SHAP on one row, over their top ``k`` features (Krishna et al. 2022): the share both name
-    (feature agreement), the share both name with the same sign (sign agreement: φ against LIME's contribution at
-    the row, its weight times the feature's standardized distance from the training mean, or the weight itself for
-    a categorical level), the share of ranks 1..k that hold the same feature (rank agreement), and whether their
-    top feature is the same."""
+    """LIME against SHAP on one row, over their top ``k`` features (Krishna et al. 2022). Both are compared as
+    attributions at the row: φ, and LIME's *contribution* — its weight times the feature's standardized distance
+    from the training mean (the analogue of φ against the background mean), or the weight itself for a categorical
+    level. The share both put in their top k (feature agreement), both with the same sign (sign agreement), the
+    share of ranks 1..k that hold the same feature (rank agreement), and whether their top feature is the same."""
 
     k: int
     feature: float
@@ -262,8 +262,8 @@ def _ranks(values: np.ndarray, picked: list[int]) -> np.ndarray:
 
 def local_agreement(lime: list[str], contribution: dict[str, float], shap: list[tuple[str, float]],
                     k: int = AGREEMENT_K) -> LocalAgreement:
-    """LIME's features (largest |weight| first) with their contributions at the row, against SHAP's (feature, φ),
-    largest |φ| first: see :class:`LocalAgreement`."""
+    """LIME's features, largest |contribution| first, with their contributions at the row, against SHAP's
+    (feature, φ), largest |φ| first: see :class:`LocalAgreement`."""
     k = min(k, len(lime), len(shap))
     mine, theirs = lime[:k], [f for f, _ in shap[:k]]
     phi = dict(shap)
@@ -309,9 +309,9 @@ def lime_audit(subject, *, seed: int = 0, samples: int = 5000, k: int = 8, repli
         if against is not None:
             distance = {f: 1.0 if j in levels else (float(test.X[row, j]) - centre[j]) / scale[j]
                         for j, f in enumerate(features)}
-            agreement = local_agreement([f.feature for f in listed], {f.feature: f.weight * distance[f.feature]
-                                                                       for f in listed},
-                                        [(f.feature, f.phi) for f in against.features])
+            contribution = {f.feature: f.weight * distance[f.feature] for f in listed}
+            by_contribution = sorted(contribution, key=lambda f: -abs(contribution[f]))
+            agreement = local_agreement(by_contribution, contribution, [(f.feature, f.phi) for f in against.features])
         records.append(LimeRow(names[i], int(row), classes[i], float(np.mean([f["output"] for f in fit])), r2,
                                r2_low, intercept, listed, agreement))
     magnitude = np.mean([np.abs(np.mean([f["weights"] for f in fit], axis=0)) for fit in fits], axis=0)
