@@ -514,19 +514,18 @@ def _finding(name: str, kind: str, pairs: list[tuple[ImportanceResult, RankingEv
     evidence = list({e.method: e for _, e in pairs}.values())
     ranks = {w.method: int(w.rank[w.features.index(name)]) for w in weights}
     n = len(weights[0].features)
-    margins = {}
+    demoted_by: dict[str, tuple[float, str]] = {}  # behavioural method: (its margin, the feature it is over)
     if kind == "under-ranked":
         for w, e in pairs:
-            sub = w.subset(e.features)
-            found = demotion(sub, e, e.features.index(name), margin=margin)
-            if found is not None and e.method not in margins:
-                margins[e.method] = (found[0], e.features[found[1]], int(sub.rank[e.features.index(name)]))
+            found = demotion(w.subset(e.features), e, e.features.index(name), margin=margin)
+            if found is not None and e.method not in demoted_by:
+                demoted_by[e.method] = (found[0], e.features[found[1]])
     said = []
     for e in evidence:
         i = e.features.index(name)
-        if e.method in margins:
-            margin, over, _ = margins[e.method]
-            said.append(f"{e.method} verifies it as #{int(e.rank[i])} ({_interval(e, i)}) at {_times(margin)} "
+        if e.method in demoted_by:
+            ratio, over = demoted_by[e.method]
+            said.append(f"{e.method} verifies it as #{int(e.rank[i])} ({_interval(e, i)}) at {_times(ratio)} "
                         f"'{over}', the most important feature the weights rank above it")
         elif kind == "under-ranked":
             said.append(f"{e.method} ranks it {int(e.rank[i])} ({_interval(e, i)})")
@@ -541,10 +540,10 @@ def _finding(name: str, kind: str, pairs: list[tuple[ImportanceResult, RankingEv
     verb = "under-rank" if kind == "under-ranked" else "over-rank"
     message = f"'{name}': the {ranked} of {n}, but {', and '.join(said)}: the weights {verb} it.{against}"
     first_e = evidence[0]
-    margin = next(iter(margins.values()), None)
+    ratio, over = next(iter(demoted_by.values()), (None, None))
     return Finding(message, name, kind, weights[0].method, first_e.method, ranks[weights[0].method],
                    int(first_e.rank[first_e.features.index(name)]), tuple(ranks), tuple(e.method for e in evidence),
-                   margin=margin[0] if margin else None, margin_over=margin[1] if margin else None)
+                   margin=ratio, margin_over=over)
 
 
 def _interval(e: RankingEvidence, i: int) -> str:

@@ -91,3 +91,16 @@ def test_local_agreement_counts_features_signs_and_ranks():
                         [("x", 0.9), ("z", -0.1), ("q", 0.05), ("y", -1.0)])
     assert (a.k, a.feature, a.rank, a.same_top, a.shap_top) == (3, 2 / 3, 1 / 3, True, ["x", "z", "q"])
     assert a.sign == 1 / 3  # z's signs differ
+
+
+def test_samples_are_drawn_around_the_row_and_categorical_levels_from_their_training_shares():
+    from tasks.methods.lime import perturb, row_stream
+
+    x = np.array([10.0, 2.0])  # a numeric feature, and a categorical code 2 among codes 0-2
+    levels = {1: (np.array([0.0, 1.0, 2.0]), np.array([0.5, 0.3, 0.2]))}
+    samples, design = perturb(x, np.array([4.0, 1.0]), levels, 20_000, row_stream(0, 7, 0))
+    assert np.array_equal(samples[0], x) and design[0, 1] == 1.0  # the first sample is the row itself
+    assert abs(samples[:, 0].mean() - 10.0) < 0.1 and abs(samples[:, 0].std() - 4.0) < 0.1  # around the row
+    assert set(np.unique(samples[:, 1])) == {0.0, 1.0, 2.0}
+    assert abs((samples[:, 1] == 0).mean() - 0.5) < 0.02
+    assert np.array_equal(design[:, 1], (samples[:, 1] == 2.0).astype(float))  # 1: the row's level kept
