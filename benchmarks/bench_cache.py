@@ -1,8 +1,8 @@
 """An unchanged version audited again: the first full audit against the re-run that reuses its stored results.
 
-Workload: the demo registry (8 features, a 64-32 MLP trained 25 epochs), all four methods with their defaults,
-audited twice into one output folder on a temporary Prefect server started before either is timed. The re-run
-still resolves and checks the version (hashing its files; the loaded model comes from the process's subject
+Workload: the demo registry (8 features, a 64-32 MLP trained 25 epochs), every method of the table (weights,
+permutation, ablation, SHAP, LIME) with their defaults, audited twice into one output folder on a temporary
+Prefect server started before either is timed. The re-run still resolves and checks the version (hashing its files; the loaded model comes from the process's subject
 cache, as it would within one process), compares, renders and writes the full report; only the methods' results
 come from the store. Both runs' method sections of results.json must be
 identical. Last line: ``unchanged re-run speed-up = R`` (first wall time / re-run wall time).
@@ -43,7 +43,7 @@ def audit(registry: Path, out: Path) -> tuple[float, dict]:
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-cache-"))
     registry = build_demo_registry(work / "registry", epochs=25)
-    print("workload: the demo registry, all four methods, audited twice into one output folder")
+    print("workload: the demo registry, every method, audited twice into one output folder")
     with prefect_test_harness(server_startup_timeout=120):
         first, computed = audit(registry, work / "reports")
         again, reused = audit(registry, work / "reports")

@@ -291,8 +291,8 @@ def lime_audit(subject, *, seed: int = 0, samples: int = 5000, k: int = 8, repli
         if column.categorical:
             codes, counts = np.unique(reference.X[:, j], return_counts=True)
             levels[j] = (codes, counts / counts.sum())
-    centre = np.asarray(reference.X, dtype=float).mean(axis=0)
-    scale = np.asarray(reference.X, dtype=float).std(axis=0)
+    values = np.asarray(reference.X, dtype=float)
+    centre, scale = values.mean(axis=0), values.std(axis=0)
     scale = np.where(scale > 0, scale, 1.0)
     shap_local = {(r.selection, r.row): r for r in getattr(getattr(shap, "details", None), "local", None) or []}
     multiclass = subject.version.task == "multiclass"
@@ -312,8 +312,8 @@ def lime_audit(subject, *, seed: int = 0, samples: int = 5000, k: int = 8, repli
             contribution = {f.feature: f.weight * distance[f.feature] for f in listed}
             by_contribution = sorted(contribution, key=lambda f: -abs(contribution[f]))
             agreement = local_agreement(by_contribution, contribution, [(f.feature, f.phi) for f in against.features])
-        records.append(LimeRow(names[i], int(row), classes[i], float(np.mean([f["output"] for f in fit])), r2,
-                               r2_low, intercept, listed, agreement))
+        records.append(LimeRow(names[i], int(row), classes[i], fit[0]["output"], r2, r2_low, intercept, listed,
+                               agreement))
     magnitude = np.mean([np.abs(np.mean([f["weights"] for f in fit], axis=0)) for fit in fits], axis=0)
     details = LimeDetails(samples=samples, replicates=replicates, kernel_width=KERNEL_WIDTH * np.sqrt(len(features)),
                           selection="forward selection" if len(features) <= FORWARD_LIMIT else "largest ridge weights",

@@ -58,7 +58,7 @@ def run_methods(version: ModelVersion, options: AuditOptions, cache: ResultCache
         if m.compute is not None:
             needed = {n: allow_failure(futures[n]) for n in m.needs if n in futures}
             futures[m.name] = (cache.apply(method_task.with_options(name=m.name, task_run_name=m.name), m.name)
-                               .submit(version, options, method=m.name, **({"upstream": needed} if needed else {})))
+                               .submit(version, options, method=m.name, upstream=needed))
     context = Context(run=options, logger=get_run_logger())
     fanned: dict[str, list[ImportanceResult]] = {}
     states: dict[str, Any] = {}

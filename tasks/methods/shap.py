@@ -85,8 +85,8 @@ MAX_EVALUATIONS_PER_CALL = 262_144  # the most evaluations in one block, whateve
 _PLAIN_BYTES = 5  # per input value of a block of chains: float32 input and its bool switch mask
 _FIRST_LAYER_BYTES = 4  # per pre-activation: the float32 block, in which the running sum is built in place
 _BEESWARM_ROWS = 400
-DEPENDENCE_BINS = 10  # quantile bins of a feature's own value (or its levels, when it has at most this many)
 _BEESWARM_FEATURES = 20
+DEPENDENCE_BINS = 10  # quantile bins of a feature's own value (or its levels, when it has at most this many)
 
 
 @dataclass(frozen=True)
@@ -557,8 +557,7 @@ def unexplained_shares(values: np.ndarray, X: np.ndarray, *, bins: int = DEPENDE
     shares = np.full(phi.shape[1], np.nan)
     for j in range(phi.shape[1]):
         groups = _bins(X[:, j], bins)
-        centred = phi[:, j, :] - phi[:, j, :].mean(axis=0)
-        total = float((centred ** 2).sum())
+        total = float(((phi[:, j, :] - phi[:, j, :].mean(axis=0)) ** 2).sum())
         if total <= 0.0 or not np.isfinite(total):
             continue
         counts = np.bincount(groups)

@@ -356,27 +356,27 @@ def compare(results: list[ImportanceResult], *, margin: float = MARGIN, material
     evidence = {b.method: ranking_evidence(b, material=material) for b in behaviours}
     pairs = [(w.subset(b.features), b) for w in weights for b in behaviours if set(b.features) <= set(w.features)]
     agreements = tuple(agreement(w, b, evidence=evidence[b.method]) for w, b in pairs)
-    found = tuple(findings(weights, list(evidence.values()), margin=margin))
     consensus = tuple(
         agreement(x.subset(shared), y.subset(shared))
         for i, x in enumerate(behaviours) for y in behaviours[i + 1:]
         if len(shared := [f for f in x.features if f in y.features]) > 1
     )
-    jointly = acting_jointly(shares, evidence.get("shap"))
-    common = dict(evidence=tuple(evidence.values()), weight_stability=stability, fit=fit,
-                  interactions=interactions_sentence(shares, jointly), jointly=jointly)
     if (fit is not None and not fit.beats_constant) or no_material_effect(list(evidence.values())):
         # no warning and no feature acting jointly: measured against an immaterial top, they would be noise
-        verdicts = {w.method: "no material effect" for w in weights}
         return Comparison(agreements, (), "no material effect", consensus,
-                          reason=no_material_reason(list(evidence.values()), fit), verdicts=verdicts,
-                          **common | {"jointly": (), "interactions": INTERACTIONS_UNMEASURED + "."})
+                          reason=no_material_reason(list(evidence.values()), fit),
+                          verdicts={w.method: "no material effect" for w in weights},
+                          evidence=tuple(evidence.values()), weight_stability=stability, fit=fit)
+    found = tuple(findings(weights, list(evidence.values()), margin=margin))
+    jointly = acting_jointly(shares, evidence.get("shap"))
     verdicts = {w.method: weight_verdict(w.method, agreements, found) for w in weights}
     if jointly:
         verdicts = {m: "agree, interactions not assessed" if v == "agree" else v for m, v in verdicts.items()}
     verdict = max(verdicts.values(), key=SEVERITY.__getitem__)
     return Comparison(agreements, found, verdict, consensus,
-                      reason=verdict_reason(verdict, verdicts, agreements, found, jointly), verdicts=verdicts, **common)
+                      reason=verdict_reason(verdict, verdicts, agreements, found, jointly), verdicts=verdicts,
+                      evidence=tuple(evidence.values()), weight_stability=stability, fit=fit,
+                      interactions=interactions_sentence(shares, jointly), jointly=jointly)
 
 
 def unexplained_of(results: list[ImportanceResult]) -> dict[str, float] | None:
