@@ -1,10 +1,10 @@
 """An unchanged version audited again: the first full audit against the re-run that reuses its stored results.
 
 Workload: the demo registry (8 features, a 64-32 MLP trained 25 epochs), every method of the table (weights,
-permutation, ablation, SHAP, LIME) with their defaults, audited twice into one output folder on a temporary
-Prefect server started before either is timed. The re-run still resolves and checks the version (hashing its files; the loaded model comes from the process's subject
-cache, as it would within one process), compares, renders and writes the full report; only the methods' results
-come from the store. Both runs' method sections of results.json must be
+permutation, ablation, SHAP, LIME) with their defaults, audited twice into one output folder on a temporary Prefect
+server started before either is timed. The re-run still resolves and checks the version (hashing its files; the
+loaded model comes from the process's subject cache, as it would within one process), compares, renders and writes
+the full report; only the methods' results come from the store. Both runs' method sections of results.json must be
 identical. Last line: ``unchanged re-run speed-up = R`` (first wall time / re-run wall time).
 """
 
