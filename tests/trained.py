@@ -21,6 +21,8 @@ Processes (``KINDS``; ``strength`` grades each):
 - ``sin``: ``y = sin(x0·x1 + x2)`` on 300 training rows of U(-1, 1) inputs (the seeds' toy example).
 - ``product``: ``y = strength·x0·x1 + x2`` with two noise features n0, n1, standardized inputs: x0 and x1
   act only jointly.
+- ``square``: ``y = strength·x0² + x1`` with a noise feature n0, standardized inputs: additive, x0's effect
+  a U, x1's a line.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import pandas as pd
 
 from tests.helpers import write_version
 
-KINDS = ("faithful", "scale", "interaction", "zeroed", "proxy", "no_signal", "sin", "product")
+KINDS = ("faithful", "scale", "interaction", "zeroed", "proxy", "no_signal", "sin", "product", "square")
 EFFECTS = (3.0, 2.0, 1.5, 1.0, 0.6)
 NOISE_SD = 0.3
 
@@ -96,6 +98,14 @@ def _product_frame(n: int, rng, strength: float) -> pd.DataFrame:
     return frame
 
 
+def _square_frame(n: int, rng, strength: float) -> pd.DataFrame:
+    z = rng.standard_normal((n, 3))
+    y = strength * z[:, 0] ** 2 + z[:, 1] + NOISE_SD * rng.standard_normal(n)
+    frame = pd.DataFrame({name: z[:, i].astype(np.float32) for i, name in enumerate(("x0", "x1", "n0"))})
+    frame["y"] = y.astype(np.float32)
+    return frame
+
+
 def frame_of(kind: str, strength: float, n: int, rng) -> pd.DataFrame:
     """``n`` rows of the process."""
     if kind in ("faithful", "zeroed"):
@@ -110,6 +120,8 @@ def frame_of(kind: str, strength: float, n: int, rng) -> pd.DataFrame:
         return _noise_frame(n, rng)
     if kind == "product":
         return _product_frame(n, rng, strength)
+    if kind == "square":
+        return _square_frame(n, rng, strength)
     return _sin_frame(n, rng)
 
 

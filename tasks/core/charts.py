@@ -116,6 +116,42 @@ def shap_waterfall(features: list[str], values: list[float], phi: list[float], b
     return _png(fig)
 
 
+def effect_chart(feature: str, grid: list, pd: list[float], band: tuple[list[float], list[float]],
+                 ale: list[float] | None, ice: list[list[float]], marked: list[bool], rug: list[float], *,
+                 title: str) -> bytes:
+    """One feature's effect, compact (about four to a page): faint ICE curves, PD with its bootstrap band, ALE
+    shifted onto PD's level (dashed), PD's grid points off the data's support as open circles, and a rug of
+    the data. A categorical feature's levels are evenly spaced and labelled."""
+    categorical = any(isinstance(v, str) for v in grid) or not rug
+    x = np.arange(len(grid), dtype=float) if categorical else np.asarray(grid, dtype=float)
+    pd_ = np.asarray(pd, dtype=float)
+    fig = Figure(figsize=(3.3, 2.35), dpi=110)
+    ax = fig.add_subplot()
+    for curve in ice:
+        ax.plot(x, curve, color="#7f8c8d", linewidth=0.5, alpha=0.35)
+    ax.fill_between(x, band[0], band[1], color=_BAR, alpha=0.25, linewidth=0)
+    ax.plot(x, pd_, color=_BAR, linewidth=1.8, label="PD")
+    off = np.asarray(marked, dtype=bool)
+    if off.any():
+        ax.scatter(x[off], pd_[off], facecolors="white", edgecolors="#c0392b", s=16, zorder=3,
+                   label="off the data")
+    if ale is not None:
+        ax.plot(x, np.asarray(ale, dtype=float) + pd_.mean(), color=_WEIGHT, linewidth=1.4, linestyle="--",
+                label="ALE")
+    if rug:
+        ax.plot(rug, np.zeros(len(rug)), "|", color="#333", markersize=5, alpha=0.5,
+                transform=ax.get_xaxis_transform())
+    if categorical:
+        ax.set_xticks(x, labels=[str(v)[:12] for v in grid], fontsize=6, rotation=30 if len(grid) > 4 else 0)
+    ax.set_xlabel(feature, fontsize=7)
+    ax.set_ylabel("model output", fontsize=7)
+    ax.set_title(title, fontsize=8)
+    ax.tick_params(labelsize=6)
+    ax.legend(fontsize=6, frameon=False, loc="best")
+    fig.tight_layout()
+    return _png(fig)
+
+
 def data_uri(png: bytes) -> str:
     """Inline an image so the report needs no file or network access."""
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")

@@ -68,11 +68,13 @@ FanOut = Callable[..., tuple[list[ImportanceResult], Any]]
 class Section:
     """A method's own report section: its template (in ``templates/sections/``, or in ``folder`` when the
     method keeps it elsewhere) and the function that decides, from the method's result, everything it shows
-    (None: nothing to show). The template sees that as ``section``."""
+    (None: nothing to show). The template sees that as ``section``. ``summary``, when given, is the method's one
+    line on the report's first page (None: nothing to say there)."""
 
     template: str
     context: Callable[[ImportanceResult], dict[str, Any] | None]
     folder: Path | None = None
+    summary: Callable[[ImportanceResult], str | None] | None = None
 
 
 @dataclass(frozen=True)

@@ -116,6 +116,7 @@ def build_context(
         "consensus": comparison.consensus,
         "rank_chart": charts.data_uri(charts.rank_lines(weight, behaviours)) if weight and behaviours else None,
         "sections": _sections(usable),
+        "section_lines": _section_lines(usable),
         "history": history,
         "material_share": f"{MATERIAL_SHARE:.0%}",
         "since_approval": _since_section(since),
@@ -340,6 +341,17 @@ def _sections(results: list[ImportanceResult]) -> list[dict[str, Any]]:
             if (data := method.section.context(result)) is not None:
                 sections.append({"template": method.section.template, "data": data})
     return sections
+
+
+def _section_lines(results: list[ImportanceResult]) -> list[str]:
+    """Each method's one line for the first page (its section's ``summary``), in table order."""
+    lines = []
+    for method in METHODS.values():
+        result = next((r for r in results if r.method == method.name), None)
+        if method.section is not None and method.section.summary is not None and result is not None:
+            if (line := method.section.summary(result)) is not None:
+                lines.append(line)
+    return lines
 
 
 def _method(result: ImportanceResult) -> dict[str, Any]:

@@ -31,10 +31,11 @@ def test_report_folder_layout(demo_run, demo_registry):
 def test_every_method_ran_and_has_records(demo_run):
     _, results = demo_run
     assert set(results["methods"]) == {"weights", "weights_scaled", "permutation", "ablation", "weights_retrained", "shap",
-                                       "lime"}
-    for method in results["methods"].values():
+                                       "lime", "effects"}
+    for name, method in results["methods"].items():
         assert method["status"] == "ok", method
-        assert {r["feature"] for r in method["features"]} >= {"income", "noise"}
+        if name != "effects":  # effects draws the top features only
+            assert {r["feature"] for r in method["features"]} >= {"income", "noise"}
         assert all({"feature", "importance", "std", "rank", "low", "high"} <= set(r) for r in method["features"])
     assert results["methods"]["weights_retrained"]["sampling"] == "seeds"  # the weights' own spread, per retraining
     assert results["weight_stability"]["n_trainings"] == results["methods"]["ablation"]["n_samples"]
@@ -43,6 +44,11 @@ def test_every_method_ran_and_has_records(demo_run):
     assert [(r["selection"], r["row"]) for r in lime["rows"]] == [(r["selection"], r["row"]) for r in shap["local"]]
     # ... and, given SHAP's result through the table's `needs`, sets each row against SHAP's explanation of it
     assert all(r["shap"] is not None and r["shap"]["k"] == 3 for r in lime["rows"])
+    # effects draws the top features by permutation, through the table's `needs`, each with its curves and shape
+    effects = results["methods"]["effects"]["details"]
+    by_permutation = sorted(results["methods"]["permutation"]["features"], key=lambda r: -r["importance"])
+    assert [c["feature"] for c in effects["curves"]] == [r["feature"] for r in by_permutation][:8]
+    assert all(len(c["pd"]) == len(c["grid"]) == len(c["off_support"]) and c["shape"] for c in effects["curves"])
 
 
 def test_known_drivers_and_noise(demo_run):
