@@ -51,6 +51,7 @@ ALWAYS_ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
 QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING"}
 #: Loggers whose warnings are about the machine, not the run (WeasyPrint: "Using fontTools instead of
 #: HarfBuzz-Subset"; TensorFlow and absl: graph and retracing notices): errors only unless --verbose.
+SERVER_STARTUP_S = 120  # how long the run waits for Prefect's temporary server to answer (Prefect's default is 20)
 QUIET_LOGGERS = ("weasyprint", "fontTools", "tensorflow", "absl")
 #: The --registry help of run, serve and publish.
 REGISTRY_HELP = ("registry: a folder or s3://bucket/prefix laid out <registry>/<model>/<version>/, or mlflow (the "
@@ -383,7 +384,8 @@ def start_prefect_api() -> None:
     """
     import fcntl
 
-    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, PREFECT_SERVER_EPHEMERAL_ENABLED
+    from prefect.settings import (PREFECT_API_URL, PREFECT_HOME, PREFECT_SERVER_EPHEMERAL_ENABLED,
+                                  PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS)
 
     if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
         return
@@ -391,7 +393,9 @@ def start_prefect_api() -> None:
     home.mkdir(parents=True, exist_ok=True)
     with open(home / ".featureaudit-server-start.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed, or the process dies
-        _tied_server_class()().start()
+        # Prefect waits 20 s by default, counting only its own sleeps; a busy 2-core machine can take longer
+        timeout = max(SERVER_STARTUP_S, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
+        _tied_server_class()().start(timeout=timeout)
 
 
 def _tied_server_class():

@@ -152,6 +152,27 @@ def effect_chart(feature: str, grid: list, pd: list[float], band: tuple[list[flo
     return _png(fig)
 
 
+def pd_heat_map(first: str, second: str, first_grid: list, second_grid: list, pd: list[list[float]]) -> bytes:
+    """A pair's two-way partial dependence as a heat map: ``first`` down the rows, ``second`` across, compact
+    (about four to a page)."""
+    values = np.asarray(pd, dtype=float)
+    fig = Figure(figsize=(3.3, 2.6), dpi=110)
+    ax = fig.add_subplot()
+    image = ax.imshow(values, cmap="viridis", aspect="auto", origin="lower")
+    label = lambda v: v[:10] if isinstance(v, str) else f"{v:.3g}"  # noqa: E731
+    step_r, step_c = max(1, len(first_grid) // 5), max(1, len(second_grid) // 5)
+    ax.set_yticks(range(0, len(first_grid), step_r), labels=[label(v) for v in first_grid[::step_r]], fontsize=6)
+    ax.set_xticks(range(0, len(second_grid), step_c), labels=[label(v) for v in second_grid[::step_c]], fontsize=6)
+    ax.set_ylabel(first, fontsize=7)
+    ax.set_xlabel(second, fontsize=7)
+    ax.set_title(f"PD of {first} × {second}", fontsize=8)
+    bar = fig.colorbar(image, ax=ax, fraction=0.05, pad=0.03)
+    bar.ax.tick_params(labelsize=6)
+    bar.set_label("model output", fontsize=6)
+    fig.tight_layout()
+    return _png(fig)
+
+
 def data_uri(png: bytes) -> str:
     """Inline an image so the report needs no file or network access."""
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")

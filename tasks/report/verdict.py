@@ -25,10 +25,15 @@ retrain-ablation, SHAP), using only what that method has verified about its own 
   *agree* when the weights order every verified pair the same way; *not assessed* when no weight
   and behavioural method both succeeded, or the behavioural methods verified no pair; *no material
   effect* when the model does not beat a constant or no feature is material.
-- **Interactions not assessed** (:func:`acting_jointly`): no method of this run measures interactions,
-  and every report says so. Where the verdict would be *agree* but SHAP shows a relevant feature acting
-  through others (more than ``NONADDITIVE`` of its SHAP values' variance not explained by its own
-  value), the verdict is *agree, interactions not assessed*.
+- **Acting jointly** (:func:`joint_findings`), where the interactions method ran: a feature relevant to a
+  behavioural method whose effect is mostly joint with others (its joint share above ``JOINT``) and whose
+  total interaction is resolved (Friedman's H_j interval clear of ``RESOLVED``) is named in a finding with
+  its strongest partner and their H. It warns about what a first-layer weight cannot show, not a misranking:
+  where the verdict would be *agree*, it is *agree, features act jointly*.
+- **Interactions not assessed** (:func:`acting_jointly`), where the interactions method did not run: every
+  report says so. Where the verdict would be *agree* but SHAP shows a relevant feature acting through
+  others (more than ``NONADDITIVE`` of its SHAP values' variance not explained by its own value), the
+  verdict is *agree, interactions not assessed*.
 
 Krishna et al.'s (2022) measures — Spearman's ρ, Kendall's τ, top-k agreement, pairwise rank
 agreement — are kept in the tables, with a top-weighted Kendall τ (``scipy.stats.weightedtau``)
@@ -49,10 +54,11 @@ from tasks.core.metrics import ModelFit
 from tasks.core.names import listed
 from tasks.core.ranking import MATERIAL, RELEVANCE, TOP_K, RankingEvidence, ranking_evidence, top_k_for
 from tasks.core.result import ImportanceResult
+from tasks.methods.interactions import RESOLVED, InteractionDetails
 from tasks.methods.table import judged, result_titles
 
-Verdict = Literal["agree", "agree, interactions not assessed", "partly agree", "disagree", "not assessed",
-                  "no material effect"]
+Verdict = Literal["agree", "agree, features act jointly", "agree, interactions not assessed", "partly agree",
+                  "disagree", "not assessed", "no material effect"]
 MIN_GAP = 2  # an under-ranked feature sits at least this many ranks below the worst rank its behaviour allows
 # a demoted driver's importance is at least this many times that of every feature the weights rank above it; chosen
 # with benchmarks/bench_verdict_power.py (--full, 150 trained models): at 1.5 it named 109 of 109 misleading runs
@@ -66,8 +72,11 @@ TAU_WORK = 2_000_000  # feature values the interval's weighted taus read: 200 dr
 # a relevant feature acts through others when more than this share of its SHAP values' variance is not explained by
 # its own value (binned): additive drivers of trained MLPs leave at most 7%, factors of a product at least 85%
 NONADDITIVE = 0.5
-SEVERITY = {"not assessed": 0, "agree": 1, "agree, interactions not assessed": 2, "partly agree": 3, "disagree": 4,
-            "no material effect": 5}
+# a relevant feature acts mainly jointly when more than this share of its own effect is joint with others
+# (the interactions method's joint share)
+JOINT = 0.5
+SEVERITY = {"not assessed": 0, "agree": 1, "agree, features act jointly": 2, "agree, interactions not assessed": 2,
+            "partly agree": 3, "disagree": 4, "no material effect": 5}
 VERDICT_RULE = (
     "Each behavioural method first tests its own ranking: a pair of features counts only when its order holds "
     "at 95% on the method's repeats, seeds or bootstrap draws. disagree: the weights rank a feature strictly in "
@@ -88,8 +97,10 @@ VERDICT_RULE = (
     "then no ranking of the weights is evidence of importance, and the verdict is never agree. agree, "
     "interactions not assessed: the weights agree, but SHAP shows a relevant feature acting through others "
     f"(more than {NONADDITIVE:.0%} of the variance of its SHAP values is not explained by its own value): a "
-    "first-layer weight cannot show a joint effect, and no method in this run measures one. The overall "
-    "verdict is the worst over the weight rankings."
+    "first-layer weight cannot show a joint effect, and no method in this run measures one. agree, features act "
+    "jointly: the weights agree, but the interactions method shows a relevant feature whose effect is mostly "
+    f"joint with others (more than {JOINT:.0%} of it, its Friedman's H interval clear of {RESOLVED}): a "
+    "first-layer weight cannot show this. The overall verdict is the worst over the weight rankings."
 )
 INTERACTIONS_UNMEASURED = ("Interactions are not assessed in this run: no method measures whether features act "
                            "jointly")
@@ -126,7 +137,7 @@ class Finding:
 
     message: str
     feature: str
-    kind: Literal["under-ranked", "over-ranked"]
+    kind: Literal["under-ranked", "over-ranked", "acts jointly"]
     weight_method: str  # the first supporting weight ranking
     behavioural_method: str  # the first supporting behavioural method
     weight_rank: int
@@ -368,15 +379,24 @@ def compare(results: list[ImportanceResult], *, margin: float = MARGIN, material
                           verdicts={w.method: "no material effect" for w in weights},
                           evidence=tuple(evidence.values()), weight_stability=stability, fit=fit)
     found = tuple(findings(weights, list(evidence.values()), margin=margin))
-    jointly = acting_jointly(shares, evidence.get("shap"))
     verdicts = {w.method: weight_verdict(w.method, agreements, found) for w in weights}
+    measured = interactions_of(results)
+    if measured is not None:  # the interactions method ran: it, not SHAP's caveat, says what acts jointly
+        joint = joint_findings(measured, weights, list(evidence.values()))
+        found += joint
+        jointly = tuple((f.feature, share) for f in joint
+                        for share in [next(x.joint for x in measured.features if x.feature == f.feature)])
+        caveat, sentence = "agree, features act jointly", measured_sentence(measured, joint)
+    else:
+        jointly = acting_jointly(shares, evidence.get("shap"))
+        caveat, sentence = "agree, interactions not assessed", interactions_sentence(shares, jointly)
     if jointly:
-        verdicts = {m: "agree, interactions not assessed" if v == "agree" else v for m, v in verdicts.items()}
+        verdicts = {m: caveat if v == "agree" else v for m, v in verdicts.items()}
     verdict = max(verdicts.values(), key=SEVERITY.__getitem__)
     return Comparison(agreements, found, verdict, consensus,
                       reason=verdict_reason(verdict, verdicts, agreements, found, jointly), verdicts=verdicts,
                       evidence=tuple(evidence.values()), weight_stability=stability, fit=fit,
-                      interactions=interactions_sentence(shares, jointly), jointly=jointly)
+                      interactions=sentence, jointly=jointly)
 
 
 def unexplained_of(results: list[ImportanceResult]) -> dict[str, float] | None:
@@ -387,6 +407,51 @@ def unexplained_of(results: list[ImportanceResult]) -> dict[str, float] | None:
     if not shares:
         return None
     return {f: float(v) for f, v in zip(shap.features, shares) if v is not None}
+
+
+def interactions_of(results: list[ImportanceResult]) -> InteractionDetails | None:
+    """The interactions method's details, where it ran and succeeded."""
+    found = next((r for r in results if r.ok and r.method == "interactions"), None)
+    return found.details if found is not None and isinstance(found.details, InteractionDetails) else None
+
+
+def joint_findings(measured: InteractionDetails, weights: list[ImportanceResult], evidence: list[RankingEvidence],
+                   *, joint: float = JOINT) -> tuple[Finding, ...]:
+    """One finding per feature that a behavioural method finds relevant, whose effect is mostly joint with others
+    (joint share above ``joint``) and whose total interaction is resolved (H_j's interval clear of
+    ``RESOLVED``), named with its strongest partner; a pair is named once."""
+    out: list[Finding] = []
+    named: set[frozenset[str]] = set()
+    for f in measured.features:
+        support = [(e, i) for e in evidence if (i := _index(e.features, f.feature)) is not None and e.relevant[i]]
+        partner = measured.strongest_partner(f.feature)
+        if f.joint <= joint or f.h_low < RESOLVED or not support or partner is None:
+            continue
+        other = partner.second if partner.first == f.feature else partner.first
+        if frozenset((f.feature, other)) in named:
+            continue
+        named.add(frozenset((f.feature, other)))
+        e, i = support[0]
+        ranks = {w.method: int(w.rank[j]) for w in weights if (j := _index(w.features, f.feature)) is not None}
+        message = (f"'{f.feature}' and '{other}' act jointly (H = {partner.h:.2f} [{partner.h_low:.2f}, "
+                   f"{partner.h_high:.2f}]; {f.joint:.0%} of '{f.feature}''s effect is joint with others, "
+                   f"[{f.joint_low:.0%}, {f.joint_high:.0%}]): a first-layer weight cannot show this, whatever its "
+                   f"rank ({', '.join(f'{_weight_title(m)} {r}' for m, r in ranks.items())}).")
+        first = next(iter(ranks), "")
+        out.append(Finding(message, f.feature, "acts jointly", first, e.method, ranks.get(first, 0),
+                           int(e.rank[i]), (), tuple(x.method for x, _ in support)))
+    return tuple(out)
+
+
+def measured_sentence(measured: InteractionDetails, joint: tuple[Finding, ...]) -> str:
+    """What the run says of interactions when the interactions method ran, in one sentence."""
+    scope = f"Interactions are measured by Friedman's H for {len(measured.pairs)} pairs among {measured.chosen_by}"
+    if joint:
+        pairs = [measured.strongest_partner(f.feature) for f in joint]
+        named = "; ".join(f"'{p.first}' × '{p.second}' H = {p.h:.2f} [{p.h_low:.2f}, {p.h_high:.2f}]" for p in pairs)
+        return f"{scope}: features act jointly ({named}), which a first-layer weight cannot show."
+    return (f"{scope}: no relevant feature's effect is mostly joint with others (more than {JOINT:.0%}, its H "
+            f"interval clear of {RESOLVED}).")
 
 
 def acting_jointly(shares: dict[str, float] | None, shap: RankingEvidence | None, *,
@@ -469,13 +534,16 @@ def verdict_reason(verdict: Verdict, verdicts: dict[str, Verdict], agreements: t
         lead, follow = a.inverted[0]
         return (f"partly agree: no feature is misranked beyond noise, but the {who} order {a.n_inverted} of the "
                 f"{a.verified_pairs} pairs that {a.method_b} verifies the other way (e.g. '{follow}' above '{lead}'){tail}.")
-    if verdict in ("agree", "agree, interactions not assessed"):
+    if verdict in ("agree", "agree, interactions not assessed", "agree, features act jointly"):
         counts = ", ".join(f"{a.method_b} {a.verified_pairs}" for a in own if a.method_a == worst[0])
         agreed = (f"the {who} order every feature pair that the behavioural methods verify at 95% "
                   f"({counts} pairs) the same way, and misrank no feature{tail}")
         if verdict == "agree":
             return f"agree: {agreed}."
         named = listed([f for f, _ in jointly])
+        if verdict == "agree, features act jointly":
+            return (f"agree, features act jointly: {agreed}; but {named} act jointly with others (see the findings), "
+                    "which a first-layer weight cannot show.")
         return (f"agree, interactions not assessed: {agreed}; but SHAP shows {named} acting through other features, "
                 "which a first-layer weight cannot show and no method in this run measures.")
     return "not assessed: the behavioural methods verified the order of no pair of features at 95%."

@@ -31,10 +31,10 @@ def test_report_folder_layout(demo_run, demo_registry):
 def test_every_method_ran_and_has_records(demo_run):
     _, results = demo_run
     assert set(results["methods"]) == {"weights", "weights_scaled", "permutation", "ablation", "weights_retrained", "shap",
-                                       "lime", "effects"}
+                                       "lime", "effects", "interactions"}
     for name, method in results["methods"].items():
         assert method["status"] == "ok", method
-        if name != "effects":  # effects draws the top features only
+        if name not in ("effects", "interactions"):  # they measure the top features only
             assert {r["feature"] for r in method["features"]} >= {"income", "noise"}
         assert all({"feature", "importance", "std", "rank", "low", "high"} <= set(r) for r in method["features"])
     assert results["methods"]["weights_retrained"]["sampling"] == "seeds"  # the weights' own spread, per retraining
@@ -68,6 +68,10 @@ def test_scaled_feature_is_one_warning_against_the_naive_weights(demo_run):
     assert len({w["feature"] for w in results["warnings"]}) == len(results["warnings"])  # one warning per feature
     assert results["verdict"] == results["verdicts"]["weights"] == "disagree"
     assert "'income' (under-ranked)" in results["verdict_reason"]
+    # the demo's interacting pair: measured by the interactions method, named once, never a misranking
+    [joint] = [w for w in results["warnings"] if w["kind"] == "acts jointly"]
+    assert {joint["feature"]} < {"inter_a", "inter_b"} and "'inter_a'" in joint["message"] and "'inter_b'" in joint["message"]
+    assert joint["weight_methods"] == [] and "Friedman's H" in results["interactions"]
     for method in ("permutation", "shap"):
         evidence = results["rank_evidence"][method]
         assert evidence["top_set"] >= 1 and evidence["summary"].startswith("top ")

@@ -35,7 +35,7 @@ def test_defaults_come_from_each_methods_options():
     assert defaults.shap.shap_rows == shap.SHAP_ROWS
     assert {"methods", "seed", "cluster_threshold", "max_test_rows", "repeats", "seeds", "ablation_budget",
             "shap_rows", "lime_samples", "lime_features", "lime_replicates", "effects_features", "effects_grid",
-            "effects_rows"} == set(option_fields())
+            "effects_rows", "interactions_features", "interactions_rows", "interactions_grid"} == set(option_fields())
 
 
 def test_the_options_round_trip_through_json_and_pickle():

@@ -290,3 +290,44 @@ def test_every_comparison_states_that_interactions_are_not_assessed():
     assert result.verdict == "agree"
     assert result.interactions.startswith("Interactions are not assessed in this run")
     assert result.to_dict()["interactions"] == result.interactions
+
+
+def _measured(joint_shares, h_lows, pairs):
+    """The interactions method's result: per feature its joint share and H_j's lower end, and the pairs' H."""
+    from tasks.methods.interactions import FeatureInteraction, InteractionDetails, PairInteraction
+
+    features = [FeatureInteraction(f, h_lows[f] + 0.1, h_lows[f], h_lows[f] + 0.2, joint, joint - 0.05, joint + 0.05)
+                for f, joint in joint_shares.items()]
+    details = InteractionDetails(chosen_by="the top 4 by permutation importance", rows=300, grid=10, bootstrap=200,
+                                 evaluations=0, features=features, heat_maps=[],
+                                 pairs=[PairInteraction(a, b, h, h - 0.05, h + 0.05, 1.0, 0.9, 1.1)
+                                        for (a, b), h in pairs.items()])
+    names = tuple(joint_shares)
+    return ImportanceResult.from_samples("interactions", "interaction", names,
+                                         np.array([[f.h] for f in features]), details=details)
+
+
+def test_features_that_act_jointly_are_one_finding_per_pair_and_turn_agree_into_agree_features_act_jointly():
+    weights, behaviour = _weights([5, 0.5, 3, 2.5, 2, 1.5]), _behaviour([5, 0, 3, 2.5, 2, 1.5])
+    measured = _measured({"scaled": 0.9, "x1": 0.8, "x2": 0.1, "noise": 0.95},
+                         {"scaled": 0.3, "x1": 0.3, "x2": 0.0, "noise": 0.4},
+                         {("scaled", "x1"): 0.9, ("scaled", "x2"): 0.05, ("x1", "x2"): 0.04, ("noise", "x2"): 0.7})
+    result = compare([weights, behaviour, measured])
+    [finding] = result.findings  # 'scaled' and 'x1' once; 'noise' is not relevant; 'x2' acts alone
+    assert finding.kind == "acts jointly" and finding.feature == "scaled" and finding.weight_methods == ()
+    assert finding.message.startswith("'scaled' and 'x1' act jointly (H = 0.90 [0.85, 0.95]; 90% of 'scaled''s")
+    assert "a first-layer weight cannot show this" in finding.message
+    assert result.verdict == "agree, features act jointly" and result.verdicts == {"weights": result.verdict}
+    assert "Friedman's H for 4 pairs" in result.interactions and "not assessed" not in result.interactions
+    assert result.jointly == (("scaled", 0.9),)
+
+
+def test_an_unresolved_or_mostly_separate_interaction_is_no_finding():
+    weights, behaviour = _weights([5, 0.5, 3, 2.5, 2, 1.5]), _behaviour([5, 0, 3, 2.5, 2, 1.5])
+    pairs = {("scaled", "x1"): 0.9}
+    unresolved = _measured({"scaled": 0.9, "x1": 0.9}, {"scaled": 0.01, "x1": 0.01}, pairs)
+    separate = _measured({"scaled": 0.4, "x1": 0.45}, {"scaled": 0.3, "x1": 0.3}, pairs)
+    for measured in (unresolved, separate):
+        result = compare([weights, behaviour, measured])
+        assert result.findings == () and result.verdict == "agree"
+        assert "no relevant feature's effect is mostly joint with others" in result.interactions
