@@ -24,10 +24,12 @@ ranking (the habit the verdict judges):
 - *no signal*: the model does not beat a constant prediction on the fresh rows (a 95% paired interval).
 
 A run is misleading when any of these holds. It counts as *detected* when the verdict names one of those
-features — a warning, or SHAP's list of features acting through others — or, for no signal, says "no material
-effect"; as a *reassuring miss* when the verdict is a bare "agree"; a run with no truth counts as a *false
+features — a warning, a finding that features act jointly (the interactions method's Friedman's H), or SHAP's
+list of features acting through others — or, for no signal, says "no material effect"; as a *reassuring miss* when the verdict is a bare "agree"; a run with no truth counts as a *false
 alarm* when the verdict is "disagree". Each run is audited by the flow's own functions: the weights, permutation
-importance and SHAP (200 rows); retrain-ablation is left out for time.
+importance, SHAP (200 rows) and the interactions (Friedman's H, 300 rows); retrain-ablation is left out for time.
+Whether H names the factors of a product, and whether it names any other feature as acting jointly, is counted
+apart too.
 
 The same audits are scored again at other operating points: the demoted-driver margin (``MARGIN``) and the
 materiality floor (``MATERIAL``), so the chosen point can be read against its neighbours.
@@ -36,7 +38,7 @@ Trained models and their oracles are kept in ``--cache`` (default ``.bench-cache
 repository, keyed by a digest of tests/trained.py), so a re-run only audits and scores again.
 The default run is 3 seeds; ``--full`` is 10.
 Last line: ``verdict power: detected D/M misleading runs, reassuring agree A/M, false alarms F/N runs with no
-truth``.
+truth; acting jointly named by H J/P product runs, H naming others in O/R runs``.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ import numpy as np  # noqa: E402
 
 from tasks.core.metrics import constant_prediction, model_fit  # noqa: E402
 from tasks.core.ranking import MATERIAL  # noqa: E402
+from tasks.methods.interactions import interactions_audit  # noqa: E402
 from tasks.methods.permutation import audit_permutation  # noqa: E402
 from tasks.methods.shap import shap_audit  # noqa: E402
 from tasks.methods.weights import audit_weights  # noqa: E402
@@ -178,8 +181,9 @@ def main() -> None:
             tick = time.perf_counter()
             case = build_cached(root, kind, strength, seed)
             version = resolve_version(root, case.name, case.folder)
-            results = [*audit_weights(version), *audit_permutation(version, seed=0),
-                       shap_audit(version, seed=0, n_rows=200)]
+            permutation = audit_permutation(version, seed=0)
+            interactions = interactions_audit(load_subject(version), seed=0, upstream={"permutation": permutation})
+            results = [*audit_weights(version), *permutation, shap_audit(version, seed=0, n_rows=200), interactions]
             naive = next(r for r in results if r.method == "weights")
             truth = truth_of(case, oracle(root, case), dict(zip(naive.features, map(int, naive.rank))))
             comparison = compare(results)
@@ -188,6 +192,9 @@ def main() -> None:
             row["runs"] += 1
             for key, value in scored.items():
                 row[key] += value
+            by_h = {f.feature for f in comparison.findings if f.kind == "acts jointly"}
+            row["h_named"] += bool(by_h & set(JOINT.get(kind, ())))
+            row["h_others"] += bool(by_h - set(JOINT.get(kind, ())))
             for margin in MARGINS:
                 for material in MATERIALS:
                     point = score(compare(results, margin=margin, material=material), truth)
@@ -205,12 +212,15 @@ def main() -> None:
                   f"truth: {truth.why}  ({time.perf_counter() - tick:.0f} s)", flush=True)
 
     print()
-    print("| kind | runs | misleading (oracle) | detected | reassuring agree | false alarm (no truth) | others named |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| kind | runs | misleading (oracle) | detected | reassuring agree | false alarm (no truth) | others named "
+          "| acting jointly named by H | H names others |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, row in rows.items():
         clean = row["runs"] - row["misleading"]
+        joint = f"{row['h_named']}/{row['runs']}" if name.split()[0] in JOINT else "—"
         print(f"| {name} | {row['runs']} | {row['misleading']} | {row['detected']}/{row['misleading']} | "
-              f"{row['reassuring']}/{row['misleading']} | {row['false_alarm']}/{clean} | {row['others']} |")
+              f"{row['reassuring']}/{row['misleading']} | {row['false_alarm']}/{clean} | {row['others']} | {joint} | "
+              f"{row['h_others']} |")
     print()
     print("| margin \\ material | " + " | ".join(f"{m:g}" for m in MATERIALS) + " |")
     print("| --- |" + " --- |" * len(MATERIALS))
@@ -229,9 +239,11 @@ def main() -> None:
     for row in rows.values():
         for key, value in row.items():
             total[key] += value
+    product_runs = sum(row["runs"] for name, row in rows.items() if name.split()[0] in JOINT)
     print(f"verdict power: detected {total['detected']}/{total['misleading']} misleading runs, reassuring agree "
           f"{total['reassuring']}/{total['misleading']}, false alarms {total['false_alarm']}/"
-          f"{total['runs'] - total['misleading']} runs with no truth")
+          f"{total['runs'] - total['misleading']} runs with no truth; acting jointly named by H {total['h_named']}/"
+          f"{product_runs} product runs, H naming others in {total['h_others']}/{total['runs']} runs")
 
 
 if __name__ == "__main__":
