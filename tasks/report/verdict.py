@@ -434,8 +434,8 @@ def joint_findings(measured: InteractionDetails, weights: list[ImportanceResult]
         e, i = support[0]
         ranks = {w.method: int(w.rank[j]) for w in weights if (j := _index(w.features, f.feature)) is not None}
         message = (f"'{f.feature}' and '{other}' act jointly (H = {partner.h:.2f} [{partner.h_low:.2f}, "
-                   f"{partner.h_high:.2f}]; {f.joint:.0%} of '{f.feature}''s effect is joint with others, "
-                   f"[{f.joint_low:.0%}, {f.joint_high:.0%}]): a first-layer weight cannot show this, whatever its "
+                   f"{partner.h_high:.2f}]; {f.joint:.0%} [{f.joint_low:.0%}, {f.joint_high:.0%}] of the effect of "
+                   f"'{f.feature}' is joint with others): a first-layer weight cannot show this, whatever its "
                    f"rank ({', '.join(f'{_weight_title(m)} {r}' for m, r in ranks.items())}).")
         first = next(iter(ranks), "")
         out.append(Finding(message, f.feature, "acts jointly", first, e.method, ranks.get(first, 0),

@@ -315,7 +315,8 @@ def test_features_that_act_jointly_are_one_finding_per_pair_and_turn_agree_into_
     result = compare([weights, behaviour, measured])
     [finding] = result.findings  # 'scaled' and 'x1' once; 'noise' is not relevant; 'x2' acts alone
     assert finding.kind == "acts jointly" and finding.feature == "scaled" and finding.weight_methods == ()
-    assert finding.message.startswith("'scaled' and 'x1' act jointly (H = 0.90 [0.85, 0.95]; 90% of 'scaled''s")
+    assert finding.message.startswith("'scaled' and 'x1' act jointly (H = 0.90 [0.85, 0.95]; 90% [85%, 95%] of the "
+                                      "effect of 'scaled' is joint with others)")
     assert "a first-layer weight cannot show this" in finding.message
     assert result.verdict == "agree, features act jointly" and result.verdicts == {"weights": result.verdict}
     assert "Friedman's H for 4 pairs" in result.interactions and "not assessed" not in result.interactions
