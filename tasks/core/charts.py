@@ -12,7 +12,13 @@ from tasks.core.result import ImportanceResult
 
 _BAR = "#3b6ea5"
 _WEIGHT = "#b5651d"
-MAX_FEATURES = 40  # charts show at most this many features, the most important ones: size stays bounded
+MAX_FEATURES = 25  # charts show at most this many features, the most important ones: size stays bounded
+MAX_HEIGHT = 6.6  # inches at 110 dpi: a chart and its heading fit on one A4 page's content box (987 CSS px)
+
+
+def _height(rows: int, per_row: float, fixed: float) -> float:
+    """A chart's height in inches: ``per_row`` for each row plus ``fixed``, capped at ``MAX_HEIGHT``."""
+    return min(per_row * rows + fixed, MAX_HEIGHT)
 
 
 def importance_bars(result: ImportanceResult, *, limit: int = MAX_FEATURES) -> bytes:
@@ -21,7 +27,7 @@ def importance_bars(result: ImportanceResult, *, limit: int = MAX_FEATURES) -> b
     names = [result.features[i] for i in order]
     mean = result.importances_mean[order]
     err = np.vstack([mean - result.low[order], result.high[order] - mean]).clip(min=0)
-    fig = Figure(figsize=(6.2, 0.32 * len(names) + 1.1), dpi=110)
+    fig = Figure(figsize=(6.2, _height(len(names), 0.22, 1.1)), dpi=110)
     ax = fig.add_subplot()
     color = _WEIGHT if result.kind == "weight-based" else _BAR
     has_interval = bool(np.any(err > 0))
@@ -46,7 +52,7 @@ def rank_lines(weight: ImportanceResult, behaviours: list[ImportanceResult], *, 
     n = len(weight.features)
     best = np.min([r.rank for r in columns], axis=0)
     drawn = np.sort(np.argsort(best, kind="stable")[:limit])
-    fig = Figure(figsize=(6.2, 0.28 * min(n, limit) + 1.4), dpi=110)
+    fig = Figure(figsize=(6.2, _height(min(n, limit), 0.2, 1.4)), dpi=110)
     ax = fig.add_subplot()
     for j in drawn:
         name = weight.features[j]
@@ -67,7 +73,7 @@ def rank_lines(weight: ImportanceResult, behaviours: list[ImportanceResult], *, 
 def shap_beeswarm(features: list[str], phi: list[list[float]], values: list[list[float]]) -> bytes:
     """SHAP summary: one row of dots per feature (first = top), x = SHAP value, colour = the feature's value rank."""
     n = len(features)
-    fig = Figure(figsize=(6.2, 0.34 * n + 1.2), dpi=110)
+    fig = Figure(figsize=(6.2, _height(n, 0.3, 1.2)), dpi=110)
     ax = fig.add_subplot()
     jitter = np.random.default_rng(0)
     for row, (name, x, v) in enumerate(zip(features, phi, values)):
@@ -97,7 +103,7 @@ def shap_waterfall(features: list[str], values: list[float], phi: list[float], b
     if len(phi) > max_features:
         labels.append(f"{len(phi) - max_features} other features")
         steps.append(rest)
-    fig = Figure(figsize=(6.2, 0.3 * len(steps) + 1.3), dpi=110)
+    fig = Figure(figsize=(6.2, _height(len(steps), 0.3, 1.3)), dpi=110)
     ax = fig.add_subplot()
     start = base
     for i, step in enumerate(steps):
