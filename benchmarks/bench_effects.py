@@ -39,15 +39,17 @@ import pandas as pd  # noqa: E402
 N_FEATURES, ROWS, GRID = 8, 5000, 20
 
 
-def _frame(n: int, rng) -> pd.DataFrame:
+def frame(n: int, rng, *, square: bool = True) -> pd.DataFrame:
+    """``n`` rows of ``y = Σ a_j·x_j + x0·x1 (+ x2²)`` over 8 standard normal features (also bench_interactions')."""
     X = rng.standard_normal((n, N_FEATURES))
-    y = X @ np.linspace(2.0, 0.2, N_FEATURES) + X[:, 0] * X[:, 1] + X[:, 2] ** 2
+    y = X @ np.linspace(2.0, 0.2, N_FEATURES) + X[:, 0] * X[:, 1] + (X[:, 2] ** 2 if square else 0.0)
     frame = pd.DataFrame(X.astype(np.float32), columns=[f"x{j}" for j in range(N_FEATURES)])
     frame["y"] = y.astype(np.float32)
     return frame
 
 
-def _model(train: pd.DataFrame):
+def mlp(train: pd.DataFrame):
+    """Dense(32)-Dense(16)-Dense(1), ReLU, trained for 3 epochs (seeded); also bench_interactions'."""
     import keras
 
     keras.utils.set_random_seed(0)
@@ -101,8 +103,8 @@ def main() -> None:
     from tests.helpers import write_version
 
     rng = np.random.default_rng(0)
-    train, test = _frame(2000, rng), _frame(ROWS, rng)
-    model = _model(train)
+    train, test = frame(2000, rng), frame(ROWS, rng)
+    model = mlp(train)
     root = Path(tempfile.mkdtemp(prefix="bench-effects-"))
     write_version(root, "bench", "v1", model, test, train)
     subject = load_subject(resolve_version(root, "bench"))

@@ -29,28 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 warnings.filterwarnings("ignore")
 
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
 
-N_FEATURES, TOP, ROWS, GRID = 8, 6, 300, 10
+from benchmarks.bench_effects import N_FEATURES, frame, mlp  # noqa: E402  the same model, without the x2² term
 
-
-def _frame(n: int, rng) -> pd.DataFrame:
-    X = rng.standard_normal((n, N_FEATURES))
-    y = X @ np.linspace(2.0, 0.2, N_FEATURES) + X[:, 0] * X[:, 1]
-    frame = pd.DataFrame(X.astype(np.float32), columns=[f"x{j}" for j in range(N_FEATURES)])
-    frame["y"] = y.astype(np.float32)
-    return frame
-
-
-def _model(train: pd.DataFrame):
-    import keras
-
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((N_FEATURES,)), keras.layers.Dense(32, activation="relu"),
-                              keras.layers.Dense(16, activation="relu"), keras.layers.Dense(1)])
-    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
-    model.fit(train.drop(columns="y").to_numpy(), train["y"].to_numpy(), epochs=3, batch_size=64, verbose=0)
-    return model
+TOP, ROWS, GRID = 6, 300, 10
 
 
 def main() -> None:
@@ -62,8 +44,8 @@ def main() -> None:
     from tests.helpers import write_version
 
     rng = np.random.default_rng(0)
-    train, test = _frame(2000, rng), _frame(1000, rng)
-    model = _model(train)
+    train, test = frame(2000, rng, square=False), frame(1000, rng, square=False)
+    model = mlp(train)
     root = Path(tempfile.mkdtemp(prefix="bench-interactions-"))
     write_version(root, "bench", "v1", model, test, train)
     version = resolve_version(root, "bench")
@@ -81,7 +63,7 @@ def main() -> None:
     chosen = list(ours.features)
     sampler = np.random.default_rng(np.random.SeedSequence([0, 36]))
     X_all = np.asarray(subject.test.X, dtype=float)
-    X = X_all[np.sort(sampler.permutation(len(X_all))[:ROWS])]
+    X = X_all[h.sample_rows(len(X_all), ROWS, sampler)]
     weights = h.bootstrap_weights(len(X), h.BOOTSTRAP, sampler)
     index = {name: features.index(name) for name in chosen}
     grids = {name: grid_of(X[:, index[name]], GRID, categorical=False) for name in chosen}

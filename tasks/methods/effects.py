@@ -203,12 +203,11 @@ def off_support(X: np.ndarray, j: int, grid: np.ndarray, numeric: np.ndarray) ->
     return (offset < residual.min() - margin) | (offset > residual.max() + margin)
 
 
-def shape_of(ice: np.ndarray, main: np.ndarray, output_sd: float, *, categorical: bool,
-             on: np.ndarray | None = None) -> tuple[str, float, str, float, float, float]:
-    """(shape, the number it was decided from, the sentence saying so, ICE rms movement, heterogeneity, share of
-    the main curve's movement upwards) from the ICE curves ``(rows, grid)`` and the main curve. The ICE curves are
-    read only where they are on the data (``on``, ``(rows, grid)``): what a model does off it is no shape of its
-    effect."""
+def ice_measures(ice: np.ndarray, main: np.ndarray, *, categorical: bool,
+                 on: np.ndarray | None = None) -> tuple[float, float, float]:
+    """(rms movement of the ICE curves, their heterogeneity, the share of the main curve's movement upwards) from
+    the ICE curves ``(rows, grid)`` and the main curve. The curves are read only where they are on the data (``on``,
+    ``(rows, grid)``): what a model does off it is no shape of its effect."""
     on = np.ones(ice.shape, dtype=bool) if on is None else on
     points = on.sum(axis=1)
     mean = (ice * on).sum(axis=1) / np.maximum(points, 1)
@@ -222,25 +221,24 @@ def shape_of(ice: np.ndarray, main: np.ndarray, output_sd: float, *, categorical
     steps = np.diff(main)
     moved = float(np.abs(steps).sum())
     upward = float(steps.clip(min=0).sum() / moved) if moved > 0 and not categorical else float("nan")
-    relative = movement / output_sd if output_sd > 0 else 0.0
+    return movement, heterogeneity, upward
+
+
+def shape_of(relative: float, heterogeneity: float, upward: float, *, categorical: bool) -> tuple[str, float, str]:
+    """(shape, the number it was decided from, the sentence saying so) from the ICE curves' movement relative to
+    the output's standard deviation, their heterogeneity and the main curve's share of upward movement."""
     if relative < FLAT:
-        return ("flat", relative, f"its ICE curves move {relative:.1%} of the output's spread (below {FLAT:.0%})",
-                movement, heterogeneity, upward)
+        return "flat", relative, f"its ICE curves move {relative:.1%} of the output's spread (below {FLAT:.0%})"
     if heterogeneity > HETEROGENEOUS:
-        return ("heterogeneous", heterogeneity, f"{heterogeneity:.0%} of its ICE curves' steps are not shared "
-                f"with their mean step (above {HETEROGENEOUS:.0%}): the curves cross or fan out, a sign of interaction",
-                movement, heterogeneity, upward)
+        return ("heterogeneous", heterogeneity, f"{heterogeneity:.0%} of its ICE curves' steps are not shared with "
+                f"their mean step (above {HETEROGENEOUS:.0%}): the curves cross or fan out, a sign of interaction")
     if categorical:
-        return ("by level", relative, f"its levels move the output by {relative:.0%} of its spread (rms); "
-                f"levels have no order", movement, heterogeneity, upward)
+        return "by level", relative, f"its levels move the output by {relative:.0%} of its spread (rms); levels have no order"
     if upward >= MONOTONE:
-        return ("increasing", upward, f"{upward:.0%} of its main curve's movement is upwards", movement,
-                heterogeneity, upward)
+        return "increasing", upward, f"{upward:.0%} of its main curve's movement is upwards"
     if upward <= 1 - MONOTONE:
-        return ("decreasing", 1 - upward, f"{1 - upward:.0%} of its main curve's movement is downwards", movement,
-                heterogeneity, upward)
-    return ("non-monotone", upward, f"its main curve moves {upward:.0%} upwards and {1 - upward:.0%} downwards",
-            movement, heterogeneity, upward)
+        return "decreasing", 1 - upward, f"{1 - upward:.0%} of its main curve's movement is downwards"
+    return "non-monotone", upward, f"its main curve moves {upward:.0%} upwards and {1 - upward:.0%} downwards"
 
 
 def effect_of(forward, X: np.ndarray, j: int, *, feature: str, column, numeric: np.ndarray, grid_size: int,
@@ -270,8 +268,9 @@ def effect_of(forward, X: np.ndarray, j: int, *, feature: str, column, numeric: 
         main = ale[0]
     output_sd = float(np.std(predictions[:, k]))
     off = off_support(X, j, grid, numeric) if not categorical else np.zeros(ice.shape, dtype=bool)
-    shape, value, reason, movement, heterogeneity, upward = shape_of(ice, main, output_sd, categorical=categorical,
-                                                                     on=~off)
+    movement, heterogeneity, upward = ice_measures(ice, main, categorical=categorical, on=~off)
+    relative = movement / output_sd if output_sd > 0 else 0.0
+    shape, value, reason = shape_of(relative, heterogeneity, upward, categorical=categorical)
     support = off.mean(axis=0)
     band = lambda curves: np.percentile(curves[1:], [2.5, 97.5], axis=0)  # noqa: E731
     pd_low, pd_high = band(pd)
@@ -286,6 +285,22 @@ def effect_of(forward, X: np.ndarray, j: int, *, feature: str, column, numeric: 
         shape=shape, shape_value=value, shape_reason=reason, movement=movement, heterogeneity=heterogeneity,
         monotone=upward, size=float(sizes[0]))
     return curve, sizes[1:]
+
+
+def sample_rows(n: int, rows: int, rng: np.random.Generator) -> np.ndarray:
+    """A seeded sample of at most ``rows`` of ``n`` test rows, in row order."""
+    return np.sort(rng.permutation(n)[:rows]) if n > rows else np.arange(n)
+
+
+def bootstrap_result(method: str, kind, features: list[str], point: np.ndarray, draws: list[np.ndarray], *,
+                     notes: tuple[str, ...], details: Details) -> ImportanceResult:
+    """A result whose importance is ``point`` (the statistic on the data itself), with the 95% percentile interval
+    of its bootstrap ``draws`` (one array per feature) and the draws as its samples."""
+    samples = np.array(draws) if draws else np.zeros((0, 1))
+    interval = (np.percentile(samples, 2.5, axis=1), np.percentile(samples, 97.5, axis=1)) if draws else None
+    result = ImportanceResult.from_samples(method, kind, features, samples, notes=notes, details=details,
+                                           interval=interval, sampling="bootstrap")
+    return replace(result, importances_mean=np.asarray(point, dtype=float), rank=rank_descending(point))
 
 
 def top_features(upstream: dict[str, list[ImportanceResult]], features: tuple[str, ...], k: int
@@ -310,8 +325,7 @@ def effects_audit(subject, *, seed: int = 0, n_features: int = 8, grid: int = 20
     chosen, chosen_by = top_features(upstream or {}, features, n_features)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 35]))
     X_all = np.asarray(subject.test.X, dtype=float)
-    sample = np.sort(rng.permutation(len(X_all))[:rows]) if len(X_all) > rows else np.arange(len(X_all))
-    sample = rng.permutation(sample)  # a random order, so the first ICE_SHOWN are a random sample too
+    sample = rng.permutation(sample_rows(len(X_all), rows, rng))  # a random order, so the first ICE_SHOWN are a random sample too
     X = X_all[sample]
     columns = subject.adapter.columns
     numeric = np.array([not c.categorical for c in columns])
@@ -327,13 +341,8 @@ def effects_audit(subject, *, seed: int = 0, n_features: int = 8, grid: int = 20
         curves.append(curve)
         draws_of.append(sizes)
     details = EffectsDetails(chosen_by=chosen_by, rows=len(X), grid=grid, bootstrap=draws, curves=curves)
-    samples = np.array(draws_of) if draws_of else np.zeros((0, draws))
-    interval = (np.percentile(samples, 2.5, axis=1), np.percentile(samples, 97.5, axis=1)) if draws_of else None
-    result = ImportanceResult.from_samples("effects", "effect", chosen, samples, notes=(*NOTES, summary_line(details)),
-                                           details=details, interval=interval, sampling="bootstrap")
-    # the importance is the size on the data itself, not the bootstrap mean
-    sizes = np.array([c.size for c in curves])
-    return _with_mean(result, sizes)
+    return bootstrap_result("effects", "effect", chosen, np.array([c.size for c in curves]), draws_of,
+                            notes=(*NOTES, summary_line(details)), details=details)
 
 
 def summary_line(details: EffectsDetails) -> str | None:
@@ -342,10 +351,6 @@ def summary_line(details: EffectsDetails) -> str | None:
         return None
     shapes = "; ".join(f"'{c.feature}' {c.shape}" for c in details.curves)
     return f"Effect shapes ({details.chosen_by}): {shapes}."
-
-
-def _with_mean(result: ImportanceResult, sizes: np.ndarray) -> ImportanceResult:
-    return replace(result, importances_mean=sizes, rank=rank_descending(sizes))
 
 
 def _floats(values) -> list[float]:

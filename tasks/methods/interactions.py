@@ -26,7 +26,7 @@ verdict reads the pairs and joint shares from its details (:mod:`tasks.report.ve
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from itertools import combinations
 from typing import Any
 
@@ -35,9 +35,10 @@ from pydantic import Field
 
 from tasks.core import charts
 from tasks.core.options import MethodOptions
-from tasks.core.result import Details, ImportanceResult, rank_descending
+from tasks.core.result import Details, ImportanceResult
 from tasks.methods.base import Context, Method, ResultSpec, Section
-from tasks.methods.effects import BLOCK_VALUES, bootstrap_weights, grid_of, ice_curves, top_features
+from tasks.methods.effects import (BLOCK_VALUES, bootstrap_result, bootstrap_weights, grid_of, ice_curves,
+                                   sample_rows, top_features)
 from tasks.methods.shap import raw_value
 
 BOOTSTRAP = 200  # bootstrap draws over rows for every interval
@@ -217,8 +218,7 @@ def interactions_audit(subject, *, seed: int = 0, n_features: int = 6, rows: int
     chosen, chosen_by = top_features(upstream or {}, features, n_features)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 36]))
     X_all = np.asarray(subject.test.X, dtype=float)
-    sample = np.sort(rng.permutation(len(X_all))[:rows]) if len(X_all) > rows else np.arange(len(X_all))
-    X = X_all[sample]
+    X = X_all[sample_rows(len(X_all), rows, rng)]
     weights = bootstrap_weights(len(X), draws, rng)
     columns = subject.adapter.columns
     forward = subject.forward()
@@ -252,13 +252,8 @@ def interactions_audit(subject, *, seed: int = 0, n_features: int = 6, rows: int
                                  [[float(f"{v:.6g}") for v in row] for row in mean]))
     details = InteractionDetails(chosen_by=chosen_by, rows=len(X), grid=grid, bootstrap=draws, evaluations=evaluations,
                                  pairs=pairs, features=sorted(per_feature, key=lambda f: -f.h), heat_maps=heat_maps)
-    samples = np.array([t[1:] for t in totals]) if totals else np.zeros((0, draws))
-    interval = (np.array([f.h_low for f in per_feature]), np.array([f.h_high for f in per_feature]))
-    result = ImportanceResult.from_samples("interactions", "interaction", chosen, samples, interval=interval,
-                                           sampling="bootstrap", details=details,
-                                           notes=(*NOTES, budget_line(details)))
-    point = np.array([f.h for f in per_feature])
-    return replace(result, importances_mean=point, rank=rank_descending(point))
+    return bootstrap_result("interactions", "interaction", chosen, np.array([f.h for f in per_feature]),
+                            [t[1:] for t in totals], notes=(*NOTES, budget_line(details)), details=details)
 
 
 def budget_line(details: InteractionDetails) -> str:

@@ -332,26 +332,24 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def _sections(results: list[ImportanceResult]) -> list[dict[str, Any]]:
-    """Each method's own section (its entry's ``section``), in table order: its template and what it shows."""
-    sections = []
+def _own_sections(results: list[ImportanceResult]):
+    """(section, result) for each method in table order that has its own section and a result in the run."""
     for method in METHODS.values():
         result = next((r for r in results if r.method == method.name), None)
         if method.section is not None and result is not None:
-            if (data := method.section.context(result)) is not None:
-                sections.append({"template": method.section.template, "data": data})
-    return sections
+            yield method.section, result
+
+
+def _sections(results: list[ImportanceResult]) -> list[dict[str, Any]]:
+    """Each method's own section (its entry's ``section``), in table order: its template and what it shows."""
+    return [{"template": section.template, "data": data} for section, result in _own_sections(results)
+            if (data := section.context(result)) is not None]
 
 
 def _section_lines(results: list[ImportanceResult]) -> list[str]:
     """Each method's one line for the first page (its section's ``summary``), in table order."""
-    lines = []
-    for method in METHODS.values():
-        result = next((r for r in results if r.method == method.name), None)
-        if method.section is not None and method.section.summary is not None and result is not None:
-            if (line := method.section.summary(result)) is not None:
-                lines.append(line)
-    return lines
+    return [line for section, result in _own_sections(results)
+            if section.summary is not None and (line := section.summary(result)) is not None]
 
 
 def _method(result: ImportanceResult) -> dict[str, Any]:

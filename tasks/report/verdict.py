@@ -384,8 +384,8 @@ def compare(results: list[ImportanceResult], *, margin: float = MARGIN, material
     if measured is not None:  # the interactions method ran: it, not SHAP's caveat, says what acts jointly
         joint = joint_findings(measured, weights, list(evidence.values()))
         found += joint
-        jointly = tuple((f.feature, share) for f in joint
-                        for share in [next(x.joint for x in measured.features if x.feature == f.feature)])
+        share = {x.feature: x.joint for x in measured.features}
+        jointly = tuple((f.feature, share[f.feature]) for f in joint)
         caveat, sentence = "agree, features act jointly", measured_sentence(measured, joint)
     else:
         jointly = acting_jointly(shares, evidence.get("shap"))

@@ -73,8 +73,7 @@ def test_on_a_product_h_separates_the_factors_from_the_additive_driver_and_the_v
     assert len(details.pairs) == 10 and details.heat_maps[0].first in ("x0", "x1")
     comparison = compare([*audit_weights(version), *permutation, result])
     [finding] = [f for f in comparison.findings if f.kind == "acts jointly"]
-    assert {finding.feature} | {"x0", "x1"} == {"x0", "x1"} and "'x0' and 'x1'" in finding.message.replace(
-        "'x1' and 'x0'", "'x0' and 'x1'")
+    assert finding.feature in ("x0", "x1") and "'x0'" in finding.message and "'x1'" in finding.message
     assert "cannot show" in finding.message and "Friedman" in comparison.interactions
     assert comparison.verdict != "agree" and "not assessed" not in comparison.interactions
 

@@ -53,7 +53,7 @@ def layout(html: str):
 
 
 def _in_heading(box) -> bool:
-    return (box.element_tag or "") in ("h1", "h2", "h3", "h4") or getattr(box, "_heading", False)
+    return (box.element_tag or "") in ("h1", "h2", "h3", "h4")
 
 
 @pytest.mark.parametrize("n", [30, 64, 200])
