@@ -128,6 +128,8 @@ class RankingEvidence:
     holds: np.ndarray  # holds[k - 1]: the top-k set is verified, for k = 1 .. n_tested (at most n - 1)
     tested: np.ndarray  # (n,) bool: a candidate, tested against every feature (all, up to 2,000 features)
     reference: float | None = None  # what relevance was also held against (the result's reference), if anything
+    low: np.ndarray | None = None  # (n,) the 95% interval of each importance, as the result carries it
+    high: np.ndarray | None = None
 
     @property
     def n_tested(self) -> int:
@@ -229,6 +231,8 @@ def ranking_evidence(result: ImportanceResult, *, alpha: float = ALPHA, relevanc
         holds=holds,
         tested=tested,
         reference=result.reference,
+        low=np.asarray(result.low, dtype=float),
+        high=np.asarray(result.high, dtype=float),
     )
 
 

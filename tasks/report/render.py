@@ -24,6 +24,7 @@ from tasks.methods.table import METHODS, reference, result_titles
 from tasks.registry.base import is_remote
 from tasks.registry.versions import ModelVersion
 from tasks.report.approval import Approved, SinceApproval, since_approval
+from tasks.report.evidence import dominant_clusters, not_assessed, warning_evidence
 from tasks.report.document import MethodEntry, ModelIdentity, ResultsDocument, RunEntry, TestRows, WarningEntry
 from tasks.report.history import MATERIAL_SHARE
 from tasks.report.history import history as drift_history
@@ -103,7 +104,9 @@ def build_context(
         "status": run_status(results),
         "sampling": version.test_sampling()["note"],
         "reused": reused_line(run.reused, results, version),
-        "warnings": [f.message for f in comparison.findings],
+        "warnings": [warning_evidence(f, results, comparison.evidence) for f in comparison.findings],
+        "dominant_clusters": dominant_clusters(usable),
+        "not_assessed": not_assessed(results, comparison, version.features),
         "summary": _summary(version, comparison, results),
         "evidence": [{"method": e.method, "summary": e.summary(), "test": e.test}
                      for e in comparison.evidence],

@@ -436,7 +436,7 @@ def joint_findings(measured: InteractionDetails, weights: list[ImportanceResult]
         message = (f"'{f.feature}' and '{other}' act jointly (H = {partner.h:.2f} [{partner.h_low:.2f}, "
                    f"{partner.h_high:.2f}]; {f.joint:.0%} [{f.joint_low:.0%}, {f.joint_high:.0%}] of the effect of "
                    f"'{f.feature}' is joint with others): a first-layer weight cannot show this, whatever its "
-                   f"rank ({', '.join(f'{_weight_title(m)} {r}' for m, r in ranks.items())}).")
+                   f"rank ({', '.join(f'{in_sentence(m)} {r}' for m, r in ranks.items())}).")
         first = next(iter(ranks), "")
         out.append(Finding(message, f.feature, "acts jointly", first, e.method, ranks.get(first, 0),
                            int(e.rank[i]), (), tuple(x.method for x, _ in support)))
@@ -499,7 +499,7 @@ def no_material_reason(evidence: list[RankingEvidence], fit: ModelFit | None) ->
                 f"({fit.metric} {fit.loss:.4g} against {fit.null_loss:.4g}, 95% interval of the difference "
                 f"[{fit.difference_low:.3g}, {fit.difference_high:.3g}]); the weights' ranking is not evidence of "
                 "importance.")
-    margins = "; ".join(f"{e.method}: no feature's 95% interval above {e.threshold:.3g}" for e in evidence)
+    margins = "; ".join(f"{in_sentence(e.method)}: no feature's 95% interval above {e.threshold:.3g}" for e in evidence)
     return ("no material effect: the model shows no material dependence on any feature; the weights' ranking is "
             f"not evidence of importance ({margins}).")
 
@@ -520,8 +520,8 @@ def verdict_reason(verdict: Verdict, verdicts: dict[str, Verdict], agreements: t
                    found: tuple[Finding, ...], jointly: tuple[tuple[str, float], ...] = ()) -> str:
     """The verdict's reason in one sentence, naming the warning or the agreement figure that decided it."""
     worst = [m for m, v in verdicts.items() if v == verdict]
-    who = " and the ".join(_weight_title(m) for m in worst)
-    others = [f"the {_weight_title(m)} {v}" for m, v in verdicts.items() if v != verdict]
+    who = " and the ".join(in_sentence(m) for m in worst)
+    others = [f"the {in_sentence(m)} {v}" for m, v in verdicts.items() if v != verdict]
     tail = f" ({'; '.join(others)})" if others else ""
     own = [a for a in agreements if a.method_a in worst]
     if verdict == "disagree":
@@ -533,9 +533,9 @@ def verdict_reason(verdict: Verdict, verdicts: dict[str, Verdict], agreements: t
         a = next(a for a in own if a.inverted)
         lead, follow = a.inverted[0]
         return (f"partly agree: no feature is misranked beyond noise, but the {who} order {a.n_inverted} of the "
-                f"{a.verified_pairs} pairs that {a.method_b} verifies the other way (e.g. '{follow}' above '{lead}'){tail}.")
+                f"{a.verified_pairs} pairs that {in_sentence(a.method_b)} verifies the other way (e.g. '{follow}' above '{lead}'){tail}.")
     if verdict in ("agree", "agree, interactions not assessed", "agree, features act jointly"):
-        counts = ", ".join(f"{a.method_b} {a.verified_pairs}" for a in own if a.method_a == worst[0])
+        counts = ", ".join(f"{in_sentence(a.method_b)} {a.verified_pairs}" for a in own if a.method_a == worst[0])
         agreed = (f"the {who} order every feature pair that the behavioural methods verify at 95% "
                   f"({counts} pairs) the same way, and misrank no feature{tail}")
         if verdict == "agree":
@@ -593,18 +593,21 @@ def _finding(name: str, kind: str, pairs: list[tuple[ImportanceResult, RankingEv
         i = e.features.index(name)
         if e.method in demoted_by:
             ratio, over = demoted_by[e.method]
-            said.append(f"{e.method} verifies it as #{int(e.rank[i])} ({_interval(e, i)}) at {_times(ratio)} "
+            said.append(f"{in_sentence(e.method)} verifies it as #{int(e.rank[i])} ({_interval(e, i)}) at {_times(ratio)} "
                         f"'{over}', the most important feature the weights rank above it")
         elif kind == "under-ranked":
-            said.append(f"{e.method} ranks it {int(e.rank[i])} ({_interval(e, i)})")
+            said.append(f"{in_sentence(e.method)} ranks it {int(e.rank[i])} ({_interval(e, i)})")
         else:
-            said.append(f"{e.method} shows it negligible (95% interval below {RELEVANCE:.0%} of the top feature's "
-                        f"importance; it ranks it {int(e.rank[i])} of {len(e.features)})")
-    others = [f"{e.method}, which ranks it {int(e.rank[i])} ({_interval(e, i)}{_standing(e, i)})"
-              for e in every if e.method not in {x.method for x in evidence}
+            said.append(f"{in_sentence(e.method)} shows it negligible (95% interval below {RELEVANCE:.0%} of the top "
+                        f"feature's importance; it ranks it {int(e.rank[i])} of {len(e.features)}){_below_zero(e, i)}")
+    others = [(e, i) for e in every if e.method not in {x.method for x in evidence}
               and (i := _index(e.features, name)) is not None]
-    against = f" Not confirmed by {'; nor by '.join(others)}." if others else ""
-    ranked = " and the ".join(f"{_weight_title(m)} rank it {r}" for m, r in ranks.items())
+    opposes = [bool(e.relevant[i] if kind == "over-ranked" else e.negligible[i]) for e, i in others]
+    against = "".join(
+        f" {lead} {joint.join(_other(e, i) for (e, i), o in zip(others, opposes) if o == side)}."
+        for lead, joint, side in (("Contradicted by", "; and by ", True), ("Not confirmed by", "; nor by ", False))
+        if side in opposes)
+    ranked = " and the ".join(f"{in_sentence(m)} rank it {r}" for m, r in ranks.items())
     verb = "under-rank" if kind == "under-ranked" else "over-rank"
     message = f"'{name}': the {ranked} of {n}, but {', and '.join(said)}: the weights {verb} it.{against}"
     first_e = evidence[0]
@@ -618,6 +621,19 @@ def _interval(e: RankingEvidence, i: int) -> str:
     """'rank interval 1–2', or 'rank 1 verified' where the interval is a single rank."""
     low, high = int(e.rank_low[i]), int(e.rank_high[i])
     return f"rank {low} verified" if low == high else f"rank interval {low}–{high}"
+
+
+def _other(e: RankingEvidence, i: int) -> str:
+    """'SHAP (mean |φ|), which ranks it 1 (rank 1 verified, relevant)': another method's word on a warned feature."""
+    return f"{in_sentence(e.method)}, which ranks it {int(e.rank[i])} ({_interval(e, i)}{_standing(e, i)})"
+
+
+def _below_zero(e: RankingEvidence, i: int) -> str:
+    """'; its whole 95% interval [-0.2, -0.05] is below zero: ...' where the model does better without the feature."""
+    if e.high is None or not e.high[i] < 0:
+        return ""
+    return (f"; its whole 95% interval [{e.low[i]:.3g}, {e.high[i]:.3g}] is below zero: the model does better on the "
+            "test split without it, so it overfits this feature")
 
 
 def _standing(e: RankingEvidence, i: int) -> str:
@@ -645,7 +661,8 @@ def _safe(value: float) -> float:
     return float(value) if np.isfinite(value) else float("nan")
 
 
-def _weight_title(method: str) -> str:
-    """'first-layer weights |W|': a weight ranking's title as it reads inside a sentence."""
+def in_sentence(method: str) -> str:
+    """'first-layer weights |W|', 'permutation importance', 'SHAP (mean |φ|)': a result's title as it reads inside a
+    sentence (an acronym keeps its capitals)."""
     title = result_titles().get(method, method)
-    return title[:1].lower() + title[1:]
+    return title[:1].lower() + title[1:] if title[1:2].islower() else title

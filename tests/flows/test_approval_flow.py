@@ -159,7 +159,7 @@ def test_the_next_version_lists_only_its_planted_change_since_the_approval(runs)
     assert moved == {"weights": ["a"], "weights_scaled": ["a"], "permutation": ["a"]}  # a, and nothing else
     assert all(c["rank_before"] == 1 and c["rank_now"] > 1 for changes in since["changes"].values() for c in changes)
     text = _pdf_text(folder)
-    section = text[text.index("Since the last approved report"):text.index("Warnings")]
+    section = text[text.index("Since the last approved report"):text.index("Rankings across methods")]
     assert "approved by Ada Reviewer" in section and "Permutation" in section and "a (#1 → #" in section
     assert "b (#" not in section and "c (#" not in section
     assert "What this report evidences" in text and "Annex IV point 2(g)" in text

@@ -62,7 +62,7 @@ def test_a_driver_the_weights_demote_by_its_scale_is_named_and_the_verdict_disag
     finding = comparison.findings[0]
     assert finding.weight_methods == ("weights",)  # the scale-aware weights see it
     assert finding.margin >= MARGIN and finding.margin_over == "d1"
-    assert f"permutation verifies it as #1 (rank 1 verified) at {finding.margin:.1f}× 'd1'" in finding.message
+    assert f"permutation importance verifies it as #1 (rank 1 verified) at {finding.margin:.1f}× 'd1'" in finding.message
     # a ×2 scale demotes it only to the weights' upper half, where the lower-half rule alone was silent
     assert (not in_lower_half(finding.weight_rank, len(case.features))) == upper_half
 
@@ -74,7 +74,7 @@ def test_a_first_layer_weight_that_a_later_layer_zeroes_is_named_over_ranked(tmp
     assert weights.rank[weights.features.index("n0")] == 1
     assert comparison.verdict == "disagree", comparison.reason
     assert [(f.feature, f.kind) for f in comparison.findings] == [("n0", "over-ranked")]
-    assert "permutation shows it negligible" in comparison.findings[0].message
+    assert "permutation importance shows it negligible" in comparison.findings[0].message
 
 
 def test_two_factors_acting_through_their_product_are_never_a_bare_agree(tmp_path):

@@ -34,7 +34,7 @@ def test_underranked_scaled_feature_is_one_warning_naming_its_ranks():
     assert [(f.feature, f.kind) for f in result.findings] == [("scaled", "under-ranked")]
     finding = result.findings[0]
     assert finding.weight_rank == 6 and finding.behavioural_rank == 1
-    assert "rank it 6 of 6" in finding.message and "permutation ranks it 1 (rank 1 verified)" in finding.message
+    assert "rank it 6 of 6" in finding.message and "permutation importance ranks it 1 (rank 1 verified)" in finding.message
     assert finding.margin is None
     assert result.verdict == "disagree" and "'scaled'" in result.reason
 
@@ -245,7 +245,7 @@ def test_a_demoted_driver_in_the_weights_upper_half_is_named_with_its_margin():
     finding = result.findings[0]
     assert finding.margin == pytest.approx(8 / 3, rel=0.05) and finding.margin_over == "x1"
     assert "rank it 3 of 6" in finding.message
-    assert "permutation verifies it as #1 (rank 1 verified) at 2.7× 'x1'" in finding.message
+    assert "permutation importance verifies it as #1 (rank 1 verified) at 2.7× 'x1'" in finding.message
     assert result.verdict == "disagree"
 
 
@@ -268,7 +268,7 @@ def test_a_warning_quotes_the_behavioural_methods_that_do_not_confirm_it():
                       _behaviour([1.4, 0, 3, 2.5, 2, 1.6], spread=0.01, method="shap")])
     finding = result.findings[0]
     assert finding.behavioural_methods == ("permutation",)
-    assert "Not confirmed by shap, which ranks it 5 (rank 5 verified, relevant)." in finding.message
+    assert "Not confirmed by SHAP (mean |φ|), which ranks it 5 (rank 5 verified, relevant)." in finding.message
 
 
 def test_a_relevant_feature_acting_through_others_turns_agree_into_agree_interactions_not_assessed():
