@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import textwrap
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -13,6 +14,10 @@ from tasks.core.result import ImportanceResult
 _BAR = "#3b6ea5"
 _WEIGHT = "#b5651d"
 MAX_FEATURES = 25  # charts show at most this many features, the most important ones: size stays bounded
+_MAX_LEVELS = 7  # a categorical feature's levels with a colour of their own (Dark2, no blue or red); the rest grey
+_OTHER_LEVEL = "#999999"
+_OTHER_RGBA = (0.6, 0.6, 0.6, 1.0)
+_LEGEND_COLUMNS = 5
 MAX_HEIGHT = 6.6  # inches at 110 dpi: a chart and its heading fit on one A4 page's content box (987 CSS px)
 
 
@@ -21,8 +26,9 @@ def _height(rows: int, per_row: float, fixed: float) -> float:
     return min(per_row * rows + fixed, MAX_HEIGHT)
 
 
-def importance_bars(result: ImportanceResult, *, limit: int = MAX_FEATURES) -> bytes:
-    """Horizontal bars of mean importance with 95% interval whiskers, most important on top (at most ``limit``)."""
+def importance_bars(result: ImportanceResult, *, title: str | None = None, limit: int = MAX_FEATURES) -> bytes:
+    """Horizontal bars of mean importance with 95% interval whiskers, most important on top (at most ``limit``),
+    under ``title`` (the method's title; its key by default)."""
     order = np.argsort(result.importances_mean, kind="stable")[-limit:]
     names = [result.features[i] for i in order]
     mean = result.importances_mean[order]
@@ -37,14 +43,16 @@ def importance_bars(result: ImportanceResult, *, limit: int = MAX_FEATURES) -> b
     label = f"importance ({result.metric} increase)" if result.metric else "importance"
     ax.set_xlabel(label, fontsize=8)
     shown = f" (top {len(names)} of {len(result.features)})" if len(names) < len(result.features) else ""
-    ax.set_title(result.method + shown + (" — 95% intervals" if has_interval else ""), fontsize=9)
+    ax.set_title((title or result.method) + shown + (" — 95% intervals" if has_interval else ""), fontsize=9)
     ax.tick_params(axis="x", labelsize=8)
     fig.tight_layout()
     return _png(fig)
 
 
-def rank_lines(weight: ImportanceResult, behaviours: list[ImportanceResult], *, limit: int = MAX_FEATURES) -> bytes:
-    """One line per feature from its weight rank to its rank under each behavioural method.
+def rank_lines(weight: ImportanceResult, behaviours: list[ImportanceResult], *, titles: dict[str, str] | None = None,
+               limit: int = MAX_FEATURES) -> bytes:
+    """One line per feature from its weight rank to its rank under each behavioural method, each column labelled
+    with its method's title (``titles``; the key where none is given).
 
     With more than ``limit`` features, the lines of those ranked highest by any method are drawn.
     """
@@ -61,7 +69,8 @@ def rank_lines(weight: ImportanceResult, behaviours: list[ImportanceResult], *, 
         ax.plot(range(len(columns)), ranks, marker="o", linewidth=1.6 if moved else 0.8,
                 color="#c0392b" if moved else "#7f8c8d")
         ax.annotate(name, (0, ranks[0]), xytext=(-6, 0), textcoords="offset points", ha="right", va="center", fontsize=7)
-    ax.set_xticks(range(len(columns)), labels=[r.method for r in columns], fontsize=8)
+    labels = [textwrap.fill((titles or {}).get(r.method, r.method), 16) for r in columns]
+    ax.set_xticks(range(len(columns)), labels=labels, fontsize=7)
     ax.set_ylim(n + 0.5, 0.5)
     ax.set_ylabel("rank (1 = most important)", fontsize=8)
     ax.set_xlim(-0.9, len(columns) - 0.7)
@@ -70,27 +79,68 @@ def rank_lines(weight: ImportanceResult, behaviours: list[ImportanceResult], *, 
     return _png(fig)
 
 
-def shap_beeswarm(features: list[str], phi: list[list[float]], values: list[list[float]]) -> bytes:
-    """SHAP summary: one row of dots per feature (first = top), x = SHAP value, colour = the feature's value rank."""
+def shap_beeswarm(features: list[str], phi: list[list[float]], values: list[list[float]],
+                  levels: list[list[str] | None] | None = None) -> bytes:
+    """SHAP summary: one row of dots per feature (first = top), x = SHAP value. A numeric feature's dots are
+    coloured by the rank of its value, low (blue) to high (red); a categorical one's (``levels[row]``: the label of
+    each code) by level from a qualitative palette, named in a legend below, since its codes have no order."""
     n = len(features)
-    fig = Figure(figsize=(6.2, _height(n, 0.3, 1.2)), dpi=110)
+    levels = levels or [None] * n
+    legend = [(features[row], labels, sorted({int(c) for c in values[row]}))
+              for row, labels in enumerate(levels) if labels is not None]
+    entries = sum(len([c for c in codes if c < _MAX_LEVELS]) + (max(codes, default=0) >= _MAX_LEVELS)
+                  for _, _, codes in legend)
+    legend_rows = -(-entries // _LEGEND_COLUMNS)
+    fig = Figure(figsize=(6.2, _height(n + 0.7 * legend_rows, 0.3, 1.2)), dpi=110)
     ax = fig.add_subplot()
     jitter = np.random.default_rng(0)
+    scale = None
     for row, (name, x, v) in enumerate(zip(features, phi, values)):
         x, v = np.asarray(x, dtype=float), np.asarray(v, dtype=float)
-        colour = (np.argsort(np.argsort(v)) / max(len(v) - 1, 1)) if len(v) else v
         y = n - 1 - row + jitter.uniform(-0.3, 0.3, size=len(x)) * _density(x)
-        points = ax.scatter(x, y, c=colour, cmap="coolwarm", vmin=0, vmax=1, s=6, linewidths=0)
+        if levels[row] is not None:
+            ax.scatter(x, y, c=level_colours(v), s=6, linewidths=0)
+            continue
+        colour = (np.argsort(np.argsort(v)) / max(len(v) - 1, 1)) if len(v) else v
+        scale = ax.scatter(x, y, c=colour, cmap="coolwarm", vmin=0, vmax=1, s=6, linewidths=0)
     ax.set_yticks(range(n), labels=features[::-1], fontsize=8)
     ax.axvline(0, color="#555", linewidth=0.8)
     ax.set_xlabel("SHAP value (effect on the prediction)", fontsize=8)
     ax.tick_params(axis="x", labelsize=8)
-    if n:
-        bar = fig.colorbar(points, ax=ax, ticks=[0, 1], fraction=0.04, pad=0.02)
+    if scale is not None:
+        bar = fig.colorbar(scale, ax=ax, ticks=[0, 1], fraction=0.04, pad=0.02)
         bar.ax.set_yticklabels(["low", "high"], fontsize=7)
         bar.set_label("feature value", fontsize=7)
-    fig.tight_layout()
+    if legend:
+        from matplotlib.lines import Line2D
+
+        handles = []
+        for name, labels, codes in legend:
+            shown = [c for c in codes if c < _MAX_LEVELS]
+            handles += [Line2D([], [], marker="o", linestyle="none", markersize=5, color=level_colours([c])[0],
+                               label=f"{name} = {labels[c] if c < len(labels) else c}") for c in shown]
+            if len(codes) > len(shown):
+                handles.append(Line2D([], [], marker="o", linestyle="none", markersize=5, color=_OTHER_LEVEL,
+                                      label=f"{name}: {len(codes) - len(shown)} more levels"))
+        fig.legend(handles=handles, loc="lower center", ncol=_LEGEND_COLUMNS, fontsize=7, frameon=False,
+                   handletextpad=0.3, columnspacing=1.0)
+        fig.tight_layout(rect=(0, min(0.04 + 0.05 * legend_rows, 0.5), 1, 1))
+    else:
+        fig.tight_layout()
     return _png(fig)
+
+
+def level_colours(codes) -> np.ndarray:
+    """RGBA per categorical code: a qualitative palette's colour for codes 0 .. 6, grey for the rest. The palette
+    (Dark2) has no blue or red, the two ends of the numeric features' low-to-high scale."""
+    from matplotlib import colormaps
+
+    palette = colormaps["Dark2"].colors
+    out = np.empty((len(codes), 4))
+    for i, code in enumerate(np.asarray(codes, dtype=float)):
+        c = int(code) if np.isfinite(code) else -1
+        out[i] = (*palette[c], 1.0) if 0 <= c < _MAX_LEVELS else _OTHER_RGBA
+    return out
 
 
 def shap_waterfall(features: list[str], values: list[float], phi: list[float], base: float, output: float,

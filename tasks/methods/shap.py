@@ -195,6 +195,8 @@ class Beeswarm:
     phi: list[list[float]]
     value: list[list[float]]
     per_class: str | None
+    # per feature, the labels of a categorical feature's codes (value holds the codes), or None for a numeric one
+    levels: list[list[str] | None] = dataclasses.field(default_factory=list)
 
 
 def shap_plan(n_features: int, width: int, *, rows: int, background: int, n_extra: int = 0,
@@ -579,10 +581,12 @@ def _bins(x: np.ndarray, bins: int) -> np.ndarray:
 
 
 def beeswarm_data(features: tuple[str, ...], values: np.ndarray, X: np.ndarray, outputs: np.ndarray,
-                  *, order: np.ndarray, limit: int = _BEESWARM_ROWS,
+                  *, order: np.ndarray, columns: tuple | None = None, limit: int = _BEESWARM_ROWS,
                   max_features: int = _BEESWARM_FEATURES) -> Beeswarm:
     """What the summary chart needs: for the ``max_features`` most important features (first = top), the SHAP
-    values and feature values of up to ``limit`` rows.
+    values and feature values of up to ``limit`` rows, and a categorical feature's level labels (``columns``: the
+    adapter's :class:`~tasks.subject.adapter.Column` per feature), so that its levels get colours of their own
+    rather than a low-to-high scale.
 
     Multiclass values are shown for each row's predicted class.
     """
@@ -593,7 +597,19 @@ def beeswarm_data(features: tuple[str, ...], values: np.ndarray, X: np.ndarray, 
         values = np.take_along_axis(values, predicted[:, None, None], axis=2)[..., 0]
     return Beeswarm(features=[features[j] for j in order], phi=[_rounded(values[:, j]) for j in order],
                     value=[_rounded(X[:, j]) for j in order],
-                    per_class="predicted class" if outputs.ndim == 2 else None)
+                    per_class="predicted class" if outputs.ndim == 2 else None,
+                    levels=[level_labels(X[:, j], columns[j] if columns else None) for j in order])
+
+
+def level_labels(codes: np.ndarray, column) -> list[str] | None:
+    """A categorical column's label for each code from 0 to the largest (its vocabulary, or the code itself);
+    None for a numeric column."""
+    if column is None or not column.categorical:
+        return None
+    if column.vocabulary is not None:
+        return [str(v) for v in column.vocabulary]
+    top = int(np.nanmax(codes)) if len(codes) else -1
+    return [str(code) for code in range(top + 1)]
 
 
 def shap_audit(version: ModelVersion, *, seed: int = 0, n_rows: int = SHAP_ROWS, n_worst: int = 5,
@@ -707,7 +723,7 @@ def shap_details(features, split, raw: ShapValues, rows, draws, loss, metric, *,
         loss_metric="log_loss" if metric.higher_is_better else metric.name,
         local=local,
         beeswarm=beeswarm_data(features, raw.values[:n_global], X_explained[:n_global], raw.outputs[:n_global],
-                               order=order),
+                               order=order, columns=columns),
         unexplained=[float(v) if np.isfinite(v) else None
                      for v in unexplained_shares(raw.values[:n_global], X_explained[:n_global])],
     )
@@ -744,6 +760,9 @@ def raw_value(code: float, column) -> float | str | int:
 
 def _rounded(values: np.ndarray) -> list[float]:
     return [float(f"{v:.4g}") for v in np.asarray(values, dtype=float)]
+
+
+LOSS_WORDS = {"log_loss": "log loss", "mse": "squared error", "mae": "absolute error"}  # a loss, as a reader says it
 
 
 def section(result: ImportanceResult, max_features: int = 10) -> dict[str, Any] | None:
@@ -784,8 +803,9 @@ def section(result: ImportanceResult, max_features: int = 10) -> dict[str, Any] 
         "mc_se_feature": worst_mc,
         "multiclass_aggregation": d.multiclass_aggregation,
         "loss_metric": d.loss_metric,
-        "bar_chart": charts.data_uri(charts.importance_bars(result)),
-        "beeswarm_chart": charts.data_uri(charts.shap_beeswarm(swarm.features, swarm.phi, swarm.value)),
+        "loss_words": LOSS_WORDS.get(d.loss_metric, d.loss_metric),
+        "beeswarm_chart": charts.data_uri(charts.shap_beeswarm(swarm.features, swarm.phi, swarm.value,
+                                                               swarm.levels or None)),
         "beeswarm_rows": len(swarm.phi[0]) if swarm.phi else 0,
         "beeswarm_class": swarm.per_class,
         "local": local,

@@ -37,6 +37,7 @@ from prefect import get_run_logger, task
 from prefect.tasks import exponential_backoff
 
 from tasks.core.errors import DeliveryError, ResultsError
+from tasks.methods.table import result_titles
 from tasks.report.document import ResultsDocument, read_results
 
 if TYPE_CHECKING:
@@ -177,7 +178,8 @@ def email_context(results: ResultsDocument, folder: Path) -> dict[str, Any]:
         "verdict_rule": results.verdict_rule,
         "verdict_reason": results.verdict_reason,
         "status": results.status,
-        "methods": [{"name": name, "status": m.status, "error": m.error or m.reason}
+        "methods": [{"name": name, "title": result_titles().get(name, name), "status": m.status,
+                     "error": m.error or m.reason}
                     for name, m in results.methods.items()],
         "warnings": [w.message for w in results.warnings],
         "sampling": results.test_rows.note if results.test_rows is not None else None,
@@ -196,7 +198,7 @@ def text_body(context: dict[str, Any]) -> str:
     if context["sampling"]:
         lines.append(context["sampling"])
     lines += ["", "Methods:"]
-    lines += [f"  - {m['name']}: {m['status']}" + (f" ({m['error']})" if m["error"] else "") for m in context["methods"]]
+    lines += [f"  - {m['title']}: {m['status']}" + (f" ({m['error']})" if m["error"] else "") for m in context["methods"]]
     lines += ["", "Warnings:" if context["warnings"] else "No warnings."]
     lines += [f"  - {w}" for w in context["warnings"]]
     lines += ["", f"The full report is attached ({context['attachment']}) and kept at {context['folder']}."]

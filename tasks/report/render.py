@@ -8,6 +8,7 @@ data file can make rendering read a local file or reach the network.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from importlib import metadata
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined
+from markupsafe import Markup, escape
 from prefect import task
 
 from tasks.core import charts
@@ -117,7 +119,8 @@ def build_context(
         "rankings": _rankings(version.features, usable, comparison),
         "agreements": comparison.agreements,
         "consensus": comparison.consensus,
-        "rank_chart": charts.data_uri(charts.rank_lines(weight, behaviours)) if weight and behaviours else None,
+        "rank_chart": (charts.data_uri(charts.rank_lines(weight, behaviours, titles=result_titles()))
+                       if weight and behaviours else None),
         "sections": _sections(usable),
         "section_lines": _section_lines(usable),
         "history": history,
@@ -137,6 +140,7 @@ def environment() -> Environment:
     env.filters["num"] = format_number
     env.filters["pct"] = format_percent
     env.filters["title"] = lambda method: result_titles().get(method, method)
+    env.filters["breakable"] = breakable
     return env
 
 
@@ -318,6 +322,12 @@ def format_number(value: float | str | None, digits: int = 3) -> str:
     return f"{value:.{digits}g}"
 
 
+def breakable(name: object) -> Markup:
+    """A feature name escaped, that may wrap after each '_' or '.' and nowhere else (``<wbr>``): 's5_band' wraps as
+    's5_ / band', never as 's5_ban / d'."""
+    return Markup(re.sub(r"([_.])", r"\1<wbr>", str(escape(str(name)))))
+
+
 def format_percent(value: float | None) -> str:
     """A share as a whole percentage, '—' for missing."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
@@ -356,7 +366,8 @@ def _section_lines(results: list[ImportanceResult]) -> list[str]:
 
 
 def _method(result: ImportanceResult) -> dict[str, Any]:
-    chart = charts.data_uri(charts.importance_bars(result)) if result.ok else None
+    chart = (charts.data_uri(charts.importance_bars(result, title=result_titles().get(result.method)))
+             if result.ok else None)
     units = result.details if isinstance(result.details, UnitRecords) else None
     return {
         "name": result.method,

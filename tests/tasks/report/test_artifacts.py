@@ -35,7 +35,8 @@ def test_markdown_shows_feature_names_as_literal_text():
     text = verdict_markdown("m", "v1", compare([weights, perm]), "/reports/m/v1/r")
     assert "[click](http://x)" not in text and escape_markdown("[click](http://x)") in text
     assert "Verdict on the weight-based ranking" in text
-    assert ranking_rows([weights, perm])[0] == {"feature": "[click](http://x)", "weights": 4, "permutation": 1}
+    assert ranking_rows([weights, perm])[0] == {"feature": "[click](http://x)", "First-layer weights |W|": 4,
+                                            "Permutation importance": 1}
 
 
 def test_report_url_is_a_file_url_or_under_the_report_store(tmp_path, monkeypatch):

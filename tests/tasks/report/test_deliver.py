@@ -54,7 +54,7 @@ def test_message_has_subject_bodies_and_pdf_attachment(run_folder):
     assert message["To"] == "a@example.com, b@example.com"
     text = message.get_body(("plain",)).get_content()
     html = message.get_body(("html",)).get_content()
-    assert "'income' ranks #7 by weights & #1 by permutation" in text and "shap: failed" in text
+    assert "'income' ranks #7 by weights & #1 by permutation" in text and "SHAP (mean |φ|): failed" in text
     assert "&#39;income&#39; ranks #7 by weights &amp; #1" in html  # autoescaped, never raw
     assert "<script>" not in html and "&lt;script&gt;" in html
     (attachment,) = list(message.iter_attachments())
@@ -194,6 +194,7 @@ def test_text_body_lists_methods_and_warnings(run_folder):
     context = email_context(read_results(run_folder / "results.json"), run_folder)
     body = text_body(context)
     assert body.startswith("credit v3 — disagree\n") and "Run 20260101T020000Z-abc123: partial" in body
+    assert "  - First-layer weights |W|: ok\n" in body  # titles, as the report says them, not keys
 
 
 def test_a_damaged_results_json_is_not_sent_and_not_retried(run_folder):

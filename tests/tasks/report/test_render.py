@@ -158,3 +158,51 @@ def test_many_correlated_clusters_show_the_most_important_with_their_first_membe
     assert all(len(c.members) == 12 and len(c.member_importances) == 12 for c in shown)
     html = render_html(context)
     assert html.count("and 8 more") == 25 and "15 less important clusters not shown" in html
+
+
+def test_a_string_column_is_coloured_by_level_with_a_legend_not_on_the_low_high_scale():
+    from matplotlib import colormaps
+    from PIL import Image
+
+    from tasks.core.charts import level_colours, shap_beeswarm
+    from tasks.methods.shap import beeswarm_data
+    from tasks.subject.adapter import Column
+
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 3, 200).astype(float)  # the vocabulary's alphabetical codes: high, low, mid
+    X = np.column_stack([codes, rng.normal(size=200)])
+    phi = X * [0.5, 0.3]
+    columns = (Column("band", "string", True, ("high", "low", "mid")), Column("income", "number", False))
+    swarm = beeswarm_data(("band", "income"), phi, X, phi.sum(axis=1), order=np.array([0, 1]), columns=columns)
+    assert swarm.levels == [["high", "low", "mid"], None]
+    colours = level_colours(codes)
+    assert len({tuple(c) for c in colours}) == 3  # one colour per level, the same for every dot of a level
+    assert all(tuple(c) == tuple(colours[0]) for c, code in zip(colours, codes) if code == codes[0])
+    # none is the scale's blue ("low") or red ("high")
+    ends = [np.array(colormaps["coolwarm"](x)) for x in (0.0, 1.0)]
+    assert min(np.abs(c - end).max() for c in colours for end in ends) > 0.2
+    height = lambda png: Image.open(io.BytesIO(png)).size[1]  # noqa: E731
+    plain = shap_beeswarm(swarm.features, swarm.phi, swarm.value)
+    assert height(shap_beeswarm(swarm.features, swarm.phi, swarm.value, swarm.levels)) > height(plain)  # the legend
+
+
+def test_feature_names_wrap_at_underscores_and_dots_never_inside_a_word():
+    from tasks.report.render import breakable
+
+    assert str(breakable("s5_band.mean")) == "s5_<wbr>band.<wbr>mean"
+    assert str(breakable("<b>_x")) == "&lt;b&gt;_<wbr>x"  # escaped first
+    name = "serum_triglyceride_band.level_mean"
+    html = environment().from_string(
+        "<table style='width: 300px'><tr><td style='width: 60px'>{{ name|breakable }}</td><td>x</td></tr></table>"
+    ).render(name=name)
+    lines = pypdf.PdfReader(io.BytesIO(render_pdf(html))).pages[0].extract_text().split("\n")
+    parts = [line for line in lines if line != "x"]
+    assert len(parts) > 1 and "".join(parts) == name
+    assert all(part.endswith(("_", ".")) for part in parts[:-1])
+
+
+def test_weight_ranks_moving_by_one_place_say_place(context):
+    stable = dict(context, weight_stability={"n_trainings": 3, "max_rank_range": 1, "same_top_k": True, "k": 2,
+                                             "features": []})
+    html = re.sub(r"\s+", " ", render_html(stable))
+    assert "moved by up to 1 place;" in html

@@ -207,7 +207,7 @@ def test_results_beside_the_report_must_equal_the_embedded_one(certified, report
 
 def test_embedded_results_are_checked_against_the_text(certified, report):
     text = _text(certified)
-    assert "Run 20260101T000000Z-abc123: verdict" in text and "shap: failed." in text
+    assert "Run 20260101T000000Z-abc123: verdict" in text and "SHAP (mean |φ|): failed." in text
     # a report whose embedded results.json ranks other features first than its text is named
     import json
 
@@ -216,7 +216,7 @@ def test_embedded_results_are_checked_against_the_text(certified, report):
     top[0]["rank"], top[1]["rank"] = top[1]["rank"], top[0]["rank"]
     outcome = verify_pdf(report[1](None, json.dumps(data, indent=2).encode()), source="report.pdf")
     assert outcome.problems[-1].startswith("the results.json embedded in report.pdf does not match its text: "
-                                           "'permutation: ok, top "), outcome.problems
+                                           "'Permutation importance: ok, top "), outcome.problems
 
 
 def test_signing_refuses_unsigned_reports_foreign_pdfs_and_signed_roles(report, certified, fully_signed, pki):
