@@ -20,6 +20,7 @@ Prefect's INFO logs, TensorFlow's C++ log and library warnings. Every failure is
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import os
 import sys
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import TextIO
 
 from flows.lifecycle import stop_on_signals
+from flows.option_spec import precheck
 from tasks.core.errors import DeliveryError, FeatureAuditError, StorageError
 from tasks.core.options import DEFAULT_APPROVAL_TIMEOUT_S, DEFAULT_CRON, DEFAULT_OUT, flag
 
@@ -66,9 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     # The environment is set before the parser is built: the audit commands' flags come from the table of methods,
     # whose modules import TensorFlow and Prefect.
+    if argv and argv[0] in AUDIT_COMMANDS and (problem := precheck(argv[1:])) is not None:
+        return _fail(problem, EXIT_BAD_INPUT)  # refused from flows/options.json, before the heavy imports
     added = set_environment(verbose="--verbose" in argv)
     try:
-        args = _parser(audit=bool(argv) and argv[0] in AUDIT_COMMANDS).parse_args(argv)
+        args = _parse(_parser(audit=bool(argv) and argv[0] in AUDIT_COMMANDS), argv)
     except SystemExit:
         for name in added:
             os.environ.pop(name, None)
@@ -550,6 +554,20 @@ def progress_bar(stream: TextIO) -> Iterator[ProgressBar | None]:
             handler.removeFilter(bar.console_filter)
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """``parser.parse_args(argv)``, but a flag the command does not take is named with that command's usage and the
+    closest flag it does take ('did you mean --repeats?')."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        command = parser.commands[args.command]
+        unknown = next((word for word in extra if word.startswith("-")), extra[0])
+        flags = [option for action in command._actions for option in action.option_strings]
+        close = difflib.get_close_matches(unknown.split("=", 1)[0], flags, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        command.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
+    return args
+
+
 def _parser(*, audit: bool = True) -> argparse.ArgumentParser:
     """The command line; ``audit``: with the audit options' flags (their defaults import the table of methods)."""
     parser = argparse.ArgumentParser(prog="featureaudit", description="Audit the feature importance of Keras models.")
@@ -631,6 +649,7 @@ def _parser(*, audit: bool = True) -> argparse.ArgumentParser:
     p_publish.add_argument("--manifest", help="manifest.json (default: the newest version's)")
     p_publish.add_argument("--alias", help="MLflow only: point this alias (e.g. champion) at the new version")
     p_publish.set_defaults(handler=publish)
+    parser.commands = commands.choices  # each command's own parser, for its usage beside an unknown flag
     return parser
 
 

@@ -38,3 +38,6 @@ def test_a_wheel_installs_every_package_and_the_templates(tmp_path):
     helped = subprocess.run([scratch / "bin" / "featureaudit", "--help"], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=300)
     assert helped.returncode == 0 and "usage: featureaudit" in helped.stdout
+    refused = subprocess.run([scratch / "bin" / "featureaudit", "run", "--registry", "r", "--model", "m", "--repeats",
+                              "0"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "--repeats 0: Input should be greater than" in refused.stderr  # options.json

@@ -202,3 +202,42 @@ def test_serve_refuses_a_negative_watch_interval_before_serving(linear_registry,
     assert main(["serve", "--registry", str(linear_registry), "--watch-interval", "-5"]) == 2
     assert capsys.readouterr().err.strip() == (
         "featureaudit: error: --watch-interval must be 0 (no watching) or a number of seconds, not -5")
+
+
+FAST = """
+import sys
+from flows.cli import main
+code = main(sys.argv[1:])
+heavy = {m.split(".")[0] for m in sys.modules} & {"prefect", "tensorflow", "keras", "scipy", "pandas", "matplotlib"}
+print(code, sorted(heavy))
+"""
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--repeats", "0"], "--repeats 0: Input should be greater than or equal to 1"),
+    (["--cluster-threshold", "1.5"], "--cluster-threshold 1.5: Input should be less than or equal to 1"),
+    (["--effects-grid", "many"], "--effects-grid 'many': Input should be a valid integer"),
+    (["--methods", "weights,astrology"], "unknown method 'astrology'; choose from weights,permutation"),
+])
+def test_a_bad_option_value_is_refused_before_any_heavy_import(extra, message):
+    done = subprocess.run([sys.executable, "-c", FAST, "run", "--registry", "nowhere", "--model", "m", *extra],
+                          capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[2])
+    assert done.stdout.strip() == "2 []"  # exit 2, and neither Prefect, TensorFlow, SciPy, pandas nor matplotlib
+    err = done.stderr.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("featureaudit: error: --") and message in err
+
+
+def test_a_mistyped_flag_shows_the_commands_usage_and_the_closest_flag(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(["run", "--registry", "r", "--model", "m", "--repats", "2"])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2
+    assert err.startswith("usage: featureaudit run ")
+    assert err.strip().endswith("featureaudit run: error: unrecognized arguments: --repats 2; did you mean --repeats?")
+
+
+def test_the_option_spec_the_command_line_reads_first_is_the_tables():
+    from flows.option_spec import SPEC_PATH, spec_text
+
+    assert SPEC_PATH.read_text(encoding="utf-8") == spec_text(), (
+        "flows/options.json is out of date with the table of methods: run .venv/bin/python -m flows.option_spec")
