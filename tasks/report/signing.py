@@ -581,6 +581,9 @@ def _timestamp_failure(exc: BaseException) -> str:
     return f"{exc}: {cause}" if cause is not None else str(exc)
 
 
+STAMP_PT = 9  # the signature stamp's font size
+
+
 def _stamp_style():
     """The signature's visible appearance: role, signer, time and decision, in an embedded font (PDF/A)."""
     import matplotlib
@@ -588,10 +591,15 @@ def _stamp_style():
     from pyhanko.pdf_utils.text import TextBoxStyle
     from pyhanko.stamp import TextStampStyle
 
-    font = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    # pyHanko writes the font's glyph widths in the font's own units as if they were the PDF's thousandths of an em:
+    # DejaVu's 2,048 units to the em drew the stamp letter-spaced at twice its width and cut off at the cell's edge.
+    # STIX, which matplotlib ships too, has 1,000 units to the em. The font engine is given the box's size as well
+    # (it shapes at 10 pt by default).
+    font = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "STIXGeneral.ttf"
     return TextStampStyle(stamp_text="%(role)s %(signer)s\n%(ts)s %(decision)s", border_width=0, background=None,
                           timestamp_format="%Y-%m-%d %H:%M UTC",
-                          text_box_style=TextBoxStyle(font=GlyphAccumulatorFactory(str(font)), font_size=7))
+                          text_box_style=TextBoxStyle(font=GlyphAccumulatorFactory(str(font), font_size=STAMP_PT),
+                                                      font_size=STAMP_PT))
 
 
 def _keep_pdfa_metadata(writer) -> None:

@@ -308,3 +308,40 @@ def test_signing_after_approval_keeps_the_approval_and_a_changed_approved_byte_i
     (problem,) = verify_log(tmp_path, "m")[1]
     assert "report.pdf: its sha256 is not the one approved by Alan Approver" in problem
     assert last_approved(tmp_path, "m") is None
+
+
+def test_a_signature_stamps_font_declares_its_glyph_widths_in_thousandths_of_an_em(fully_signed):
+    """A PDF font's /W widths are thousandths of an em: written in the font's own units (DejaVu's 2,048 to the em),
+    the stamp was drawn letter-spaced at twice its width and cut off at the cell's edge."""
+    from fontTools.ttLib import TTFont
+
+    fonts = {}
+
+    def collect(obj, depth=0):
+        obj = obj.get_object() if hasattr(obj, "get_object") else obj
+        if depth > 10:
+            return
+        if isinstance(obj, dict):
+            if obj.get("/Subtype") == "/Type0":
+                fonts[id(obj)] = obj
+                return
+            for key, value in obj.items():
+                if key not in ("/Parent", "/P"):
+                    collect(value, depth + 1)
+        elif isinstance(obj, list):
+            for value in obj:
+                collect(value, depth + 1)
+
+    page = pypdf.PdfReader(io.BytesIO(fully_signed)).pages[-1]
+    for annotation in page.get("/Annots", []):
+        collect(annotation.get_object().get("/AP"))
+    assert fonts  # the prepared and reviewed stamps draw text
+    for font in fonts.values():
+        descendant = font["/DescendantFonts"][0].get_object()
+        program = TTFont(io.BytesIO(descendant["/FontDescriptor"].get_object()["/FontFile2"].get_object().get_data()))
+        per_em, advances = program["head"].unitsPerEm, program["hmtx"].metrics
+        order = program.getGlyphOrder()
+        widths = descendant["/W"]
+        for first, listed in zip(widths[::2], widths[1::2]):
+            for gid, width in enumerate(listed, start=int(first)):
+                assert width == pytest.approx(advances[order[gid]][0] * 1000 / per_em, abs=1)
