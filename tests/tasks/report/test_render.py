@@ -206,3 +206,12 @@ def test_weight_ranks_moving_by_one_place_say_place(context):
                                              "features": []})
     html = re.sub(r"\s+", " ", render_html(stable))
     assert "moved by up to 1 place;" in html
+
+
+def test_the_rank_charts_names_are_spread_so_none_overlaps():
+    from tasks.core.charts import labels_spread
+
+    assert labels_spread([1, 1, 2, 3, 9], 2, 20) == [1, 3, 5, 7, 9]  # pushed down one label's height apart
+    assert labels_spread([9, 10], 3, 10) == [7, 10]  # a column that would run past the last rank moves up
+    spread = labels_spread(sorted(np.random.default_rng(0).integers(1, 200, 25).tolist()), 7.5, 200)
+    assert min(np.diff(spread)) >= 7.5 - 1e-9 and spread[-1] <= 200
