@@ -26,24 +26,28 @@ def _height(rows: int, per_row: float, fixed: float) -> float:
     return min(per_row * rows + fixed, MAX_HEIGHT)
 
 
-def importance_bars(result: ImportanceResult, *, title: str | None = None, limit: int = MAX_FEATURES) -> bytes:
+def importance_bars(result: ImportanceResult, *, title: str | None = None, limit: int = MAX_FEATURES,
+                    width: float = 6.2) -> bytes:
     """Horizontal bars of mean importance with 95% interval whiskers, most important on top (at most ``limit``),
-    under ``title`` (the method's title; its key by default)."""
+    under ``title`` (the method's title; its key by default). At half a page's ``width`` (3.5 in) two charts stand
+    side by side, long names shortened in the middle."""
     order = np.argsort(result.importances_mean, kind="stable")[-limit:]
-    names = [result.features[i] for i in order]
+    narrow = width < 5
+    names = [short_name(result.features[i]) if narrow else result.features[i] for i in order]
     mean = result.importances_mean[order]
     err = np.vstack([mean - result.low[order], result.high[order] - mean]).clip(min=0)
-    fig = Figure(figsize=(6.2, _height(len(names), 0.22, 1.1)), dpi=110)
+    fig = Figure(figsize=(width, _height(len(names), 0.17 if narrow else 0.22, 1.0 if narrow else 1.1)), dpi=110)
     ax = fig.add_subplot()
     color = _WEIGHT if result.kind == "weight-based" else _BAR
     has_interval = bool(np.any(err > 0))
     ax.barh(range(len(names)), mean, xerr=err if has_interval else None, color=color, capsize=3, ecolor="#333")
-    ax.set_yticks(range(len(names)), labels=names, fontsize=8)
+    ax.set_yticks(range(len(names)), labels=names, fontsize=7 if narrow else 8)
     ax.axvline(0, color="#555", linewidth=0.8)
     label = f"importance ({result.metric} increase)" if result.metric else "importance"
     ax.set_xlabel(label, fontsize=8)
     shown = f" (top {len(names)} of {len(result.features)})" if len(names) < len(result.features) else ""
-    ax.set_title((title or result.method) + shown + (" — 95% intervals" if has_interval else ""), fontsize=9)
+    heading = (title or result.method) + shown + (" — 95% intervals" if has_interval else "")
+    ax.set_title(textwrap.fill(heading, 48) if narrow else heading, fontsize=8 if narrow else 9)
     ax.tick_params(axis="x", labelsize=8)
     fig.tight_layout()
     return _png(fig)
@@ -84,6 +88,14 @@ def rank_lines(weight: ImportanceResult, behaviours: list[ImportanceResult], *, 
     ax.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
     return _png(fig)
+
+
+def short_name(name: str, limit: int = 26) -> str:
+    """A long name shortened in its middle, 'serum_triglyc…level_band_mean', so both its ends stay readable."""
+    if len(name) <= limit:
+        return name
+    head = (limit - 1) // 2
+    return name[:head] + "…" + name[-(limit - 1 - head):]
 
 
 def labels_spread(positions: list[float], gap: float, n: int) -> list[float]:
@@ -174,7 +186,7 @@ def shap_waterfall(features: list[str], values: list[float], phi: list[float], b
     if len(phi) > max_features:
         labels.append(f"{len(phi) - max_features} other features")
         steps.append(rest)
-    fig = Figure(figsize=(6.2, _height(len(steps), 0.3, 1.3)), dpi=110)
+    fig = Figure(figsize=(6.2, _height(len(steps), 0.21, 0.9)), dpi=110)
     ax = fig.add_subplot()
     start = base
     for i, step in enumerate(steps):

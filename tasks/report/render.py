@@ -366,7 +366,7 @@ def _section_lines(results: list[ImportanceResult]) -> list[str]:
 
 
 def _method(result: ImportanceResult) -> dict[str, Any]:
-    chart = (charts.data_uri(charts.importance_bars(result, title=result_titles().get(result.method)))
+    chart = (charts.data_uri(charts.importance_bars(result, title=result_titles().get(result.method), width=3.5))
              if result.ok else None)
     units = result.details if isinstance(result.details, UnitRecords) else None
     return {

@@ -32,8 +32,8 @@ def _report(linear_registry, n: int):
 
 
 def layout(html: str):
-    """Per page: the images that cross its content box's bottom (their heights, in CSS px) and whether every
-    line of its body text belongs to a heading."""
+    """Per page: the images that cross its content box's bottom (their heights, in CSS px) and whether it holds
+    nothing but a heading: every line of its body text belongs to a heading, and it has no image."""
     from weasyprint import HTML
     from weasyprint.formatting_structure import boxes
     from weasyprint.urls import URLFetcher
@@ -47,7 +47,8 @@ def layout(html: str):
         crossing = [b.margin_height() for b in body
                     if isinstance(b, boxes.ReplacedBox) and b.position_y + b.margin_height() > bottom + 0.5]
         text = [b for b in body if isinstance(b, boxes.TextBox) and b.text.strip()]
-        heading_only = bool(text) and all(_in_heading(b) for b in text)
+        images = [b for b in body if isinstance(b, boxes.ReplacedBox)]
+        heading_only = bool(text) and all(_in_heading(b) for b in text) and not images
         pages.append({"crossing": crossing, "heading_only": heading_only})
     return pages
 
