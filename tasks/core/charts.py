@@ -36,7 +36,7 @@ def importance_bars(result: ImportanceResult, *, title: str | None = None, limit
     names = [short_name(result.features[i]) if narrow else result.features[i] for i in order]
     mean = result.importances_mean[order]
     err = np.vstack([mean - result.low[order], result.high[order] - mean]).clip(min=0)
-    fig = Figure(figsize=(width, _height(len(names), 0.17 if narrow else 0.22, 1.0 if narrow else 1.1)), dpi=110)
+    fig = Figure(figsize=(width, _height(len(names), 0.15 if narrow else 0.22, 0.9 if narrow else 1.1)), dpi=110)
     ax = fig.add_subplot()
     color = _WEIGHT if result.kind == "weight-based" else _BAR
     has_interval = bool(np.any(err > 0))
