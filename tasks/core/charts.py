@@ -15,8 +15,7 @@ _BAR = "#3b6ea5"
 _WEIGHT = "#b5651d"
 MAX_FEATURES = 25  # charts show at most this many features, the most important ones: size stays bounded
 _MAX_LEVELS = 7  # a categorical feature's levels with a colour of their own (Dark2, no blue or red); the rest grey
-_OTHER_LEVEL = "#999999"
-_OTHER_RGBA = (0.6, 0.6, 0.6, 1.0)
+_OTHER_RGBA = (0.6, 0.6, 0.6, 1.0)  # the levels beyond the palette
 _LEGEND_COLUMNS = 5
 MAX_HEIGHT = 6.6  # inches at 110 dpi: a chart and its heading fit on one A4 page's content box (987 CSS px)
 
@@ -119,11 +118,9 @@ def shap_beeswarm(features: list[str], phi: list[list[float]], values: list[list
     each code) by level from a qualitative palette, named in a legend below, since its codes have no order."""
     n = len(features)
     levels = levels or [None] * n
-    legend = [(features[row], labels, sorted({int(c) for c in values[row]}))
-              for row, labels in enumerate(levels) if labels is not None]
-    entries = sum(len([c for c in codes if c < _MAX_LEVELS]) + (max(codes, default=0) >= _MAX_LEVELS)
-                  for _, _, codes in legend)
-    legend_rows = -(-entries // _LEGEND_COLUMNS)
+    legend = [entry for row, labels in enumerate(levels) if labels is not None
+              for entry in _level_legend(features[row], labels, values[row])]
+    legend_rows = -(-len(legend) // _LEGEND_COLUMNS)
     fig = Figure(figsize=(6.2, _height(n + 0.7 * legend_rows, 0.3, 1.2)), dpi=110)
     ax = fig.add_subplot()
     jitter = np.random.default_rng(0)
@@ -145,22 +142,28 @@ def shap_beeswarm(features: list[str], phi: list[list[float]], values: list[list
         bar.ax.set_yticklabels(["low", "high"], fontsize=7)
         bar.set_label("feature value", fontsize=7)
     if legend:
-        from matplotlib.lines import Line2D
-
-        handles = []
-        for name, labels, codes in legend:
-            shown = [c for c in codes if c < _MAX_LEVELS]
-            handles += [Line2D([], [], marker="o", linestyle="none", markersize=5, color=level_colours([c])[0],
-                               label=f"{name} = {labels[c] if c < len(labels) else c}") for c in shown]
-            if len(codes) > len(shown):
-                handles.append(Line2D([], [], marker="o", linestyle="none", markersize=5, color=_OTHER_LEVEL,
-                                      label=f"{name}: {len(codes) - len(shown)} more levels"))
-        fig.legend(handles=handles, loc="lower center", ncol=_LEGEND_COLUMNS, fontsize=7, frameon=False,
+        fig.legend(handles=legend, loc="lower center", ncol=_LEGEND_COLUMNS, fontsize=7, frameon=False,
                    handletextpad=0.3, columnspacing=1.0)
         fig.tight_layout(rect=(0, min(0.04 + 0.05 * legend_rows, 0.5), 1, 1))
     else:
         fig.tight_layout()
     return _png(fig)
+
+
+def _level_legend(name: str, labels: list[str], codes: list[float]) -> list:
+    """The legend's entries for one categorical feature: a dot of each level's colour named 'name = level', and one
+    grey dot for the levels beyond the palette."""
+    from matplotlib.lines import Line2D
+
+    present = sorted({int(c) for c in codes})
+    shown = [c for c in present if c < _MAX_LEVELS]
+    dot = {"marker": "o", "linestyle": "none", "markersize": 5}
+    entries = [Line2D([], [], color=level_colours([c])[0], label=f"{name} = {labels[c] if c < len(labels) else c}",
+                      **dot) for c in shown]
+    if len(present) > len(shown):
+        entries.append(Line2D([], [], color=_OTHER_RGBA, label=f"{name}: {len(present) - len(shown)} more levels",
+                              **dot))
+    return entries
 
 
 def level_colours(codes) -> np.ndarray:

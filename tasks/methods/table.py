@@ -28,6 +28,11 @@ def result_titles() -> dict[str, str]:
     return {name: title for m in METHODS.values() for name, title in m.titles.items()}
 
 
+def title_of(name: str) -> str:
+    """A result's title for the report (its name where it has none: a method no longer in the table)."""
+    return result_titles().get(name, name)
+
+
 def judged(kind: Kind) -> tuple[str, ...]:
     """The results the verdict judges among the methods of ``kind``, in table order."""
     return tuple(spec.name for m in METHODS.values() if m.kind == kind for spec in m.results if spec.judged)

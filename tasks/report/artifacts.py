@@ -20,7 +20,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from tasks.core.errors import FeatureAuditError
 from tasks.core.names import slug
 from tasks.core.result import ImportanceResult
-from tasks.methods.table import result_titles
+from tasks.methods.table import title_of
 from tasks.report.document import read_results
 from tasks.report.verdict import Comparison
 
@@ -64,8 +64,7 @@ def ranking_rows(results: list[ImportanceResult]) -> list[dict[str, Any]]:
     """One row per feature: its rank under every method that succeeded, each column named by the method's title."""
     usable = [r for r in results if r.ok]
     features = usable[0].features if usable else ()
-    titles = result_titles()
-    ranks = [(titles.get(r.method, r.method), dict(zip(r.features, r.rank.tolist()))) for r in usable]
+    ranks = [(title_of(r.method), dict(zip(r.features, r.rank.tolist()))) for r in usable]
     rows = []
     for name in features:
         row: dict[str, Any] = {"feature": name}

@@ -37,7 +37,7 @@ from prefect import get_run_logger, task
 from prefect.tasks import exponential_backoff
 
 from tasks.core.errors import DeliveryError, ResultsError
-from tasks.methods.table import result_titles
+from tasks.methods.table import title_of
 from tasks.report.document import ResultsDocument, read_results
 
 if TYPE_CHECKING:
@@ -178,7 +178,7 @@ def email_context(results: ResultsDocument, folder: Path) -> dict[str, Any]:
         "verdict_rule": results.verdict_rule,
         "verdict_reason": results.verdict_reason,
         "status": results.status,
-        "methods": [{"name": name, "title": result_titles().get(name, name), "status": m.status,
+        "methods": [{"name": name, "title": title_of(name), "status": m.status,
                      "error": m.error or m.reason}
                     for name, m in results.methods.items()],
         "warnings": [w.message for w in results.warnings],

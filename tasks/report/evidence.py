@@ -12,8 +12,8 @@ import numpy as np
 
 from tasks.core.ranking import RankingEvidence
 from tasks.core.result import ImportanceResult
-from tasks.methods.table import METHODS, judged, result_titles
-from tasks.report.verdict import INTERACTIONS_UNMEASURED, Comparison, Finding, in_sentence
+from tasks.methods.table import METHODS, judged, title_of
+from tasks.report.verdict import BETTER_WITHOUT, INTERACTIONS_UNMEASURED, Comparison, Finding, in_sentence
 from tasks.subject.clusters import ClusterRecord, UnitRecords
 
 FOR, AGAINST, NEITHER = "for", "against", "neither"
@@ -54,9 +54,9 @@ def warning_evidence(finding: Finding, results: list[ImportanceResult],
     by_method = {e.method: e for e in evidence}
     views = []
     for r in _judged(results):
-        j = _position(r.features, finding.feature)
-        if j is None:
+        if finding.feature not in r.features:
             continue
+        j = r.features.index(finding.feature)
         e = by_method.get(r.method)
         standing = "" if e is None else "relevant" if e.relevant[j] else "negligible" if e.negligible[j] else ""
         views.append(View(
@@ -95,7 +95,7 @@ def below_zero_note(result: ImportanceResult, j: int) -> str:
     """Where a loss-based importance's whole 95% interval is below zero: the model does better without the feature."""
     if result.n_samples < 2 or not result.high[j] < 0:
         return ""
-    return "whole 95% interval below zero: the model does better on the test split without it, so it overfits it"
+    return f"whole 95% interval below zero: {BETTER_WITHOUT}"
 
 
 def dominant_clusters(results: list[ImportanceResult]) -> list[str]:
@@ -141,7 +141,7 @@ def not_assessed(results: list[ImportanceResult], comparison: Comparison, featur
             out.append(f"{title}: {r.status}: {reason}{'' if reason.endswith('.') else '.'}")
     for r in _judged(results):
         if len(r.features) < len(features):
-            out.append(f"{result_titles().get(r.method, r.method)} measured {len(r.features)} of the {len(features)} "
+            out.append(f"{title_of(r.method)} measured {len(r.features)} of the {len(features)} "
                        "features (its budget); the others are not ranked by it (see its section).")
     if comparison.interactions.startswith(INTERACTIONS_UNMEASURED):
         out.append(comparison.interactions)
@@ -160,10 +160,3 @@ def _judged(results: list[ImportanceResult]) -> list[ImportanceResult]:
 
 def _clusters(result: ImportanceResult) -> list[ClusterRecord]:
     return list(result.details.clusters) if isinstance(result.details, UnitRecords) else []
-
-
-def _position(features: tuple[str, ...], name: str) -> int | None:
-    try:
-        return features.index(name)
-    except ValueError:
-        return None

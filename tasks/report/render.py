@@ -22,7 +22,7 @@ from prefect import task
 
 from tasks.core import charts
 from tasks.core.result import ImportanceResult, json_ready
-from tasks.methods.table import METHODS, reference, result_titles
+from tasks.methods.table import METHODS, reference, result_titles, title_of
 from tasks.registry.base import is_remote
 from tasks.registry.versions import ModelVersion
 from tasks.report.approval import Approved, SinceApproval, since_approval
@@ -139,7 +139,7 @@ def environment() -> Environment:
                       undefined=StrictUndefined)
     env.filters["num"] = format_number
     env.filters["pct"] = format_percent
-    env.filters["title"] = lambda method: result_titles().get(method, method)
+    env.filters["title"] = title_of
     env.filters["breakable"] = breakable
     return env
 
@@ -366,7 +366,7 @@ def _section_lines(results: list[ImportanceResult]) -> list[str]:
 
 
 def _method(result: ImportanceResult) -> dict[str, Any]:
-    chart = (charts.data_uri(charts.importance_bars(result, title=result_titles().get(result.method), width=3.5))
+    chart = (charts.data_uri(charts.importance_bars(result, title=title_of(result.method), width=3.5))
              if result.ok else None)
     units = result.details if isinstance(result.details, UnitRecords) else None
     return {

@@ -37,7 +37,7 @@ from typing import Any
 from prefect import task
 
 from tasks.core.errors import SigningError
-from tasks.methods.table import result_titles
+from tasks.methods.table import title_of
 
 ROLES: dict[str, str] = {"prepared": "Prepared by", "reviewed": "Reviewed by", "approved": "Approved by"}
 #: The role each later signer takes; "prepared" is the certification signature's own field.
@@ -200,14 +200,12 @@ def covered_lines(run_id: str, verdict: str, methods: Iterable[Any], *, top: int
     """What the document states in short, from the run's method entries (:class:`tasks.report.document.MethodEntry`):
     the run, the verdict, each method's status and top features."""
     lines = [f"Run {run_id}: verdict {verdict}."]
-    titles = result_titles()
     for entry in methods:
         if entry.status == "ok":
             ranked = sorted(entry.features, key=lambda record: record.rank)[:top]
-            lines.append(f"{titles.get(entry.method, entry.method)}: ok, top "
-                         f"{', '.join(record.feature for record in ranked)}.")
+            lines.append(f"{title_of(entry.method)}: ok, top {', '.join(record.feature for record in ranked)}.")
         else:
-            lines.append(f"{titles.get(entry.method, entry.method)}: {entry.status}.")
+            lines.append(f"{title_of(entry.method)}: {entry.status}.")
     return lines
 
 

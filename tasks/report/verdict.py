@@ -55,7 +55,7 @@ from tasks.core.names import listed
 from tasks.core.ranking import MATERIAL, RELEVANCE, TOP_K, RankingEvidence, ranking_evidence, top_k_for
 from tasks.core.result import ImportanceResult
 from tasks.methods.interactions import RESOLVED, InteractionDetails
-from tasks.methods.table import judged, result_titles
+from tasks.methods.table import judged, title_of
 
 Verdict = Literal["agree", "agree, features act jointly", "agree, interactions not assessed", "partly agree",
                   "disagree", "not assessed", "no material effect"]
@@ -102,6 +102,8 @@ VERDICT_RULE = (
     f"joint with others (more than {JOINT:.0%} of it, its Friedman's H interval clear of {RESOLVED}): a "
     "first-layer weight cannot show this. The overall verdict is the worst over the weight rankings."
 )
+# said of a feature whose loss-based importance lies wholly below zero
+BETTER_WITHOUT = "the model does better on the test split without it, so it overfits this feature"
 INTERACTIONS_UNMEASURED = ("Interactions are not assessed in this run: no method measures whether features act "
                            "jointly")
 
@@ -632,8 +634,7 @@ def _below_zero(e: RankingEvidence, i: int) -> str:
     """'; its whole 95% interval [-0.2, -0.05] is below zero: ...' where the model does better without the feature."""
     if e.high is None or not e.high[i] < 0:
         return ""
-    return (f"; its whole 95% interval [{e.low[i]:.3g}, {e.high[i]:.3g}] is below zero: the model does better on the "
-            "test split without it, so it overfits this feature")
+    return f"; its whole 95% interval [{e.low[i]:.3g}, {e.high[i]:.3g}] is below zero: {BETTER_WITHOUT}"
 
 
 def _standing(e: RankingEvidence, i: int) -> str:
@@ -664,5 +665,5 @@ def _safe(value: float) -> float:
 def in_sentence(method: str) -> str:
     """'first-layer weights |W|', 'permutation importance', 'SHAP (mean |φ|)': a result's title as it reads inside a
     sentence (an acronym keeps its capitals)."""
-    title = result_titles().get(method, method)
+    title = title_of(method)
     return title[:1].lower() + title[1:] if title[1:2].islower() else title
