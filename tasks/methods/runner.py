@@ -52,7 +52,14 @@ class MethodRuns:
 
 def run_methods(version: ModelVersion, options: AuditOptions, cache: ResultCache) -> MethodRuns:
     """Run ``options.methods`` on ``version``: task methods concurrently, then the fan-outs; wait for all."""
-    asked = [METHODS[name] for name in options.methods]
+    asked, skipped = [], {}
+    for name in options.methods:
+        reason = unmeasurable(METHODS[name], version)
+        if reason is None:
+            asked.append(METHODS[name])
+        else:
+            skipped[name] = [ImportanceResult.not_ok(name, METHODS[name].kind, version.features, status="skipped",
+                                                     reason=reason)]
     futures: dict[str, PrefectFuture] = {}
     for m in asked:  # table order: a method's needs come before it
         if m.compute is not None:
@@ -71,12 +78,28 @@ def run_methods(version: ModelVersion, options: AuditOptions, cache: ResultCache
                 fanned[m.name], states[m.name] = [m.failed(version.features, f"{type(exc).__name__}: {exc}")], None
     results: list[ImportanceResult] = []
     for m in METHODS.values():
-        if m.name in fanned:
+        if m.name in skipped:
+            results.extend(skipped[m.name])
+        elif m.name in fanned:
             results.extend(fanned[m.name])
         elif m.name in futures:
             results.extend(_wait(m, futures[m.name], version.features))
     seconds = _seconds(futures) | {name: r[0].details.seconds for name, r in fanned.items() if r and r[0].ok}
     return MethodRuns(results, seconds, {name: f.state for name, f in futures.items()} | states)
+
+
+def unmeasurable(method: Method, version: ModelVersion) -> str | None:
+    """Why ``method`` cannot measure the version's units (None: it can). An image version's units are the patches
+    of its grid; a method that measures only columns (or pairs of them) is skipped up front, saying so."""
+    if version.image_shape is None or "patch" in method.units:
+        return None
+    kinds = [_UNIT_WORDS[kind] for kind in sorted(method.units, key=list(_UNIT_WORDS).index)]
+    listed = " and ".join(kinds) if len(kinds) < 3 else f"{', '.join(kinds[:-1])} and {kinds[-1]}"
+    return f"it measures {listed}, not the patches of an image (r<row>c<column>)"
+
+
+_UNIT_WORDS = {"column": "columns", "group": "groups", "cluster": "correlated clusters", "pair": "pairs of features",
+               "patch": "patches", "token": "tokens"}
 
 
 def _wait(method: Method, future: PrefectFuture, features: tuple[str, ...]) -> list[ImportanceResult]:

@@ -87,3 +87,60 @@ def read_image_split(path: Path, *, max_bytes: int = MAX_SPLIT_BYTES) -> tuple[n
             where = tuple(int(i) for i in np.argwhere(bad)[0])
             raise DataError(f"{path}: array '{name}' holds NaN or infinite values, the first at index {where}")
     return pixels.astype(np.float32, copy=False), labels
+
+
+def image_split_shape(test: Path, train: Path | None) -> tuple[tuple[int, int, int], int]:
+    """The images' ``(height, width, channels)`` and the test split's rows, from the headers alone; a train split
+    must hold images of the same shape."""
+    shape, rows = _shape(test)
+    if train is not None and _shape(train)[0] != shape:
+        raise DataError(f"{train}: its images are {_shape(train)[0]}, but {test.name}'s are {shape} "
+                        "(height, width, channels); export both splits from the same images")
+    return shape, rows
+
+
+def _shape(path: Path) -> tuple[tuple[int, int, int], int]:
+    x = read_headers(path)["x"]
+    if len(x.shape) != 4:
+        raise DataError(f"{path}: array 'x' has shape {x.shape}; an image split's x is (n, height, width, channels)")
+    return (x.shape[1], x.shape[2], x.shape[3]), x.shape[0]
+
+
+def pixel_names(shape: tuple[int, int, int]) -> tuple[str, ...]:
+    """One name per value of an image, in C order: ``px<row>_<column>_<channel>``, row 0 at the top."""
+    height, width, channels = shape
+    return tuple(f"px{r}_{c}_{k}" for r in range(height) for c in range(width) for k in range(channels))
+
+
+def default_grid(shape: tuple[int, int, int]) -> tuple[int, int]:
+    """4×4 patches, or 8×8 for images of at least 32 pixels a side; never more patches than pixels."""
+    side = 8 if min(shape[:2]) >= 32 else 4
+    return min(side, shape[0]), min(side, shape[1])
+
+
+def check_patch_grid(grid: tuple[int, int] | None, shape: tuple[int, int, int], manifest: Path) -> None:
+    """A grid finer than the image (more patch rows than pixel rows) is refused, naming the manifest."""
+    if grid is not None and (grid[0] > shape[0] or grid[1] > shape[1]):
+        raise DataError(f"{manifest}: 'patch_grid' {list(grid)} is finer than the images, {shape[0]}×{shape[1]} "
+                        "pixels; use at most one patch per pixel")
+
+
+def patch_units(shape: tuple[int, int, int], grid: tuple[int, int] | None = None) -> dict[str, list[int]]:
+    """The patches of a grid over an image as importance units: ``r<row>c<column>`` (row 0 at the top) -> the
+    positions of its pixels' values in the flattened image (C order, every channel). Rows and columns of pixels
+    are split as evenly as they divide; together the patches hold every value once."""
+    height, width, channels = shape
+    rows, cols = grid or default_grid(shape)
+    row_edges = np.linspace(0, height, rows + 1).round().astype(int)
+    col_edges = np.linspace(0, width, cols + 1).round().astype(int)
+    index = np.arange(height * width * channels).reshape(shape)
+    return {f"r{i}c{j}": index[row_edges[i]:row_edges[i + 1], col_edges[j]:col_edges[j + 1], :].ravel().tolist()
+            for i in range(rows) for j in range(cols)}
+
+
+def check_labels(y: np.ndarray, task: str, path: Path) -> None:
+    """Labels the task can score: 0/1 for binary, class codes 0..K-1 for multiclass."""
+    if task == "binary" and not np.isin(y, (0, 1)).all():
+        raise DataError(f"{path}: array 'y' must hold 0/1 labels for a binary task")
+    if task == "multiclass" and ((y < 0).any() or (y != np.round(y)).any()):
+        raise DataError(f"{path}: array 'y' must hold class codes 0..K-1 for a multiclass task")

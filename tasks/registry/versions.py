@@ -62,10 +62,16 @@ from tasks.registry.base import (
 from tasks.registry.base import (
     check_name as _check_name,
 )
+from tasks.registry.images import check_labels, check_patch_grid, image_split_shape, pixel_names, read_image_split
 
 TaskType = Literal["regression", "binary", "multiclass"]
 TASK_TYPES: tuple[str, ...] = ("regression", "binary", "multiclass")
-_MANIFEST_KEYS = {"target", "task", "features", "categorical", "groups", "training", "metric", "inputs", "output"}
+Modality = Literal["tabular", "image"]
+MODALITIES: tuple[str, ...] = ("tabular", "image")
+_MANIFEST_KEYS = {"target", "task", "features", "categorical", "groups", "training", "metric", "inputs", "output",
+                  "modality", "class_names", "patch_grid"}
+#: Keys that name columns: an image version has none (its units are patches of the grid).
+_TABULAR_KEYS = ("target", "features", "categorical", "groups", "inputs")
 
 #: A member over :data:`RATIO_CHECKED_BYTES` that inflates more than this many times its stored size is a
 #: bomb: Keras' own members are stored (1:1), float weights deflate barely (~1.1:1) and JSON ~10:1, while
@@ -92,6 +98,9 @@ class Manifest:
     metric: str | None = None
     inputs: dict[str, tuple[str, ...]] = field(default_factory=dict)  # model input -> the columns feeding it, C order
     output: str | int | None = None  # the audited output of a model with several: its name or index
+    modality: Modality = "tabular"  # "image": test.npz with arrays x (n, H, W, C) and y (:mod:`tasks.registry.images`)
+    class_names: tuple[str, ...] = ()  # a classifier's class names, by code
+    patch_grid: tuple[int, int] | None = None  # an image's grid of patches (rows, columns); None: the default
 
 
 @dataclass(frozen=True)
@@ -115,6 +124,7 @@ class ModelVersion:
     uri: str | None = None  # the registry as named: a folder's absolute path, or s3://bucket/prefix
     provenance: Provenance | None = None  # the registry's own record of the version (MLflow: run id, alias asked for)
     manifest_sha256: str = ""  # manifest.json's digest: the manifest changes the numbers as the files do
+    image_shape: tuple[int, int, int] | None = None  # an image version's (height, width, channels)
 
     # ``registry`` is always a local folder: the registry itself, or the cache an object store's version was
     # downloaded into (:mod:`tasks.registry.base`); ``folder`` is where the version's files lie on this machine.
@@ -197,15 +207,23 @@ def resolve_version(
     model_path = next((folder / f for f in MODEL_FILES if (folder / f).is_file()), None)
     if model_path is None:
         raise RegistryError(f"{folder} holds no model file (expected one of: {', '.join(MODEL_FILES)})")
-    test_path = _find_split(folder, "test")
+    manifest = read_manifest(folder / "manifest.json")
+    image = manifest.modality == "image"
+    test_path = _find_split(folder, "test", image)
     if test_path is None:
-        raise RegistryError(f"{folder} holds no test split (expected test.parquet or test.csv)")
-    train_path = _find_split(folder, "train")
+        raise RegistryError(f"{folder} holds no test split (expected "
+                            f"{'test.npz, as manifest.json says modality image' if image else 'test.parquet or test.csv'})")
+    train_path = _find_split(folder, "train", image)
     files = [p for p in (model_path, test_path, train_path) if p is not None]
     resolved = _check_inside(registry, *files, folder / "manifest.json")
-    manifest = read_manifest(folder / "manifest.json")
-    columns, test_rows = _split_shape(test_path)
-    features = _resolve_features(manifest, columns, test_path)
+    image_shape = None
+    if image:
+        image_shape, test_rows = image_split_shape(test_path, train_path)
+        features = pixel_names(image_shape)
+        check_patch_grid(manifest.patch_grid, image_shape, folder / "manifest.json")
+    else:
+        columns, test_rows = _split_shape(test_path)
+        features = _resolve_features(manifest, columns, test_path)
     hashes = {p.name: sha256_file(p) for p in files}
     return ModelVersion(
         registry=registry,
@@ -225,6 +243,7 @@ def resolve_version(
         uri=local.uri,
         provenance=local.provenance,
         manifest_sha256=sha256_file(folder / "manifest.json"),
+        image_shape=image_shape,
     )
 
 
@@ -252,6 +271,24 @@ def read_manifest(path: Path) -> Manifest:
     unknown = sorted(set(raw) - _MANIFEST_KEYS)
     if unknown:
         raise ManifestError(f"{path} has unknown keys {unknown}; allowed: {sorted(_MANIFEST_KEYS)}")
+    modality = raw.get("modality", "tabular")
+    if modality not in MODALITIES:
+        raise ManifestError(f"{path} has modality {modality!r}; expected one of {', '.join(MODALITIES)}")
+    class_names = raw.get("class_names", [])
+    if not _is_str_list(class_names):
+        raise ManifestError(f"{path}: 'class_names' must be a list of names, one per class code")
+    grid = raw.get("patch_grid")
+    if grid is not None and not (isinstance(grid, list) and len(grid) == 2
+                                 and all(isinstance(g, int) and not isinstance(g, bool) and g >= 1 for g in grid)):
+        raise ManifestError(f"{path}: 'patch_grid' must be [rows, columns] of patches, such as [4, 4]")
+    if modality == "image":
+        tabular = [k for k in _TABULAR_KEYS if k in raw]
+        if tabular:
+            raise ManifestError(f"{path}: '{tabular[0]}' names columns, but an image version has none: its images "
+                                "and labels are the arrays x and y of test.npz; drop the key")
+        raw = {**raw, "target": "y"}
+    elif grid is not None:
+        raise ManifestError(f"{path}: 'patch_grid' is for image versions (\"modality\": \"image\")")
     target = raw.get("target")
     if not isinstance(target, str) or not target:
         raise ManifestError(f"{path} lacks 'target' (the name of the target column)")
@@ -290,7 +327,27 @@ def read_manifest(path: Path) -> Manifest:
         metric=metric,
         inputs={str(k): tuple(v) for k, v in inputs.items()},
         output=output,
+        modality=modality,
+        class_names=tuple(class_names),
+        patch_grid=tuple(grid) if grid is not None else None,
     )
+
+
+def read_image_split_of(path: Path, version: ModelVersion) -> Split:
+    """An image version's split as the methods take it: each image flattened in C order (its pixel names are the
+    version's features), the labels checked against the task; a test split over the row cap is sampled (seeded),
+    as :func:`read_split` samples rows."""
+    x, y = read_image_split(path)
+    if x.shape[1:] != version.image_shape:
+        raise DataError(f"{path}: its images are {x.shape[1:]}, but the test split's are {version.image_shape} "
+                        "(height, width, channels)")
+    check_labels(y, version.task, path)
+    if path == version.test_path and version.test_sampled:
+        rng = np.random.default_rng(version.sample_seed)
+        keep = np.sort(rng.choice(len(x), size=version.max_test_rows, replace=False))
+        x, y = x[keep], y[keep]
+    y = y.astype(np.float32) if version.task == "regression" else y.astype(np.int64)
+    return Split(np.ascontiguousarray(x.reshape(len(x), -1)), y, version.features)
 
 
 def read_split(path: Path, version: ModelVersion) -> pd.DataFrame:
@@ -577,8 +634,9 @@ def resolve_version_task(
     return resolve_version(registry, name, version, max_test_rows=max_test_rows, seed=seed, imports=imports)
 
 
-def _find_split(folder: Path, stem: str) -> Path | None:
-    return next((folder / f"{stem}{ext}" for ext in (".parquet", ".csv") if (folder / f"{stem}{ext}").is_file()), None)
+def _find_split(folder: Path, stem: str, image: bool = False) -> Path | None:
+    suffixes = (".npz",) if image else (".parquet", ".csv")
+    return next((folder / f"{stem}{ext}" for ext in suffixes if (folder / f"{stem}{ext}").is_file()), None)
 
 
 def _read_frame(path: Path) -> pd.DataFrame:

@@ -210,6 +210,28 @@ def build_adapter(model, features: tuple[str, ...], frames: dict[str, pd.DataFra
     return Adapter(tuple(features), tuple(columns), tuple(feeds), structure, key, n_outputs, name)
 
 
+def image_adapter(model, features: tuple[str, ...], shape: tuple[int, int, int], *,
+                  output: str | int | None = None) -> Adapter:
+    """How an image model is fed: its one input takes the flattened image (the pixel columns, C order) reshaped
+    to ``shape``. A model with several inputs, or one whose input is not ``shape``, is refused in one line."""
+    declared = _declared(model, "input")
+    if isinstance(declared, (dict, list, tuple)):
+        tensors = list(declared.values()) if isinstance(declared, dict) else list(declared)
+        if len(tensors) != 1:
+            raise ModelLoadError(f"the model takes {len(tensors)} inputs; an image model takes one, the images")
+        declared = tensors[0]
+    taken = tuple(declared.shape)[1:]
+    if taken != tuple(shape):
+        raise ModelLoadError(f"the model takes inputs of shape {taken}, but the split holds images of shape "
+                             f"{tuple(shape)} (height, width, channels)")
+    feed = InputFeed(input_name(declared), tuple(range(len(features))), tuple(shape), _dtype_name(declared.dtype))
+    if not feed.dtype.startswith("float"):
+        raise ModelLoadError(f"the model's input '{feed.name}' takes {feed.dtype}; an image model takes float pixels")
+    columns = tuple(Column(name, "number", categorical=False) for name in features)
+    n_outputs, key, name = _check_output(model, output)
+    return Adapter(tuple(features), columns, (feed,), "single", key, n_outputs, name)
+
+
 def _input_feeds(model, features: tuple[str, ...], mapping: dict[str, list[str]]) -> tuple[tuple[InputFeed, ...], Structure]:
     """Each model input with the feature columns that feed it, and the structure the model takes."""
     declared = _declared(model, "input")

@@ -20,8 +20,16 @@ from prefect import task
 from tasks.core.errors import ModelLoadError
 from tasks.core.metrics import Metric, get_metric
 from tasks.core.options import DEFAULT_CLUSTER_THRESHOLD
-from tasks.registry.versions import ModelVersion, Split, load_keras_model, read_split, target_values
-from tasks.subject.adapter import Adapter, build_adapter, head_loss
+from tasks.registry.images import patch_units
+from tasks.registry.versions import (
+    ModelVersion,
+    Split,
+    load_keras_model,
+    read_image_split_of,
+    read_split,
+    target_values,
+)
+from tasks.subject.adapter import Adapter, build_adapter, head_loss, image_adapter
 from tasks.subject.clusters import Cluster, Clustering, clustering, importance_units
 from tasks.subject.modeling import Forward, compiled_loss_name
 
@@ -75,6 +83,12 @@ class Subject:
                     found.unlinked, found.max_linked)
             return self._memo[key]
 
+    def patches(self) -> dict[str, list[int]]:
+        """An image version's patches (``r<row>c<column>``) -> their pixel columns; empty for a tabular one."""
+        if self.version.image_shape is None:
+            return {}
+        return patch_units(self.version.image_shape, self.version.manifest.patch_grid)
+
     def units(self, threshold: float = DEFAULT_CLUSTER_THRESHOLD, *, seed: int = 0) -> dict[str, list[int]]:
         """What permutation and ablation measure: every feature, block inputs, manifest groups, correlated clusters."""
         groups = dict(self.version.manifest.groups)
@@ -92,6 +106,8 @@ class Subject:
 def build_subject(version: ModelVersion) -> Subject:
     """Load and check a model version: model (safe mode), splits, adapter, metric. Raises on bad input, once."""
     model, notes = load_keras_model(version.model_path, task=version.task, imports=version.imports)
+    if version.image_shape is not None:
+        return _image_subject(version, model, notes)
     test_frame = read_split(version.test_path, version)
     train_frame = read_split(version.train_path, version) if version.train_path is not None else None
     frames = {version.test_path.name: test_frame}
@@ -107,6 +123,21 @@ def build_subject(version: ModelVersion) -> Subject:
     train = (Split(adapter.encode(train_frame), target_values(train_frame, version), adapter.features)
              if train_frame is not None else None)
     metric = get_metric(manifest.metric, version.task, compiled_loss_name(head_loss(model, adapter)))
+    subject = Subject(version=version, model=model, adapter=adapter, test=test, train=train, metric=metric,
+                      notes=notes)
+    check_predictions(subject)
+    return subject
+
+
+def _image_subject(version: ModelVersion, model, notes: tuple[str, ...]) -> Subject:
+    """An image version's subject: its splits flattened to pixel columns, fed back as images."""
+    try:
+        adapter = image_adapter(model, version.features, version.image_shape, output=version.manifest.output)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"{version.model_path.name}: {exc}") from None
+    test = read_image_split_of(version.test_path, version)
+    train = read_image_split_of(version.train_path, version) if version.train_path is not None else None
+    metric = get_metric(version.manifest.metric, version.task, compiled_loss_name(head_loss(model, adapter)))
     subject = Subject(version=version, model=model, adapter=adapter, test=test, train=train, metric=metric,
                       notes=notes)
     check_predictions(subject)
