@@ -265,6 +265,35 @@ def pd_heat_map(first: str, second: str, first_grid: list, second_grid: list, pd
     return _png(fig)
 
 
+def patch_heatmap(image: np.ndarray, grid: np.ndarray, title: str) -> bytes:
+    """A patch grid's importances over an image: the image in grey, each patch tinted by its importance (the
+    largest the strongest; a negative one untinted) and labelled ``r<row>c<column>``, row 0 at the top."""
+    image = np.asarray(image, dtype=float)
+    grid = np.asarray(grid, dtype=float)
+    rows, cols = grid.shape
+    fig = Figure(figsize=(3.6, 3.3), dpi=110)
+    ax = fig.add_subplot()
+    extent = (0, cols, rows, 0)  # one unit per patch, whatever the image's pixels
+    ax.imshow(image, cmap="gray", extent=extent, interpolation="nearest")
+    top = grid.max()
+    shown = np.clip(grid / top, 0, 1) if top > 0 else np.zeros_like(grid)
+    overlay = ax.imshow(shown, cmap="Reds", alpha=0.55, vmin=0, vmax=1, extent=extent, interpolation="nearest")
+    for r in range(rows):
+        for c in range(cols):
+            ax.text(c + 0.5, r + 0.5, f"r{r}c{c}", ha="center", va="center", fontsize=5 if cols > 4 else 6,
+                    color="#111")
+    ax.set_xticks(range(cols + 1), labels=[])
+    ax.set_yticks(range(rows + 1), labels=[])
+    ax.grid(color="white", linewidth=0.6)
+    ax.tick_params(length=0)
+    bar = fig.colorbar(overlay, ax=ax, fraction=0.046, pad=0.04)
+    bar.set_ticks([0, 1], labels=["0", f"{top:.3g}"])
+    bar.ax.tick_params(labelsize=6)
+    ax.set_title(title, fontsize=7)
+    fig.tight_layout()
+    return _png(fig)
+
+
 def data_uri(png: bytes) -> str:
     """Inline an image so the report needs no file or network access."""
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")

@@ -25,6 +25,9 @@ from tasks.core.result import ImportanceResult, Kind
 #: What an importance is about: a column, a manifest group, a correlated cluster, an image patch, a text token,
 #: or a pair of features (interactions).
 UnitKind = Literal["column", "group", "cluster", "patch", "token", "pair"]
+#: The units each kind of version has: an image's are the patches of its grid.
+IMAGE_UNITS: frozenset[str] = frozenset({"patch"})
+TABULAR_UNITS: frozenset[str] = frozenset({"column", "group", "cluster", "pair"})
 
 _QUIET = logging.getLogger("featureaudit.methods")
 
@@ -101,6 +104,10 @@ class Method:
     def __post_init__(self) -> None:
         if (self.compute is None) == (self.fan_out is None):
             raise ValueError(f"method {self.name}: give exactly one of compute and fan_out")
+
+    def applies_to(self, image: bool) -> bool:
+        """Whether it measures any unit an image version (or a tabular one) has."""
+        return bool(self.units & (IMAGE_UNITS if image else TABULAR_UNITS))
 
     @property
     def titles(self) -> dict[str, str]:

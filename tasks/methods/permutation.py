@@ -316,9 +316,13 @@ def audit_permutation(
     subject = load_subject(version)
     test, metric = subject.test, subject.metric
     extra = (METRICS["accuracy"],) if version.task != "regression" and metric.name != "accuracy" else ()
-    features = list(subject.features)
-    clusters = subject.clusters(cluster_threshold, seed=seed)
-    units = subject.units(cluster_threshold, seed=seed)
+    patches = subject.patches()
+    if patches:  # an image: each patch permuted across images, all its pixels and channels together
+        features, clusters, units = list(patches), [], patches
+    else:
+        features = list(subject.features)
+        clusters = subject.clusters(cluster_threshold, seed=seed)
+        units = subject.units(cluster_threshold, seed=seed)
     forward = subject.forward()
     y_train = subject.train.y if subject.train is not None else None
     references = {m.name: null_loss(m, test.y, y_train, version.task) for m in (metric, *extra)}
@@ -343,7 +347,7 @@ def audit_permutation(
             "some of the leading features are too close to order.")
     if len(history) > 1:
         note += f" Repeats were doubled while they were not: {' → '.join(map(str, history))}."
-    notes = (note,) + tuple(filter(None, [subject.clustering_note(cluster_threshold, seed=seed)]))
+    notes = (note,) + tuple(filter(None, [None if patches else subject.clustering_note(cluster_threshold, seed=seed)]))
     adaptive = AdaptiveRepeats(repeats_tried=history, top_k=k, top_k_verified=bool(verified))
     constant = constant_prediction(test.y if y_train is None else y_train, test.y, version.task)
     fit = model_fit(metric, test.y, forward(test.X), constant)
@@ -368,7 +372,7 @@ def compute(subject, options: Options, context: Context) -> list[ImportanceResul
 
 METHOD = Method(
     name="permutation", title="Permutation importance", kind="behavioural",
-    units=frozenset({"column", "group", "cluster"}),
+    units=frozenset({"column", "group", "cluster", "patch"}),
     results=(ResultSpec("permutation", "Permutation importance"),
              ResultSpec("permutation_accuracy", "Permutation importance (accuracy)", judged=False)),
     options=Options, compute=compute, shared=("seed", "cluster_threshold"), stored=(PermutationDetails, AdaptiveRepeats, GroupRecord, ClusterRecord, ModelFit),

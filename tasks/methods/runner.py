@@ -53,13 +53,15 @@ class MethodRuns:
 def run_methods(version: ModelVersion, options: AuditOptions, cache: ResultCache) -> MethodRuns:
     """Run ``options.methods`` on ``version``: task methods concurrently, then the fan-outs; wait for all."""
     asked, skipped = [], {}
+    named = "methods" in options.model_fields_set  # asked for by name, not the whole table by default
     for name in options.methods:
         reason = unmeasurable(METHODS[name], version)
         if reason is None:
             asked.append(METHODS[name])
-        else:
+        elif named or METHODS[name].kind == "weight-based":
             skipped[name] = [ImportanceResult.not_ok(name, METHODS[name].kind, version.features, status="skipped",
                                                      reason=reason)]
+        # else: asked for only as part of the whole table, it does not apply to this kind of version: left out
     futures: dict[str, PrefectFuture] = {}
     for m in asked:  # table order: a method's needs come before it
         if m.compute is not None:
@@ -90,12 +92,17 @@ def run_methods(version: ModelVersion, options: AuditOptions, cache: ResultCache
 
 def unmeasurable(method: Method, version: ModelVersion) -> str | None:
     """Why ``method`` cannot measure the version's units (None: it can). An image version's units are the patches
-    of its grid; a method that measures only columns (or pairs of them) is skipped up front, saying so."""
-    if version.image_shape is None or "patch" in method.units:
+    of its grid; a tabular version's are columns, groups, clusters and pairs of them. A method that measures none
+    of them is skipped up front, saying so; :func:`run_methods` leaves it out instead when it was not asked for by
+    name (the whole table is the default), unless it is the weight-based method the report is about."""
+    image = version.image_shape is not None
+    if method.applies_to(image):
         return None
     kinds = [_UNIT_WORDS[kind] for kind in sorted(method.units, key=list(_UNIT_WORDS).index)]
     listed = " and ".join(kinds) if len(kinds) < 3 else f"{', '.join(kinds[:-1])} and {kinds[-1]}"
-    return f"it measures {listed}, not the patches of an image (r<row>c<column>)"
+    return (f"it measures {listed}, not the patches of an image (r<row>c<column>)" if image else
+            f"it measures {listed}, and this version is tabular")
+
 
 
 _UNIT_WORDS = {"column": "columns", "group": "groups", "cluster": "correlated clusters", "pair": "pairs of features",

@@ -125,6 +125,12 @@ def check_patch_grid(grid: tuple[int, int] | None, shape: tuple[int, int, int], 
                         "pixels; use at most one patch per pixel")
 
 
+def patch_names(shape: tuple[int, int, int], grid: tuple[int, int] | None = None) -> tuple[str, ...]:
+    """The patches' names, ``r<row>c<column>``, row by row from the top left."""
+    rows, cols = grid or default_grid(shape)
+    return tuple(f"r{i}c{j}" for i in range(rows) for j in range(cols))
+
+
 def patch_units(shape: tuple[int, int, int], grid: tuple[int, int] | None = None) -> dict[str, list[int]]:
     """The patches of a grid over an image as importance units: ``r<row>c<column>`` (row 0 at the top) -> the
     positions of its pixels' values in the flattened image (C order, every channel). Rows and columns of pixels
@@ -134,8 +140,9 @@ def patch_units(shape: tuple[int, int, int], grid: tuple[int, int] | None = None
     row_edges = np.linspace(0, height, rows + 1).round().astype(int)
     col_edges = np.linspace(0, width, cols + 1).round().astype(int)
     index = np.arange(height * width * channels).reshape(shape)
-    return {f"r{i}c{j}": index[row_edges[i]:row_edges[i + 1], col_edges[j]:col_edges[j + 1], :].ravel().tolist()
-            for i in range(rows) for j in range(cols)}
+    cells = [index[row_edges[i]:row_edges[i + 1], col_edges[j]:col_edges[j + 1], :].ravel().tolist()
+             for i in range(rows) for j in range(cols)]
+    return dict(zip(patch_names(shape, grid), cells))
 
 
 def check_labels(y: np.ndarray, task: str, path: Path) -> None:

@@ -62,7 +62,14 @@ from tasks.registry.base import (
 from tasks.registry.base import (
     check_name as _check_name,
 )
-from tasks.registry.images import check_labels, check_patch_grid, image_split_shape, pixel_names, read_image_split
+from tasks.registry.images import (
+    check_labels,
+    check_patch_grid,
+    image_split_shape,
+    patch_names,
+    pixel_names,
+    read_image_split,
+)
 
 TaskType = Literal["regression", "binary", "multiclass"]
 TASK_TYPES: tuple[str, ...] = ("regression", "binary", "multiclass")
@@ -146,6 +153,18 @@ class ModelVersion:
                 if self.test_sampled else None)
         return {"in_file": self.test_rows, "used": used, "sampled": self.test_sampled, "cap": self.max_test_rows,
                 "seed": self.sample_seed if self.test_sampled else None, "note": note}
+
+    @property
+    def units(self) -> tuple[str, ...]:
+        """What the report ranks: the features, or an image version's patches (``r<row>c<column>``)."""
+        if self.image_shape is None:
+            return self.features
+        return patch_names(self.image_shape, self.manifest.patch_grid)
+
+    @property
+    def unit_words(self) -> str:
+        """What :attr:`units` are, in the report's words."""
+        return "input features" if self.image_shape is None else "patches of the image"
 
     @property
     def categorical(self) -> tuple[str, ...]:

@@ -126,12 +126,14 @@ def cluster_sentence(result: ImportanceResult, cluster: ClusterRecord, feature: 
             f"gives it {cluster.importance:.3g} [{cluster.low:.3g}, {cluster.high:.3g}]")
 
 
-def not_assessed(results: list[ImportanceResult], comparison: Comparison, features: tuple[str, ...]) -> list[str]:
-    """What this run did not assess, and why, one sentence each: methods not asked for, skipped or failed; judged
-    methods that measured only some features; interactions; how the weights move across trainings."""
+def not_assessed(results: list[ImportanceResult], comparison: Comparison, features: tuple[str, ...], *,
+                 image: bool = False) -> list[str]:
+    """What this run did not assess, and why, one sentence each: methods not asked for (of those that apply to an
+    ``image`` version, or to a tabular one), skipped or failed; judged methods that measured only some features;
+    interactions; how the weights move across trainings."""
     out = []
     present = {r.method for r in results}
-    absent = [m.title for m in METHODS.values() if not set(m.titles) & present]
+    absent = [m.title for m in METHODS.values() if not set(m.titles) & present and m.applies_to(image)]
     if absent:
         out.append(f"Not asked for in this run: {', '.join(absent)}.")
     for r in results:
@@ -143,7 +145,7 @@ def not_assessed(results: list[ImportanceResult], comparison: Comparison, featur
         if len(r.features) < len(features):
             out.append(f"{title_of(r.method)} measured {len(r.features)} of the {len(features)} "
                        "features (its budget); the others are not ranked by it (see its section).")
-    if comparison.interactions.startswith(INTERACTIONS_UNMEASURED):
+    if comparison.interactions.startswith(INTERACTIONS_UNMEASURED) and not image:  # an image has no pairs yet
         out.append(comparison.interactions)
     if comparison.weight_stability is None and any(r.ok and r.kind == "weight-based" for r in results):
         out.append("How far the weight ranking moves across trainings: the weights are one sample (retrain-ablation's "

@@ -108,7 +108,7 @@ def build_context(
         "reused": reused_line(run.reused, results, version),
         "warnings": [warning_evidence(f, results, comparison.evidence) for f in comparison.findings],
         "dominant_clusters": dominant_clusters(usable),
-        "not_assessed": not_assessed(results, comparison, version.features),
+        "not_assessed": not_assessed(results, comparison, version.units, image=version.image_shape is not None),
         "summary": _summary(version, comparison, results),
         "evidence": [{"method": e.method, "summary": e.summary(), "test": e.test}
                      for e in comparison.evidence],
@@ -116,7 +116,7 @@ def build_context(
         "model_fit": comparison.fit.sentence() if comparison.fit is not None else None,
         "interactions": comparison.interactions,
         "methods": [_method(r) for r in results],
-        "rankings": _rankings(version.features, usable, comparison),
+        "rankings": _rankings(version.units, usable, comparison),
         "agreements": comparison.agreements,
         "consensus": comparison.consensus,
         "rank_chart": (charts.data_uri(charts.rank_lines(weight, behaviours, titles=result_titles()))
@@ -442,7 +442,7 @@ def _summary(version: ModelVersion, comparison: Comparison, results: list[Import
     done = [r.method for r in results if r.ok]
     not_done = [f"{r.method} ({r.status})" for r in results if not r.ok]
     text = (
-        f"This report ranks the {len(version.features)} input features of {version.name} {version.version} "
+        f"This report ranks the {len(version.units)} {version.unit_words} of {version.name} {version.version} "
         f"by {len(done)} methods."
     )
     if not_done:
