@@ -294,6 +294,26 @@ def patch_heatmap(image: np.ndarray, grid: np.ndarray, title: str) -> bytes:
     return _png(fig)
 
 
+def saliency_panels(image: np.ndarray, cam: np.ndarray, ig: np.ndarray) -> bytes:
+    """One explained image, compact (several to a page): the image, its Grad-CAM over it, and its integrated
+    gradients' magnitude over it."""
+    fig = Figure(figsize=(3.4, 1.3), dpi=110)
+    panels = (("image", None), ("Grad-CAM", cam), ("integrated gradients", ig))
+    for k, (title, heat) in enumerate(panels):
+        ax = fig.add_subplot(1, 3, k + 1)
+        ax.imshow(image, cmap="gray", interpolation="nearest")
+        if heat is not None:
+            heat = np.asarray(heat, dtype=float)
+            top = heat.max()
+            ax.imshow(heat / top if top > 0 else heat, cmap="jet", alpha=0.5, vmin=0, vmax=1,
+                      extent=(-0.5, image.shape[1] - 0.5, image.shape[0] - 0.5, -0.5), interpolation="bilinear")
+        ax.set_title(title, fontsize=6)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout(pad=0.3)
+    return _png(fig)
+
+
 def data_uri(png: bytes) -> str:
     """Inline an image so the report needs no file or network access."""
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")

@@ -20,8 +20,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+from tasks.core.errors import ModelLoadError
+from tasks.core.options import MethodOptions
+from tasks.core.result import Details, ImportanceResult
+from tasks.methods.base import Context, Method, ResultSpec, Section
+from tasks.methods.shap import highest_loss_rows
 
 IG_STEPS = 64
 
@@ -66,8 +73,6 @@ def find_target(model) -> Target:
     """The last top-level layer with a spatial output that is, or holds, a convolution; refused in one line when
     there is none (a model without convolutions has no feature map for Grad-CAM)."""
     import keras
-
-    from tasks.core.errors import ModelLoadError
 
     for layer in reversed(model.layers):
         if not _spatial(layer):
@@ -189,3 +194,156 @@ def cell_shares(heat: np.ndarray, patches: dict[str, list[int]]) -> dict[str, fl
         channels = max(1, max(max(c) for c in patches.values()) + 1) // flat.size
         flat = np.repeat(flat, channels) / channels
     return {name: float(flat[columns].sum() / total) for name, columns in patches.items()}
+
+
+# --- the method: the images a reviewer must check -------------------------------------------------------------
+
+WORST = 4  # the highest-loss test images explained
+PER_CLASS = 1  # and a seeded sample of each class's images (at most MAX_CLASSES classes)
+MAX_CLASSES = 10
+MAP_SIDE = 64  # maps and images kept for the overlays: at most this many pixels a side (every n-th pixel)
+NOTES = (
+    "Grad-CAM: the last convolutional map's channels weighted by the mean gradient of the explained class's logit, "
+    "kept where positive and upsampled to the image; coarse, at the map's resolution.",
+    "Integrated gradients: the same logit's gradients averaged along the straight path from the training mean image; "
+    "they sum to the logit's change up to the completeness gap stated per image.",
+    "The importance of a patch here is its mean share of the Grad-CAM map's positive mass over the explained images: "
+    "a picture of these images, not a global ranking.",
+)
+
+
+@dataclass(frozen=True)
+class ExplainedImage:
+    """One explained test image: why it was picked, what the model said, and where its maps put their mass."""
+
+    selection: str  # "highest loss" or "class <name>"
+    row: int
+    label: int
+    predicted: int
+    explained: int  # the class whose logit was differentiated: the predicted one
+    class_name: str
+    probability: float  # the model's probability of the explained class
+    loss: float
+    gradcam_shares: dict[str, float]  # patch -> share of the Grad-CAM map's positive mass
+    ig_shares: dict[str, float]  # patch -> share of |integrated gradients| (summed over channels)
+    completeness_gap: float  # |Σ attributions − (f(x) − f(baseline))| / |f(x) − f(baseline)|
+    image: list[list[float]]  # grey, at most MAP_SIDE a side
+    gradcam: list[list[float]]
+    ig: list[list[float]]
+
+
+@dataclass(frozen=True)
+class GradcamDetails(Details):
+    """How the maps were made, and the explained images."""
+
+    layer: str
+    logit: str
+    steps: int
+    baseline: str
+    images: tuple[ExplainedImage, ...]
+
+
+def _small(values: np.ndarray) -> list[list[float]]:
+    step = max(1, -(-max(values.shape[:2]) // MAP_SIDE))
+    return np.asarray(values, dtype=float)[::step, ::step].round(4).tolist()
+
+
+def class_name(code: int, names: tuple[str, ...]) -> str:
+    return names[code] if 0 <= code < len(names) else str(code)
+
+
+def chosen_images(y: np.ndarray, probabilities: np.ndarray, metric, seed: int,
+                  names: tuple[str, ...] = ()) -> list[tuple[str, int]]:
+    """The highest-loss images, then a seeded sample of each class's (no image twice): (selection, row)."""
+    worst, _ = highest_loss_rows(y, probabilities, metric, WORST)
+    picked = [("highest loss", int(r)) for r in worst]
+    rng = np.random.default_rng(seed)
+    for cls in np.unique(y)[:MAX_CLASSES]:
+        taken = {row for _, row in picked}
+        pool = [int(r) for r in np.flatnonzero(y == cls) if int(r) not in taken]
+        if pool:
+            for r in sorted(rng.choice(pool, size=min(PER_CLASS, len(pool)), replace=False)):
+                picked.append((f"a {class_name(int(cls), names)} image", int(r)))
+    return picked
+
+
+def _probability(row: np.ndarray, cls: int) -> float:
+    """The model's probability of class ``cls`` from one row of its output (a binary model's is of class 1)."""
+    if np.ndim(row) == 0:
+        return float(row if cls == 1 else 1 - row)
+    return float(row[cls])
+
+
+def audit_gradcam(subject, *, seed: int = 0, steps: int = IG_STEPS):
+    """Grad-CAM and integrated gradients for the images a reviewer must check; the patches' mean Grad-CAM share
+    as the result's importances (shown, not judged)."""
+    version, test = subject.version, subject.test
+    patches = subject.patches()
+    try:
+        explainer = Explainer(subject.model)
+    except ModelLoadError as exc:
+        return ImportanceResult.not_ok("gradcam", "behavioural", tuple(patches), status="skipped",
+                                       reason=str(exc))
+    shape = version.image_shape
+    probabilities = subject.forward()(test.X)
+    predicted = (probabilities > 0.5).astype(int) if probabilities.ndim == 1 else probabilities.argmax(axis=1)
+    names = version.manifest.class_names
+    picked = chosen_images(test.y, probabilities, subject.metric, seed, names)
+    rows = np.array([r for _, r in picked])
+    images = test.X[rows].reshape(len(rows), *shape)
+    maps = explainer.gradcam(images, predicted[rows])
+    source = subject.train if subject.train is not None else test
+    baseline = source.X.mean(axis=0).reshape(shape)
+    _, losses = highest_loss_rows(test.y, probabilities, subject.metric, 1)
+    explained = []
+    for k, (selection, row) in enumerate(picked):
+        cls = int(predicted[row])
+        attributions, gap = explainer.integrated_gradients(images[k], cls, baseline, steps)
+        explained.append(ExplainedImage(
+            selection=selection, row=row, label=int(test.y[row]), predicted=cls, explained=cls,
+            class_name=class_name(cls, names), probability=_probability(probabilities[row], cls),
+            loss=float(losses[row]), gradcam_shares=cell_shares(maps[k], patches),
+            ig_shares=cell_shares(np.abs(attributions), patches), completeness_gap=gap,
+            image=_small(images[k].mean(axis=2)), gradcam=_small(maps[k]), ig=_small(np.abs(attributions).sum(axis=2))))
+    shares = np.array([[e.gradcam_shares[name] for e in explained] for name in patches])
+    details = GradcamDetails(layer=explainer.target.description, logit=explainer.logit, steps=steps,
+                             baseline="training mean image" if subject.train is not None else "test mean image",
+                             images=tuple(explained))
+    return ImportanceResult.from_samples("gradcam", "behavioural", tuple(patches), shares, notes=NOTES,
+                                         details=details)
+
+
+def section(result: ImportanceResult) -> dict[str, Any] | None:
+    """The Grad-CAM section: per explained image, the image, its Grad-CAM and its integrated gradients."""
+    from tasks.core.charts import data_uri, saliency_panels
+
+    if not isinstance(result.details, GradcamDetails):
+        return None
+    d = result.details
+    shown = []
+    for e in d.images:
+        title = (f"row {e.row} · {e.selection} · label {e.label}, explained: {e.class_name} "
+                 f"(p = {e.probability:.2f})")
+        top = max(e.gradcam_shares, key=e.gradcam_shares.get)
+        shown.append({"title": title, "chart": data_uri(saliency_panels(np.asarray(e.image), np.asarray(e.gradcam),
+                                                                        np.asarray(e.ig))),
+                      "top": top, "share": e.gradcam_shares[top], "gap": e.completeness_gap, "loss": e.loss})
+    return {"layer": d.layer, "logit": d.logit, "steps": d.steps, "baseline": d.baseline, "images": shown,
+            "worst_gap": max((e.completeness_gap for e in d.images), default=0.0)}
+
+
+class Options(MethodOptions):
+    """Grad-CAM has no options of its own: the images are the highest-loss ones and a seeded sample per class."""
+
+
+def compute(subject, options: Options, context: Context) -> list[ImportanceResult]:
+    """Grad-CAM and integrated gradients for the images a reviewer must check."""
+    return [audit_gradcam(subject, seed=context.seed)]
+
+
+METHOD = Method(
+    name="gradcam", title="Grad-CAM and integrated gradients", kind="behavioural", units=frozenset({"patch"}),
+    results=(ResultSpec("gradcam", "Grad-CAM (mean share per patch over the explained images)", judged=False),),
+    options=Options, compute=compute, stored=(GradcamDetails, ExplainedImage),
+    section=Section("gradcam.html.j2", section),
+)

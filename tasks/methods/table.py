@@ -16,11 +16,12 @@ from pydantic.fields import FieldInfo
 from tasks.core.errors import FeatureAuditError
 from tasks.core.options import MethodOptions, RunOptions, flag
 from tasks.core.result import Kind
-from tasks.methods import ablation, effects, interactions, lime, occlusion, permutation, shap, weights
+from tasks.methods import ablation, effects, gradcam, interactions, lime, occlusion, permutation, shap, weights
 from tasks.methods.base import Method
 
 METHODS: dict[str, Method] = {m.name: m for m in (weights.METHOD, permutation.METHOD, ablation.METHOD, shap.METHOD,
-                                                  lime.METHOD, effects.METHOD, interactions.METHOD, occlusion.METHOD)}
+                                                  lime.METHOD, effects.METHOD, interactions.METHOD, occlusion.METHOD,
+                                                  gradcam.METHOD)}
 
 
 def result_titles() -> dict[str, str]:

@@ -33,7 +33,7 @@ def test_the_command_line_offers_it_and_its_options(toy):
     with redirect_stdout(help_text), pytest.raises(SystemExit):
         main(["run", "--help"])
     unwrapped = "".join(help_text.getvalue().split())  # argparse wraps the long default list
-    assert "weights,permutation,ablation,shap,lime,effects,interactions,occlusion,toy" in unwrapped
+    assert "weights,permutation,ablation,shap,lime,effects,interactions,occlusion,gradcam,toy" in unwrapped
     assert "--toy-draws" in help_text.getvalue() and "bootstrap draws of the toy method" in help_text.getvalue()
     assert parse_options(methods=["toy"], toy_draws=5).of("toy").toy_draws == 5
     with pytest.raises(Exception, match="--toy-draws 1: "):

@@ -77,14 +77,40 @@ def test_patch_permutation_ranks_the_deciding_region_first_verified(region_regis
 def test_an_image_run_writes_the_occlusion_section_and_skips_the_weights(region_registry, tmp_path):
     out = tmp_path / "out"
     code = main(["run", "--registry", str(region_registry), "--model", "region", "--out", str(out),
-                 "--methods", "weights,permutation,occlusion"])
+                 "--methods", "weights,permutation,occlusion,gradcam"])
     assert code == 0
     [document] = out.glob("region/v1/*/results.json")
     methods = json.loads(document.read_text())["methods"]
     assert {name: m["status"] for name, m in methods.items()} == {"weights": "skipped", "permutation": "ok",
-                                                                   "permutation_accuracy": "ok", "occlusion": "ok"}
+                                                                   "permutation_accuracy": "ok", "occlusion": "ok",
+                                                                   "gradcam": "ok"}
+    explained = methods["gradcam"]["details"]["images"]
+    assert len(explained) == 6 and set(explained[0]["gradcam_shares"]) == {f"r{i}c{j}" for i in range(4) for j in range(4)}
     [top] = [f for f in methods["occlusion"]["features"] if f["rank"] == 1]
     assert top["feature"] == REGION and top["low"] > 0
     [page] = out.glob("region/v1/*/report.html")
     html = page.read_text()
     assert "Occlusion: which regions of the image the model uses" in html and "grid of 4 × 4 patches" in html
+    assert html.count('<figure class="saliency">') == 6 and "before its sigmoid" in html
+
+
+def test_gradcam_explains_the_worst_images_and_one_of_each_class(region_registry):
+    from tasks.methods.gradcam import GradcamDetails, audit_gradcam
+    from tasks.methods.gradcam import section as gradcam_section
+
+    subject = load_subject(resolve_version(region_registry, "region"))
+    result = audit_gradcam(subject, seed=0)
+    details = result.details
+    assert isinstance(details, GradcamDetails) and result.features == subject.version.units
+    selections = [e.selection for e in details.images]
+    assert selections == ["highest loss"] * 4 + ["a plain image", "a square image"]
+    assert len({e.row for e in details.images}) == 6
+    for e in details.images:
+        assert sum(e.gradcam_shares.values()) == pytest.approx(1.0) and e.completeness_gap < 0.05
+        assert e.class_name == ["plain", "square"][e.explained] and 0 <= e.probability <= 1
+    square = [e for e in details.images if e.explained == 1]
+    assert square and all(max(e.gradcam_shares, key=e.gradcam_shares.get) == REGION for e in square)
+    assert "(Conv2D)" in details.layer and "before its sigmoid" in details.logit
+    shown = gradcam_section(result)
+    assert len(shown["images"]) == 6 and all(i["chart"].startswith("data:image/png;base64,") for i in shown["images"])
+    assert audit_gradcam(subject, seed=0).details.images == details.images
