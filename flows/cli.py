@@ -244,14 +244,16 @@ def _options(args: argparse.Namespace):
 
 
 def demo(args: argparse.Namespace) -> int:
-    from tasks.demo import MODEL_NAME, build_demo_registry, demo_signing
+    """Build the demo registry (the tabular credit model and the digits image model) and audit both."""
+    from tasks.demo import IMAGE_MODEL_NAME, MODEL_NAME, build_demo_registry, build_image_demo, demo_signing
 
     options = _options(args)
     registry = Path(args.out) / "demo-registry"
     build_demo_registry(registry)
-    print(f"demo registry: {registry / MODEL_NAME / 'v1'}")
+    build_image_demo(registry)
+    print(f"demo registry: {registry}")
     with demo_signing(Path(args.out) / "demo-signing"):  # a generated key, labelled as such in the report
-        return _audit(str(registry), MODEL_NAME, None, args.out, options)
+        return max(_audit(str(registry), name, None, args.out, options) for name in (MODEL_NAME, IMAGE_MODEL_NAME))
 
 
 def sign(args: argparse.Namespace) -> int:
@@ -629,7 +631,8 @@ def _parser(*, audit: bool = True) -> argparse.ArgumentParser:
                           help="compare with this results.json (default: the one beside the report, if any)")
     p_verify.set_defaults(handler=verify)
 
-    p_demo = commands.add_parser("demo", help="build a demo registry with known drivers and audit it")
+    p_demo = commands.add_parser("demo", help="build a demo registry (a model with known drivers, and a small image "
+                                               "model) and audit it")
     p_demo.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
     if audit:
         _add_audit_options(p_demo, only=("seed",))

@@ -1,4 +1,5 @@
-"""A demo registry whose true drivers are known, so the report's claims can be checked by eye.
+"""A demo registry whose true drivers are known, so the report's claims can be checked by eye; and a small image
+model beside it (:func:`build_image_demo`).
 
 The target is a sum of known effects:
     y = 1.0·income/100 + 1.2·inter_a·inter_b + 0.6·(corr_1 + corr_2) + 0.5·tenure + region effect + ε
@@ -91,6 +92,41 @@ def build_demo_registry(root: str | Path, *, random_state: int = 0, epochs: int 
     }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return root
+
+
+IMAGE_MODEL_NAME = "digits-demo"
+
+
+def build_image_demo(root: str | Path, *, random_state: int = 0, epochs: int = 15) -> Path:
+    """Train a small CNN on scikit-learn's 8×8 handwritten digits (shipped with scikit-learn: no download) and write
+    ``<root>/digits-demo/v1/`` as an image version: 1,297 training images, 500 test images, 10 classes."""
+    import keras
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = (digits.images / 16.0).astype(np.float32)[..., None]  # (1797, 8, 8, 1), ink in [0, 1]
+    order = np.random.default_rng(random_state).permutation(len(x))
+    x, y = x[order], digits.target[order].astype(np.int64)
+    keras.utils.set_random_seed(random_state)
+    model = keras.Sequential([
+        keras.Input((8, 8, 1), name="image"),
+        keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
+        keras.layers.Flatten(),
+        keras.layers.Dense(10, activation="softmax"),
+    ])
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=3e-3), loss="sparse_categorical_crossentropy")
+    model.fit(x[:1297], y[:1297], epochs=epochs, batch_size=64, verbose=0)
+    folder = Path(root) / IMAGE_MODEL_NAME / "v1"
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save(folder / "model.keras")
+    np.savez(folder / "train.npz", x=x[:1297], y=y[:1297])
+    np.savez(folder / "test.npz", x=x[1297:], y=y[1297:])
+    manifest = {"modality": "image", "task": "multiclass", "class_names": [str(d) for d in range(10)],
+                "training": {"epochs": epochs, "batch_size": 64}}
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return Path(root)
 
 
 @contextmanager

@@ -314,6 +314,23 @@ def saliency_panels(image: np.ndarray, cam: np.ndarray, ig: np.ndarray) -> bytes
     return _png(fig)
 
 
+def filter_grid(kernels: np.ndarray) -> bytes:
+    """A convolution's filters as small images, each on its own symmetric scale (blue negative, red positive)."""
+    kernels = np.asarray(kernels, dtype=float)
+    n = len(kernels)
+    cols = min(8, n)
+    rows = -(-n // cols)
+    fig = Figure(figsize=(0.55 * cols + 0.2, 0.55 * rows + 0.2), dpi=110)
+    for k, kernel in enumerate(kernels):
+        ax = fig.add_subplot(rows, cols, k + 1)
+        top = np.abs(kernel).max() or 1.0
+        ax.imshow(kernel, cmap="RdBu_r", vmin=-top, vmax=top, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout(pad=0.2)
+    return _png(fig)
+
+
 def data_uri(png: bytes) -> str:
     """Inline an image so the report needs no file or network access."""
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")

@@ -27,6 +27,7 @@ share the caveats below.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -34,8 +35,8 @@ import numpy as np
 
 from tasks.core.names import listed
 from tasks.core.options import MethodOptions
-from tasks.core.result import ImportanceResult
-from tasks.methods.base import Context, Method, ResultSpec
+from tasks.core.result import Details, ImportanceResult
+from tasks.methods.base import Context, Method, ResultSpec, Section
 from tasks.registry.versions import ModelVersion
 from tasks.subject.adapter import input_name
 from tasks.subject.loaded import load_subject
@@ -198,14 +199,73 @@ def feature_sources(model, features: tuple[str, ...]) -> tuple[tuple[str, int], 
 
 def audit_weights(version: ModelVersion) -> list[ImportanceResult]:
     """Weight-based importance of one model version; one skipped result, with the reason, where it cannot place
-    every feature."""
+    every feature. An image version's pixels are summed per patch; a convolution's filters, shared by every
+    position, place no pixel: the result is skipped, saying so, with the first-layer filters to show."""
     subject = load_subject(version)
     features, categorical = subject.features, subject.categorical
     scale = subject.test.X.std(axis=0)  # the categorical's are taken as 1: a code's spread means nothing
+    patches = subject.patches()
     try:
-        return weight_importance(subject.model, features, subject.adapter.sources(), scale, categorical=categorical)
+        results = weight_importance(subject.model, features, subject.adapter.sources(), scale, categorical=categorical)
     except Unattributable as exc:
-        return [ImportanceResult.not_ok("weights", "weight-based", features, status="skipped", reason=str(exc))]
+        reason, details = str(exc), None
+        filters = first_filters(subject.model) if patches else None
+        if filters is not None:
+            reason, details = (f"the first weighted layer, {filters.layer}, is a convolution: its filters are shared "
+                               "by every position of the image, so no weight belongs to a pixel or a patch and a "
+                               "weight ranking is undefined for this model; its filters are drawn instead"), filters
+        skipped = ImportanceResult.not_ok("weights", "weight-based", tuple(patches) or features, status="skipped",
+                                          reason=reason)
+        return [dataclasses.replace(skipped, details=details)]
+    if not patches:
+        return results
+    return [ImportanceResult.from_samples(r.method, r.kind, tuple(patches),
+                                          np.array([r.importances_mean[cols].sum() for cols in patches.values()]),
+                                          notes=(PATCH_NOTE, *r.notes)) for r in results]
+
+
+PATCH_NOTE = "Image: a patch's weight is the sum over its pixels and channels of their first-layer |W| (or |W|·std)."
+
+
+@dataclass(frozen=True)
+class FilterDetails(Details):
+    """A convolutional first layer's filters, for the report to draw: ``kernels[k]`` is filter ``k`` averaged over
+    its input channels, at most :data:`MAX_FILTERS` of them."""
+
+    layer: str
+    shape: tuple[int, ...]  # the kernel's (height, width, input channels, filters)
+    kernels: list[list[list[float]]]
+
+
+MAX_FILTERS = 16
+
+
+def first_filters(model) -> FilterDetails | None:
+    """The first convolution's filters, looking into nested models; None when the model has none."""
+    import keras
+
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            found = first_filters(layer)
+            if found is not None:
+                return found
+        elif isinstance(layer, keras.layers.Conv2D):
+            kernel = np.asarray(layer.kernel)
+            kernels = kernel.mean(axis=2).transpose(2, 0, 1)[:MAX_FILTERS]
+            return FilterDetails(f"{layer.name} ({type(layer).__name__})", tuple(kernel.shape),
+                                 kernels.round(4).tolist())
+    return None
+
+
+def section(result: ImportanceResult) -> dict[str, Any] | None:
+    """The weights' own section, for an image model whose first layer is a convolution: its filters."""
+    from tasks.core.charts import data_uri, filter_grid
+
+    if not isinstance(result.details, FilterDetails):
+        return None
+    d = result.details
+    return {"layer": d.layer, "shape": d.shape, "shown": len(d.kernels),
+            "chart": data_uri(filter_grid(np.asarray(d.kernels)))}
 
 
 class Options(MethodOptions):
@@ -223,10 +283,11 @@ def compute(subject, options: Options, context: Context) -> list[ImportanceResul
 
 
 METHOD = Method(
-    name="weights", title="First-layer weights", kind="weight-based", units=frozenset({"column"}),
+    name="weights", title="First-layer weights", kind="weight-based", units=frozenset({"column", "patch"}),
     results=(ResultSpec("weights", "First-layer weights |W|"),
              ResultSpec("weights_scaled", "Scale-aware weights |W|·std")),
     options=Options, compute=compute, shared=(),  # no option changes a weight
+    stored=(FilterDetails,), section=Section("weights.html.j2", section),
 )
 
 

@@ -121,7 +121,7 @@ def build_context(
         "consensus": comparison.consensus,
         "rank_chart": (charts.data_uri(charts.rank_lines(weight, behaviours, titles=result_titles()))
                        if weight and behaviours else None),
-        "sections": _sections(usable),
+        "sections": _sections([r for r in results if r.ok or r.details is not None]),
         "section_lines": _section_lines(usable),
         "history": history,
         "material_share": f"{MATERIAL_SHARE:.0%}",

@@ -114,3 +114,76 @@ def test_gradcam_explains_the_worst_images_and_one_of_each_class(region_registry
     shown = gradcam_section(result)
     assert len(shown["images"]) == 6 and all(i["chart"].startswith("data:image/png;base64,") for i in shown["images"])
     assert audit_gradcam(subject, seed=0).details.images == details.images
+
+
+def test_a_cnns_weights_are_not_ranked_and_its_filters_are_shown(region_registry):
+    from tasks.methods.weights import FilterDetails, audit_weights
+    from tasks.methods.weights import section as weights_section
+
+    [result] = audit_weights(resolve_version(region_registry, "region"))
+    assert result.status == "skipped" and "is a convolution: its filters are shared by every position" in result.error
+    assert isinstance(result.details, FilterDetails) and result.details.shape == (3, 3, 1, 4)
+    assert np.asarray(result.details.kernels).shape == (4, 3, 3)
+    assert weights_section(result)["chart"].startswith("data:image/png;base64,")
+
+
+@pytest.fixture(scope="module")
+def mlp_registry(region_registry, tmp_path_factory):
+    """A Dense network reading the raw pixels (Flatten first), trained on the same one-region images."""
+    import keras
+
+    folder = region_registry / "region" / "v1"
+    train, test = np.load(folder / "train.npz"), np.load(folder / "test.npz")
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((16, 16, 1)), keras.layers.Flatten(), keras.layers.Dense(8, activation="relu"),
+                              keras.layers.Dense(1, activation="sigmoid")])
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="binary_crossentropy")
+    model.fit(train["x"], train["y"], epochs=20, batch_size=32, verbose=0)
+    root = tmp_path_factory.mktemp("mlp")
+    target = root / "mlp" / "v1"
+    target.mkdir(parents=True)
+    model.save(target / "model.keras")
+    np.savez(target / "train.npz", x=train["x"], y=train["y"])
+    np.savez(target / "test.npz", x=test["x"], y=test["y"])
+    (target / "manifest.json").write_text(json.dumps({"modality": "image", "task": "binary"}))
+    return root, model
+
+
+def test_a_dense_model_on_raw_pixels_gets_a_weight_ranking_of_patches_that_the_verdict_judges(mlp_registry):
+    from tasks.methods.weights import audit_weights
+    from tasks.report.verdict import compare
+
+    root, model = mlp_registry
+    version = resolve_version(root, "mlp")
+    naive, scaled = audit_weights(version)
+    assert naive.ok and naive.features == version.units
+    by_pixel = np.abs(np.asarray(model.layers[1].kernel)).sum(axis=1)  # Flatten is C order: pixel j is row j
+    patches = load_subject(version).patches()
+    expected = [by_pixel[cols].sum() for cols in patches.values()]
+    np.testing.assert_allclose(naive.importances_mean, expected, rtol=1e-5)
+    [permutation, _] = audit_permutation(version, n_repeats=5, seed=0)
+    occlusion = audit_occlusion(load_subject(version), seed=0)
+    comparison = compare([naive, scaled, permutation, occlusion])
+    assert comparison.verdict != "not assessed"
+    assert {(a.method_a, a.method_b) for a in comparison.agreements} >= {("weights", "permutation"),
+                                                                           ("weights", "occlusion")}
+
+
+def test_the_image_demo_learns_the_digits_and_is_audited(tmp_path):
+    import keras
+
+    from tasks.demo import IMAGE_MODEL_NAME, build_image_demo
+
+    registry = build_image_demo(tmp_path / "reg")
+    version = resolve_version(registry, IMAGE_MODEL_NAME)
+    assert version.image_shape == (8, 8, 1) and version.test_rows == 500 and version.manifest.class_names[9] == "9"
+    subject = load_subject(version)
+    accuracy = float(np.mean(subject.forward()(subject.test.X).argmax(axis=1) == subject.test.y))
+    assert accuracy > 0.9
+    assert isinstance(keras.saving.load_model(version.model_path).layers[0], keras.layers.Conv2D)
+    out = tmp_path / "out"
+    assert main(["run", "--registry", str(registry), "--model", IMAGE_MODEL_NAME, "--out", str(out),
+                 "--methods", "weights,occlusion,gradcam"]) == 0
+    [page] = out.glob(f"{IMAGE_MODEL_NAME}/v1/*/report.html")
+    html = page.read_text()
+    assert "the filters, not a ranking" in html and html.count('<figure class="saliency">') == 14  # 4 worst + 10 classes

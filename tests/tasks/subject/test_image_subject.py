@@ -172,10 +172,11 @@ def test_methods_that_measure_columns_are_skipped_on_an_image_version_saying_why
     write_image_version(tmp_path / "reg", cnn)
     out = tmp_path / "out"
     code = main(["run", "--registry", str(tmp_path / "reg"), "--model", "digits", "--out", str(out),
-                 "--methods", "weights,shap"])
+                 "--methods", "shap,ablation"])
     assert code == 0
     [document] = out.glob("digits/v1/*/results.json")
     methods = json.loads(document.read_text())["methods"]
-    assert {name: m["status"] for name, m in methods.items()} == {"weights": "skipped", "shap": "skipped"}
-    assert methods["weights"]["reason"] == "it measures columns, not the patches of an image (r<row>c<column>)"
-    assert methods["shap"]["reason"] == methods["weights"]["reason"]
+    assert {name: m["status"] for name, m in methods.items()} == {"ablation": "skipped", "shap": "skipped"}
+    assert methods["shap"]["reason"] == "it measures columns, not the patches of an image (r<row>c<column>)"
+    assert methods["ablation"]["reason"] == ("it measures columns, groups and correlated clusters, not the patches "
+                                             "of an image (r<row>c<column>)")
