@@ -26,6 +26,7 @@ from tasks.core.metrics import null_loss
 from tasks.core.options import MethodOptions
 from tasks.core.result import Details, ImportanceResult
 from tasks.methods.base import Context, Method, ResultSpec, Section
+from tasks.registry.images import default_grid
 
 BOOTSTRAP_DRAWS = 200
 BLOCK_BYTES = 64 * 2**20  # the covered copies of one block of images
@@ -86,9 +87,8 @@ def audit_occlusion(subject, *, seed: int = 0, draws: int = BOOTSTRAP_DRAWS) -> 
     height, width, _ = version.image_shape
     step = max(1, -(-max(height, width) // HEATMAP_SIDE))
     grey = cover.reshape(version.image_shape).mean(axis=2)[::step, ::step]
-    rows, cols = (max(int(name[1:].split("c")[0]) for name in patches) + 1,
-                  max(int(name.split("c")[1]) for name in patches) + 1)
-    details = OcclusionDetails(grid=(rows, cols), n_images=test.n_rows, draws=draws,
+    details = OcclusionDetails(grid=version.manifest.patch_grid or default_grid(version.image_shape),
+                               n_images=test.n_rows, draws=draws,
                                cover="training mean image" if subject.train is not None else "test mean image",
                                baseline=float(np.mean(base)), mean_image=grey.round(4).tolist())
     y_train = subject.train.y if subject.train is not None else None
