@@ -191,7 +191,7 @@ def cell_shares(heat: np.ndarray, patches: dict[str, list[int]]) -> dict[str, fl
         return {name: 0.0 for name in patches}
     flat = positive.ravel()
     if positive.ndim == 2:  # one value per pixel: every channel of a pixel shares it
-        channels = max(1, max(max(c) for c in patches.values()) + 1) // flat.size
+        channels = sum(len(c) for c in patches.values()) // flat.size  # the patches hold every value once
         flat = np.repeat(flat, channels) / channels
     return {name: float(flat[columns].sum() / total) for name, columns in patches.items()}
 
@@ -253,9 +253,10 @@ def class_name(code: int, names: tuple[str, ...]) -> str:
 
 
 def chosen_images(y: np.ndarray, probabilities: np.ndarray, metric, seed: int,
-                  names: tuple[str, ...] = ()) -> list[tuple[str, int]]:
-    """The highest-loss images, then a seeded sample of each class's (no image twice): (selection, row)."""
-    worst, _ = highest_loss_rows(y, probabilities, metric, WORST)
+                  names: tuple[str, ...] = ()) -> tuple[list[tuple[str, int]], np.ndarray]:
+    """The highest-loss images, then a seeded sample of each class's (no image twice), as (selection, row); and
+    every image's loss."""
+    worst, losses = highest_loss_rows(y, probabilities, metric, WORST)
     picked = [("highest loss", int(r)) for r in worst]
     rng = np.random.default_rng(seed)
     for cls in np.unique(y)[:MAX_CLASSES]:
@@ -264,7 +265,7 @@ def chosen_images(y: np.ndarray, probabilities: np.ndarray, metric, seed: int,
         if pool:
             for r in sorted(rng.choice(pool, size=min(PER_CLASS, len(pool)), replace=False)):
                 picked.append((f"a {class_name(int(cls), names)} image", int(r)))
-    return picked
+    return picked, losses
 
 
 def _probability(row: np.ndarray, cls: int) -> float:
@@ -288,13 +289,12 @@ def audit_gradcam(subject, *, seed: int = 0, steps: int = IG_STEPS):
     probabilities = subject.forward()(test.X)
     predicted = (probabilities > 0.5).astype(int) if probabilities.ndim == 1 else probabilities.argmax(axis=1)
     names = version.manifest.class_names
-    picked = chosen_images(test.y, probabilities, subject.metric, seed, names)
+    picked, losses = chosen_images(test.y, probabilities, subject.metric, seed, names)
     rows = np.array([r for _, r in picked])
     images = test.X[rows].reshape(len(rows), *shape)
     maps = explainer.gradcam(images, predicted[rows])
     source = subject.train if subject.train is not None else test
     baseline = source.X.mean(axis=0).reshape(shape)
-    _, losses = highest_loss_rows(test.y, probabilities, subject.metric, 1)
     explained = []
     for k, (selection, row) in enumerate(picked):
         cls = int(predicted[row])

@@ -113,10 +113,7 @@ def section(result: ImportanceResult) -> dict[str, Any] | None:
     if not isinstance(result.details, OcclusionDetails) or not result.ok:
         return None
     d = result.details
-    grid = np.zeros(d.grid)
-    for name, value in zip(result.features, result.importances_mean):
-        row, col = name[1:].split("c")
-        grid[int(row), int(col)] = value
+    grid = np.asarray(result.importances_mean).reshape(d.grid)  # the patches come row by row from the top left
     return {"grid": d.grid, "n_images": d.n_images, "draws": d.draws, "cover": d.cover, "baseline": d.baseline,
             "metric": result.metric, "chart": data_uri(patch_heatmap(np.asarray(d.mean_image), grid,
                                                                      "Loss increase when the patch is covered"))}

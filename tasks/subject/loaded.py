@@ -87,7 +87,10 @@ class Subject:
         """An image version's patches (``r<row>c<column>``) -> their pixel columns; empty for a tabular one."""
         if self.version.image_shape is None:
             return {}
-        return patch_units(self.version.image_shape, self.version.manifest.patch_grid)
+        with self._lock:
+            if "patches" not in self._memo:
+                self._memo["patches"] = patch_units(self.version.image_shape, self.version.manifest.patch_grid)
+            return self._memo["patches"]
 
     def units(self, threshold: float = DEFAULT_CLUSTER_THRESHOLD, *, seed: int = 0) -> dict[str, list[int]]:
         """What permutation and ablation measure: every feature, block inputs, manifest groups, correlated clusters."""
